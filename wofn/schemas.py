@@ -1,0 +1,124 @@
+"""The one place that defines every wofn table's Arrow schema.
+
+Readers, writers, Beam jobs and SQL outputs are all checked against these. The SQL files in
+`sql/` document the same columns at their top; `tests/test_schemas.py` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# D_L and held-out human pairs: one row per labelled comparison.
+PREFERENCES = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),  # stable id (source id or content hash)
+        pa.field("prompt", pa.string(), nullable=False),  # conversation up to "\n\nAssistant:"
+        pa.field("chosen", pa.string(), nullable=False),  # preferred final assistant turn
+        pa.field("rejected", pa.string(), nullable=False),  # dispreferred final assistant turn
+        pa.field("source", pa.string()),  # dataset and split name
+    ]
+)
+
+# D_U: unlabeled prompts, deduplicated by prompt_id.
+PROMPTS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),  # sha256 of the normalized text, 16 hex
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+    ]
+)
+
+# N sampled responses per prompt, with their likelihood under the policy (temperature 1).
+CANDIDATES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("candidate_idx", pa.int32(), nullable=False),  # 0 .. N-1
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("response", pa.string(), nullable=False),  # generated text, stripped, no EOS
+        pa.field("num_tokens", pa.int32(), nullable=False),  # generated tokens, EOS included
+        pa.field("logprob_sum", pa.float64(), nullable=False),  # sum of log pi(token) in nats
+        pa.field("logprob_mean", pa.float64(), nullable=False),  # logprob_sum / num_tokens
+        pa.field("finish_reason", pa.string(), nullable=False),  # "stop" (EOS) or "length" (cap)
+        pa.field("temperature", pa.float32(), nullable=False),
+        pa.field("top_p", pa.float32(), nullable=False),
+        pa.field("max_new_tokens", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),  # per (prompt, sample): reruns reproduce it
+        pa.field("policy", pa.string(), nullable=False),  # model name as given
+        pa.field("policy_revision", pa.string(), nullable=False),  # content hash of the weights
+    ]
+)
+
+# The reward model's score for every candidate.
+CANDIDATE_SCORES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("candidate_idx", pa.int32(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),  # scalar head output, unnormalized
+        pa.field("reward_model", pa.string(), nullable=False),
+        pa.field("reward_model_revision", pa.string(), nullable=False),
+    ]
+)
+
+# One synthetic pair per prompt (west_of_n_pairs) and the subset kept by the filters
+# (filtered_pairs). Same columns for both.
+PAIRS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("chosen_idx", pa.int32(), nullable=False),
+        pa.field("rejected_idx", pa.int32(), nullable=False),
+        pa.field("chosen_reward", pa.float64(), nullable=False),
+        pa.field("rejected_reward", pa.float64(), nullable=False),
+        pa.field("margin", pa.float64(), nullable=False),  # chosen_reward - rejected_reward > 0
+        pa.field("confidence", pa.float64(), nullable=False),  # sigmoid(margin), in (0.5, 1]
+        pa.field("chosen_logprob_sum", pa.float64(), nullable=False),
+        pa.field("rejected_logprob_sum", pa.float64(), nullable=False),
+        pa.field("chosen_logprob_mean", pa.float64(), nullable=False),
+        pa.field("rejected_logprob_mean", pa.float64(), nullable=False),
+        pa.field("chosen_num_tokens", pa.int32(), nullable=False),
+        pa.field("rejected_num_tokens", pa.int32(), nullable=False),
+        pa.field("n_candidates", pa.int32(), nullable=False),  # valid candidates of the prompt
+        pa.field("policy", pa.string(), nullable=False),
+        pa.field("reward_model", pa.string(), nullable=False),
+    ]
+)
+
+# Asset key -> schema of the table it materializes.
+TABLES: dict[str, pa.Schema] = {
+    "human_preferences": PREFERENCES,
+    "eval_preferences": PREFERENCES,
+    "prompts": PROMPTS,
+    "candidates": CANDIDATES,
+    "candidate_scores": CANDIDATE_SCORES,
+    "west_of_n_pairs": PAIRS,
+    "filtered_pairs": PAIRS,
+}
+
+
+class SchemaError(ValueError):
+    """A table does not have the columns or types wofn expects."""
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """Select and cast `table` to `schema`, or raise SchemaError naming `where` and the column."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise SchemaError(
+            f"{where}: missing column(s) {missing}; expected {schema.names}, got {table.column_names}"
+        )
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        try:
+            column = column.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(
+                f"{where}: column {field.name!r} has type {column.type}, expected {field.type}: {exc}"
+            ) from exc
+        if not field.nullable and column.null_count:
+            row = next(i for i, v in enumerate(column.is_null().to_pylist()) if v)
+            raise SchemaError(f"{where}: column {field.name!r} is null at row {row}")
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
