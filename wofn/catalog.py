@@ -140,6 +140,12 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) 
     return table
 
 
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None):
+    """The first column of the first row of `sql`'s result (None when there is no row)."""
+    table = query(con, sql, params)
+    return table.column(0)[0].as_py() if table.num_rows else None
+
+
 def run_sql_file(
     con: duckdb.DuckDBPyConnection,
     name: str,

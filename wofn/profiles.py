@@ -1,0 +1,74 @@
+"""Named presets for a whole pipeline run; `WOFN_PROFILE` picks one (default: `default`).
+
+The values are plain data; their types and meanings are declared once, by the Dagster settings
+resource (`wofn_dagster.resources.WofnSettings`), where each field has its help text.
+
+- `default`: SmolLM2-135M-Instruct policy, all-MiniLM-L6-v2 reward models, the shipped HH data,
+  256 unlabeled prompts x N=8. Sized to finish in about 20 minutes on a 2-core CPU machine;
+  raise `max_prompts` (null = all), `n`, `rm_epochs`, `rm_max_length` on real hardware.
+- `tiny`: tiny random models built from configs with the real tokenizers, 24 prompts, N=4, a
+  few dozen human pairs. For tests and smoke runs (under 2 minutes).
+"""
+
+from __future__ import annotations
+
+import os
+
+from wofn.paths import DATA_DIR
+
+DEFAULT = {
+    "human_pairs": str(DATA_DIR / "hh_train.parquet"),
+    "eval_pairs": str(DATA_DIR / "hh_test.parquet"),
+    "unlabeled_prompts": str(DATA_DIR / "prompts_unlabeled.parquet"),
+    "max_human_pairs": None,
+    "max_eval_pairs": None,
+    "max_prompts": 256,
+    "policy": "smollm2-135m-instruct",
+    "policy_dtype": "bfloat16",
+    "n": 8,
+    "max_new_tokens": 64,
+    "temperature": 0.7,
+    "top_p": 1.0,
+    "seed": 0,
+    "sample_batch_size": 8,
+    "rm_backbone": "minilm-l6",
+    "rm_max_length": 128,
+    "rm_epochs": 2.0,
+    "rm_batch_size": 16,
+    "rm_learning_rate": 3e-5,
+    "rm_bf16": True,
+    "student_init": "backbone",
+    "synthetic_ratio": 1.0,
+    "confidence_quantile": 0.5,
+    "logprob_quantile": 0.1,
+    "score_batch_size": 64,
+    "torch_threads": 0,
+    "device": "cpu",
+}
+
+TINY = {
+    **DEFAULT,
+    "max_human_pairs": 64,
+    "max_eval_pairs": 48,
+    "max_prompts": 24,
+    "policy": "tiny-llama",
+    "policy_dtype": "float32",
+    "n": 4,
+    "max_new_tokens": 12,
+    "rm_backbone": "tiny-bert",
+    "rm_max_length": 96,
+    "rm_epochs": 1.0,
+    "rm_learning_rate": 1e-3,
+    "rm_bf16": False,
+    "confidence_quantile": 0.25,
+    "logprob_quantile": 0.0,
+}
+
+PROFILES = {"default": DEFAULT, "tiny": TINY}
+
+
+def active() -> tuple[str, dict]:
+    name = os.environ.get("WOFN_PROFILE", "default")
+    if name not in PROFILES:
+        raise ValueError(f"WOFN_PROFILE={name!r}: expected one of {sorted(PROFILES)}")
+    return name, dict(PROFILES[name])
