@@ -16,6 +16,7 @@ import uuid
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 
@@ -24,6 +25,21 @@ def input_pattern(path: str) -> str:
     if path.endswith(".parquet") or any(c in path for c in "*?["):
         return path
     return FileSystems.join(path, "*.parquet")
+
+
+def count_rows(path: str) -> int | None:
+    """Rows in a Parquet file or folder, from the footers (for progress ETAs); None if unknown."""
+    try:
+        files = [m.path for m in FileSystems.match([input_pattern(path)])[0].metadata_list]
+        if not files:
+            return None
+        total = 0
+        for name in files:
+            with FileSystems.open(name, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+                total += pq.ParquetFile(fh).metadata.num_rows
+        return total
+    except Exception:  # noqa: BLE001 - progress is best effort; the job itself reports real errors
+        return None
 
 
 def shard_of(key: str, num_shards: int) -> int:

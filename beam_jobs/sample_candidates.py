@@ -17,8 +17,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_jobs.io import WriteShards, counters, input_pattern
+from beam_jobs.io import WriteShards, count_rows, counters, input_pattern
 from wofn import generation, models, schemas
+from wofn.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,10 @@ class PolicyHandler(ModelHandler[dict, list, models.LoadedModel]):
 
     def __init__(self, policy: str, params: generation.SamplingParams, device: str = "cpu",
                  dtype: str = "float32", torch_threads: int = 0, batch_size: int = 8,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, expected_prompts: int | None = None):
         super().__init__()
+        self._expected = expected_prompts
+        self._progress: Progress | None = None
         self._policy = policy
         self._params = params
         self._device = device
@@ -40,6 +43,7 @@ class PolicyHandler(ModelHandler[dict, list, models.LoadedModel]):
 
     def load_model(self) -> models.LoadedModel:
         models.set_torch_threads(self._torch_threads)
+        self._progress = Progress("sample_candidates", self._expected, "prompts", log)
         return models.load_policy(self._policy, device=self._device, dtype=self._dtype,
                                   trust_remote_code=self._trust_remote_code)
 
@@ -49,6 +53,8 @@ class PolicyHandler(ModelHandler[dict, list, models.LoadedModel]):
         beam.metrics.Metrics.counter("wofn", "prompts_sampled").inc(len(batch))
         beam.metrics.Metrics.counter("wofn", "candidates").inc(len(rows))
         beam.metrics.Metrics.counter("wofn", "generated_tokens").inc(sum(r["num_tokens"] for r in rows))
+        if self._progress is not None:
+            self._progress.update(len(batch), sum(r["num_tokens"] for r in rows))
         n = self._params.n
         return [rows[i * n : (i + 1) * n] for i in range(len(batch))]
 
@@ -61,6 +67,21 @@ class PolicyHandler(ModelHandler[dict, list, models.LoadedModel]):
 
 def _candidates(rows: list) -> list:
     return rows
+
+
+class SampleCandidates(beam.PTransform):
+    """Prompt rows (prompt_id, prompt) in; N candidate rows (wofn.schemas.CANDIDATES) per prompt out."""
+
+    def __init__(self, handler: PolicyHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, prompt_rows):
+        return (
+            prompt_rows
+            | "RunPolicy" >> RunInference(self._handler)
+            | "FlattenCandidates" >> beam.FlatMap(_candidates)
+        )
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -90,15 +111,14 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
         top_p=known.top_p, seed=known.seed, max_prompt_tokens=known.max_prompt_tokens,
     )
     handler = PolicyHandler(known.policy, params, known.device, known.dtype, known.torch_threads,
-                            known.batch_size, known.trust_remote_code)
+                            known.batch_size, known.trust_remote_code, count_rows(known.prompts))
     options = PipelineOptions(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     pipeline = beam.Pipeline(options=options)
     _ = (
         pipeline
         | "ReadPrompts" >> beam.io.ReadFromParquet(input_pattern(known.prompts), columns=["prompt_id", "prompt"])
-        | "SampleCandidates" >> RunInference(handler)
-        | "FlattenCandidates" >> beam.FlatMap(_candidates)
+        | "SampleCandidates" >> SampleCandidates(handler)
         | "WriteCandidates" >> WriteShards(known.output, schemas.CANDIDATES, known.num_shards)
     )
     result = pipeline.run()

@@ -18,8 +18,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_jobs.io import WriteShards, counters, input_pattern
+from beam_jobs.io import WriteShards, count_rows, counters, input_pattern
 from wofn import evaluation, models, schemas, scoring
+from wofn.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,11 @@ class RewardHandler(ModelHandler[dict, dict, models.LoadedModel]):
 
     def __init__(self, reward_model: str, max_length: int | None = None, device: str = "cpu",
                  dtype: str = "float32", torch_threads: int = 0, batch_size: int = 64,
-                 token_budget: int = 8192, trust_remote_code: bool = False):
+                 token_budget: int = 8192, trust_remote_code: bool = False,
+                 expected_candidates: int | None = None):
         super().__init__()
+        self._expected = expected_candidates
+        self._progress: Progress | None = None
         self._reward_model = reward_model
         self._max_length = max_length
         self._device = device
@@ -42,6 +46,7 @@ class RewardHandler(ModelHandler[dict, dict, models.LoadedModel]):
 
     def load_model(self) -> models.LoadedModel:
         models.set_torch_threads(self._torch_threads)
+        self._progress = Progress("score_candidates", self._expected, "candidates", log)
         return models.load_reward_model(self._reward_model, device=self._device, dtype=self._dtype,
                                         trust_remote_code=self._trust_remote_code)
 
@@ -52,6 +57,8 @@ class RewardHandler(ModelHandler[dict, dict, models.LoadedModel]):
         rewards = scoring.score(model, [r["prompt"] for r in batch], [r["response"] for r in batch],
                                 max_length, self._token_budget)
         beam.metrics.Metrics.counter("wofn", "candidates_scored").inc(len(batch))
+        if self._progress is not None:
+            self._progress.update(len(batch))
         return [
             {"prompt_id": r["prompt_id"], "candidate_idx": r["candidate_idx"], "reward": reward,
              "reward_model": model.name, "reward_model_revision": model.revision}
@@ -60,6 +67,17 @@ class RewardHandler(ModelHandler[dict, dict, models.LoadedModel]):
 
     def batch_elements_kwargs(self) -> dict:
         return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+
+
+class ScoreCandidates(beam.PTransform):
+    """Candidate rows in; one score row (wofn.schemas.CANDIDATE_SCORES) per candidate out."""
+
+    def __init__(self, handler: RewardHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, candidate_rows):
+        return candidate_rows | "RunRewardModel" >> RunInference(self._handler)
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -82,7 +100,7 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     known, pipeline_args = parse_args(argv)
     handler = RewardHandler(known.reward_model, known.max_length, known.device, known.dtype,
                             known.torch_threads, known.batch_size, known.token_budget,
-                            known.trust_remote_code)
+                            known.trust_remote_code, count_rows(known.candidates))
     options = PipelineOptions(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     pipeline = beam.Pipeline(options=options)
@@ -90,7 +108,7 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
         pipeline
         | "ReadCandidates" >> beam.io.ReadFromParquet(
             input_pattern(known.candidates), columns=["prompt_id", "candidate_idx", "prompt", "response"])
-        | "ScoreCandidates" >> RunInference(handler)
+        | "ScoreCandidates" >> ScoreCandidates(handler)
         | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES, known.num_shards)
     )
     result = pipeline.run()

@@ -83,8 +83,13 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: SamplingParams) -> list[dict]:
-    """Sample `params.n` responses for each (prompt_id, prompt); one dict per candidate row."""
+def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: SamplingParams,
+           return_token_ids: bool = False) -> list[dict]:
+    """Sample `params.n` responses for each (prompt_id, prompt); one dict per candidate row.
+
+    With `return_token_ids`, each row also carries `prompt_token_ids` and `token_ids` (not part
+    of the candidates table; for checks and debugging).
+    """
     model, tokenizer = policy.model, policy.tokenizer
     device = next(model.parameters()).device
     eos_ids = _eos_ids(model, tokenizer)
@@ -148,8 +153,10 @@ def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: Sampling
     results = []
     for r, (p, i) in enumerate(rows):
         text_tokens = [t for t in tokens[r] if t not in eos_ids]
+        extra = {"prompt_token_ids": encoded[p], "token_ids": tokens[r]} if return_token_ids else {}
         results.append(
             {
+                **extra,
                 "prompt_id": prompts[p][0],
                 "candidate_idx": i,
                 "prompt": prompts[p][1],

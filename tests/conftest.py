@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny real models (random weights, real tokenizers) and small real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from wofn import data, models
+from wofn.paths import DATA_DIR
+
+@pytest.fixture(scope="session")
+def tiny_policy() -> models.LoadedModel:
+    return models.load_policy(models.TINY_LLAMA)
+
+
+@pytest.fixture(scope="session")
+def tiny_rm() -> models.LoadedModel:
+    return models.load_reward_model(models.TINY_BERT)
+
+
+@pytest.fixture()
+def prompts_file(tmp_path) -> Path:
+    """Five real unlabeled HH prompts in the `prompts` table schema."""
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(data.load_prompts(DATA_DIR / "prompts_unlabeled.parquet", limit=5), path)
+    return path

@@ -1,0 +1,44 @@
+"""Reading pairs and prompts: ids, dedup, and errors that name the file."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from wofn import data, schemas
+from wofn.paths import DATA_DIR
+
+
+def test_shipped_pairs_load_in_schema():
+    table = data.load_preferences(DATA_DIR / "hh_train.parquet")
+    assert table.schema.equals(schemas.PREFERENCES) and table.num_rows == 1177
+    assert len(set(table.column("pair_id").to_pylist())) == 1177
+
+
+def test_prompt_ids_are_stable_and_dedup(tmp_path):
+    path = tmp_path / "p.jsonl"
+    lines = [{"prompt": "\n\nHuman: hi\n\nAssistant:"}, {"prompt": "\n\nHuman:  hi \n\nAssistant: "},
+             {"prompt": "\n\nHuman: other\n\nAssistant:"}]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    table = data.load_prompts(path)
+    assert table.num_rows == 2  # whitespace variants share one prompt_id
+    assert data.prompt_id("\n\nHuman: hi\n\nAssistant:") == data.prompt_id("\n\nHuman:  hi \n\nAssistant: ")
+    assert table.column("prompt_id").to_pylist() == sorted(table.column("prompt_id").to_pylist())
+    assert data.load_prompts(path, limit=1).num_rows == 1
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"prompt": ["x"], "chosen": ["y"]}), path)
+    with pytest.raises(data.InputError, match=r"bad\.parquet.*rejected"):
+        data.load_preferences(path)
+
+
+def test_bad_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a"}\nnot json\n')
+    with pytest.raises(data.InputError, match=r"bad\.jsonl: line 2"):
+        data.load_prompts(path)

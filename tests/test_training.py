@@ -1,0 +1,57 @@
+"""Bradley-Terry training on an easy, separable toy set with a tiny real model."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from safetensors.torch import load_file
+
+from wofn import evaluation, models, training
+
+
+def _toy_pairs(n: int, seed: int) -> list[dict]:
+    """Chosen answers are polite, rejected ones rude: separable from the response alone."""
+    rng = random.Random(seed)
+    topics = ["bread", "taxes", "the weather", "python", "music", "a car", "my garden", "chess"]
+    good = ["Sure, happy to help with that.", "Of course, here is a careful answer.", "Thanks for asking, gladly."]
+    bad = ["No. Go away.", "That is stupid, figure it out.", "Whatever, not my problem."]
+    pairs = []
+    for _ in range(n):
+        prompt = f"\n\nHuman: Can you tell me about {rng.choice(topics)}?\n\nAssistant:"
+        pairs.append({"prompt": prompt, "chosen": " " + rng.choice(good), "rejected": " " + rng.choice(bad)})
+    return pairs
+
+
+def test_training_lowers_loss_and_separates_easy_pairs(tmp_path):
+    config = training.TrainConfig(epochs=8, batch_size=8, learning_rate=1e-3, max_length=48, log_every=1, seed=1)
+    out = tmp_path / "rm"
+    metrics = training.train_reward_model(models.TINY_BERT, _toy_pairs(48, 0), config, out,
+                                          manifest={"role": "test"})
+    losses = [r["loss"] for r in metrics["history"]]
+    assert losses[-1] < 0.3 < losses[0], losses
+    result = evaluation.evaluate(str(out), _toy_pairs(40, 1))
+    assert result["accuracy"] >= 0.95 and result["n"] == 40
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["role"] == "test" and manifest["max_length"] == 48 and manifest["revision"].startswith("sha256:")
+    assert manifest["train_config"]["seed"] == 1
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    # the weights really moved away from the backbone
+    trained = load_file(out / "model.safetensors")
+    backbone = load_file(f"{models.resolve(models.TINY_BERT)}/model.safetensors")
+    key = next(k for k in trained if k.endswith("embeddings.word_embeddings.weight"))
+    base_key = next(k for k in backbone if k.endswith("embeddings.word_embeddings.weight"))
+    assert (trained[key] - backbone[base_key]).abs().max() > 1e-4
+
+
+def test_untrained_head_is_near_chance(tmp_path):
+    result = evaluation.evaluate(models.TINY_BERT, _toy_pairs(40, 2), max_length=48)
+    assert result["accuracy"] < 0.95
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="batch_size"):
+        training.TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="no training pairs"):
+        training.train_reward_model(models.TINY_BERT, [], training.TrainConfig(), "unused")
