@@ -12,7 +12,6 @@ export DAGSTER_HOME ?= $(WOFN_HOME)/dagster
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch first: 2.13.0 is the local CPU wheel here; a GPU user may install their CUDA build instead.
 	$(BIN)/pip install -q torch==2.13.0
 	# the whole stack in one resolver call, pinned by constraints.txt

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import uuid
 
 import apache_beam as beam
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 
 def input_pattern(path: str) -> str:
@@ -101,6 +103,21 @@ class WriteShards(beam.PTransform):
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShardFn(self._output_dir, self._schema, self._num_shards, self._sort_keys))
         )
+
+
+def new_pipeline(pipeline_args: list[str], save_main_session: bool) -> beam.Pipeline:
+    options = PipelineOptions(pipeline_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    return beam.Pipeline(options=options)
+
+
+def run_to_completion(pipeline: beam.Pipeline, log: logging.Logger) -> dict[str, int]:
+    """Run, wait, and return the job's `wofn` counters (also logged)."""
+    result = pipeline.run()
+    result.wait_until_finish()
+    stats = counters(result)
+    log.info("%s", stats)
+    return stats
 
 
 def counters(result) -> dict[str, int]:

@@ -14,55 +14,40 @@ import logging
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.ml.inference.base import RunInference
 
-from beam_jobs.io import WriteShards, count_rows, counters, input_pattern
+from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
+from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, run_to_completion
 from wofn import generation, models, schemas
-from wofn.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
-class PolicyHandler(ModelHandler[dict, list, models.LoadedModel]):
-    """Loads the policy once per worker; a batch of prompt rows in, N candidate rows per prompt out."""
+class PolicyHandler(WofnModelHandler):
+    """A batch of prompt rows in, a list of N candidate rows per prompt out."""
 
-    def __init__(self, policy: str, params: generation.SamplingParams, device: str = "cpu",
-                 dtype: str = "float32", torch_threads: int = 0, batch_size: int = 8,
-                 trust_remote_code: bool = False, expected_prompts: int | None = None):
-        super().__init__()
-        self._expected = expected_prompts
-        self._progress: Progress | None = None
-        self._policy = policy
+    label = "sample_candidates"
+    unit = "prompts"
+
+    def __init__(self, policy: str, params: generation.SamplingParams, runtime: Runtime,
+                 expected_prompts: int | None = None):
+        super().__init__(policy, runtime, expected_prompts)
         self._params = params
-        self._device = device
-        self._dtype = dtype
-        self._torch_threads = torch_threads
-        self._batch_size = batch_size
-        self._trust_remote_code = trust_remote_code
 
-    def load_model(self) -> models.LoadedModel:
-        models.set_torch_threads(self._torch_threads)
-        self._progress = Progress("sample_candidates", self._expected, "prompts", log)
-        return models.load_policy(self._policy, device=self._device, dtype=self._dtype,
-                                  trust_remote_code=self._trust_remote_code)
+    def _load(self) -> models.LoadedModel:
+        rt = self._runtime
+        return models.load_policy(self._model, device=rt.device, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code)
 
     def run_inference(self, batch: Sequence[dict], model: models.LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[list]:
         rows = generation.sample(model, [(r["prompt_id"], r["prompt"]) for r in batch], self._params)
+        tokens = sum(r["num_tokens"] for r in rows)
         beam.metrics.Metrics.counter("wofn", "prompts_sampled").inc(len(batch))
         beam.metrics.Metrics.counter("wofn", "candidates").inc(len(rows))
-        beam.metrics.Metrics.counter("wofn", "generated_tokens").inc(sum(r["num_tokens"] for r in rows))
-        if self._progress is not None:
-            self._progress.update(len(batch), sum(r["num_tokens"] for r in rows))
+        beam.metrics.Metrics.counter("wofn", "generated_tokens").inc(tokens)
+        self._report(len(batch), tokens)
         n = self._params.n
         return [rows[i * n : (i + 1) * n] for i in range(len(batch))]
-
-    def batch_elements_kwargs(self) -> dict:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
-
-    def share_model_across_processes(self) -> bool:
-        return False
 
 
 def _candidates(rows: list) -> list:
@@ -95,12 +80,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="global seed; each (prompt, sample) derives its own")
     parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are cut from the left")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
-    parser.add_argument("--num-shards", type=int, default=4)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--torch-threads", type=int, default=0, help="0 = all cores; use 1 per worker in multi_processing mode")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    add_runtime_args(parser, batch_size=8, batch_help="prompts per generation batch")
     return parser.parse_known_args(argv)
 
 
@@ -110,22 +90,15 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
         n=known.n, max_new_tokens=known.max_new_tokens, temperature=known.temperature,
         top_p=known.top_p, seed=known.seed, max_prompt_tokens=known.max_prompt_tokens,
     )
-    handler = PolicyHandler(known.policy, params, known.device, known.dtype, known.torch_threads,
-                            known.batch_size, known.trust_remote_code, count_rows(known.prompts))
-    options = PipelineOptions(pipeline_args)
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    pipeline = beam.Pipeline(options=options)
+    handler = PolicyHandler(known.policy, params, runtime_from_args(known), count_rows(known.prompts))
+    pipeline = new_pipeline(pipeline_args, save_main_session)
     _ = (
         pipeline
         | "ReadPrompts" >> beam.io.ReadFromParquet(input_pattern(known.prompts), columns=["prompt_id", "prompt"])
         | "SampleCandidates" >> SampleCandidates(handler)
         | "WriteCandidates" >> WriteShards(known.output, schemas.CANDIDATES, known.num_shards)
     )
-    result = pipeline.run()
-    result.wait_until_finish()
-    stats = counters(result)
-    log.info("sample_candidates: %s", stats)
-    return stats
+    return run_to_completion(pipeline, log)
 
 
 if __name__ == "__main__":

@@ -15,40 +15,31 @@ import logging
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.ml.inference.base import RunInference
 
-from beam_jobs.io import WriteShards, count_rows, counters, input_pattern
+from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
+from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, run_to_completion
 from wofn import evaluation, models, schemas, scoring
-from wofn.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
-class RewardHandler(ModelHandler[dict, dict, models.LoadedModel]):
-    """Loads the reward model once per worker; candidate rows in, score rows out."""
+class RewardHandler(WofnModelHandler):
+    """Candidate rows in, one score row per candidate out."""
 
-    def __init__(self, reward_model: str, max_length: int | None = None, device: str = "cpu",
-                 dtype: str = "float32", torch_threads: int = 0, batch_size: int = 64,
-                 token_budget: int = 8192, trust_remote_code: bool = False,
-                 expected_candidates: int | None = None):
-        super().__init__()
-        self._expected = expected_candidates
-        self._progress: Progress | None = None
-        self._reward_model = reward_model
+    label = "score_candidates"
+    unit = "candidates"
+
+    def __init__(self, reward_model: str, runtime: Runtime, max_length: int | None = None,
+                 token_budget: int = 8192, expected_candidates: int | None = None):
+        super().__init__(reward_model, runtime, expected_candidates)
         self._max_length = max_length
-        self._device = device
-        self._dtype = dtype
-        self._torch_threads = torch_threads
-        self._batch_size = batch_size
         self._token_budget = token_budget
-        self._trust_remote_code = trust_remote_code
 
-    def load_model(self) -> models.LoadedModel:
-        models.set_torch_threads(self._torch_threads)
-        self._progress = Progress("score_candidates", self._expected, "candidates", log)
-        return models.load_reward_model(self._reward_model, device=self._device, dtype=self._dtype,
-                                        trust_remote_code=self._trust_remote_code)
+    def _load(self) -> models.LoadedModel:
+        rt = self._runtime
+        return models.load_reward_model(self._model, device=rt.device, dtype=rt.dtype,
+                                        trust_remote_code=rt.trust_remote_code)
 
     def run_inference(self, batch: Sequence[dict], model: models.LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
@@ -57,16 +48,12 @@ class RewardHandler(ModelHandler[dict, dict, models.LoadedModel]):
         rewards = scoring.score(model, [r["prompt"] for r in batch], [r["response"] for r in batch],
                                 max_length, self._token_budget)
         beam.metrics.Metrics.counter("wofn", "candidates_scored").inc(len(batch))
-        if self._progress is not None:
-            self._progress.update(len(batch))
+        self._report(len(batch))
         return [
             {"prompt_id": r["prompt_id"], "candidate_idx": r["candidate_idx"], "reward": reward,
              "reward_model": model.name, "reward_model_revision": model.revision}
             for r, reward in zip(batch, rewards)
         ]
-
-    def batch_elements_kwargs(self) -> dict:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
 
 
 class ScoreCandidates(beam.PTransform):
@@ -86,24 +73,16 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--output", required=True, help="folder for the score shards")
     parser.add_argument("--reward-model", required=True, help="RM folder, HF id, or backbone name")
     parser.add_argument("--max-length", type=int, default=None, help="default: the RM manifest's, else 256")
-    parser.add_argument("--batch-size", type=int, default=64, help="candidates per inference call")
     parser.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward pass")
-    parser.add_argument("--num-shards", type=int, default=4)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--torch-threads", type=int, default=0, help="0 = all cores; use 1 per worker in multi_processing mode")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    add_runtime_args(parser, batch_size=64, batch_help="candidates per inference call")
     return parser.parse_known_args(argv)
 
 
 def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     known, pipeline_args = parse_args(argv)
-    handler = RewardHandler(known.reward_model, known.max_length, known.device, known.dtype,
-                            known.torch_threads, known.batch_size, known.token_budget,
-                            known.trust_remote_code, count_rows(known.candidates))
-    options = PipelineOptions(pipeline_args)
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    pipeline = beam.Pipeline(options=options)
+    handler = RewardHandler(known.reward_model, runtime_from_args(known), known.max_length,
+                            known.token_budget, count_rows(known.candidates))
+    pipeline = new_pipeline(pipeline_args, save_main_session)
     _ = (
         pipeline
         | "ReadCandidates" >> beam.io.ReadFromParquet(
@@ -111,11 +90,7 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
         | "ScoreCandidates" >> ScoreCandidates(handler)
         | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES, known.num_shards)
     )
-    result = pipeline.run()
-    result.wait_until_finish()
-    stats = counters(result)
-    log.info("score_candidates: %s", stats)
-    return stats
+    return run_to_completion(pipeline, log)
 
 
 if __name__ == "__main__":

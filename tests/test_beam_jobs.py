@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import io as beam_io
 from beam_jobs import sample_candidates, score_candidates
+from beam_jobs.inference import Runtime
 from wofn import generation, schemas
 
 
@@ -30,7 +31,7 @@ def _counts_per_prompt(rows):
 def test_sample_transform_gives_n_valid_candidates_per_prompt():
     prompts = [{"prompt_id": f"p{i}", "prompt": f"\n\nHuman: question {i}?\n\nAssistant:"} for i in range(3)]
     params = generation.SamplingParams(n=3, max_new_tokens=5, seed=7)
-    handler = sample_candidates.PolicyHandler("tiny-llama", params, batch_size=2)
+    handler = sample_candidates.PolicyHandler("tiny-llama", params, Runtime(batch_size=2))
     with TestPipeline() as p:
         rows = p | beam.Create(prompts) | sample_candidates.SampleCandidates(handler)
         assert_that(rows | "Key" >> beam.Map(lambda r: (r["prompt_id"], 1)) | beam.CombinePerKey(sum),
@@ -73,7 +74,7 @@ def test_score_transform_and_job(tmp_path, prompts_file):
     sample_candidates.run(["--prompts", str(prompts_file), "--output", str(cands), "--policy", "tiny-llama",
                            "--n", "2", "--max-new-tokens", "4"], save_main_session=False)
     rows = _read_dir(cands)
-    handler = score_candidates.RewardHandler("tiny-bert", max_length=64, batch_size=4)
+    handler = score_candidates.RewardHandler("tiny-bert", Runtime(batch_size=4), max_length=64)
     with TestPipeline() as p:
         scores = p | beam.Create(rows) | score_candidates.ScoreCandidates(handler)
         assert_that(scores | beam.Map(lambda s: (s["prompt_id"], s["candidate_idx"], math.isfinite(s["reward"]))),

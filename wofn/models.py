@@ -203,6 +203,13 @@ class LoadedModel:
     path: str
 
 
+def _quiet_progress_bars() -> None:
+    """Per-tensor "Loading weights" bars flood logs of jobs that load models on every worker."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(resolved: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -213,6 +220,7 @@ def load_policy(spec: str, device: str = "cpu", dtype: str = "float32",
                 trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
+    _quiet_progress_bars()
     resolved = resolve(spec)
     check_safetensors(resolved, allow_pickle)
     tokenizer = load_tokenizer(resolved, trust_remote_code)
@@ -238,6 +246,7 @@ def load_reward_model(spec: str, device: str = "cpu", dtype: str = "float32",
     """
     from transformers import AutoModelForSequenceClassification
 
+    _quiet_progress_bars()
     resolved = resolve(spec)
     check_safetensors(resolved, allow_pickle)
     tokenizer = load_tokenizer(resolved, trust_remote_code)

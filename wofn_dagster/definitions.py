@@ -1,6 +1,5 @@
 """The one Definitions object: assets by stage, resources from the active profile and environment."""
 
-
 import os
 
 from dagster import Definitions, load_assets_from_modules, multiprocess_executor

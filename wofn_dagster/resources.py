@@ -1,6 +1,5 @@
 """Resources: where files land, how Beam runs, and the pipeline's settings."""
 
-
 import os
 from pathlib import Path
 from typing import Optional

@@ -1,6 +1,5 @@
 """What every table asset does after computing: publish files, refresh the catalog view, report."""
 
-
 import base64
 import io
 import pyarrow as pa

@@ -1,6 +1,5 @@
 """Input assets: human preference pairs (train and eval) and unlabeled prompts."""
 
-
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from wofn import data

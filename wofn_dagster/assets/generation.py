@@ -1,6 +1,5 @@
 """Inference assets, each materialized by a Beam job: candidates (N-way sampling) and their scores."""
 
-
 import math
 import time
 

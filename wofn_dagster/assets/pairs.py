@@ -1,6 +1,5 @@
 """Pair assets, computed by DuckDB over the Parquet tables: West-of-N pairs and the filtered set."""
 
-
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from wofn import catalog, schemas

@@ -1,6 +1,5 @@
 """Reward-model assets: the base model trained on human pairs, and the West-of-N student."""
 
-
 import json
 import random
 
@@ -51,6 +50,18 @@ def _loss_plot(history: list[dict], title: str) -> MetadataValue:
     return value
 
 
+def _model_metadata(model_dir, manifest: dict, metrics: dict, title: str) -> dict:
+    """What both reward-model assets report about the model they wrote and its training."""
+    return {
+        "path": MetadataValue.path(str(model_dir)),
+        "revision": MetadataValue.text(manifest["revision"]),
+        "final_train_loss": MetadataValue.float(metrics["final_loss"]),
+        "train_seconds": MetadataValue.float(metrics["seconds"]),
+        "train_pairs_per_s": MetadataValue.float(metrics["pairs_per_s"]),
+        "training_curve": _loss_plot(metrics["history"], title),
+    }
+
+
 def _data_version(h: WofnHome, asset: str) -> str:
     return content_hash(h.table_dir(asset))
 
@@ -72,16 +83,11 @@ def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, ho
     context.log.info("base RM accuracy on eval pairs: %.3f (n=%d)", result["accuracy"], result["n"])
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(model_dir)),
-            "revision": MetadataValue.text(manifest["revision"]),
             "eval_accuracy": MetadataValue.float(result["accuracy"]),
             "eval_n": MetadataValue.int(result["n"]),
             "longer_wins_accuracy": MetadataValue.float(result["longer_wins_accuracy"]),
             "shorter_wins_accuracy": MetadataValue.float(result["shorter_wins_accuracy"]),
-            "final_train_loss": MetadataValue.float(metrics["final_loss"]),
-            "train_seconds": MetadataValue.float(metrics["seconds"]),
-            "train_pairs_per_s": MetadataValue.float(metrics["pairs_per_s"]),
-            "training_curve": _loss_plot(metrics["history"], "base RM training"),
+            **_model_metadata(model_dir, manifest, metrics, "base RM training"),
         },
         data_version=DataVersion(manifest["revision"]),
     )
@@ -150,8 +156,6 @@ def student_reward_model(context: AssetExecutionContext, settings: WofnSettings,
     plt.close(fig)
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(model_dir)),
-            "revision": MetadataValue.text(manifest["revision"]),
             "base_accuracy": MetadataValue.float(base_eval["accuracy"]),
             "student_accuracy": MetadataValue.float(student_eval["accuracy"]),
             "accuracy_delta": MetadataValue.float(delta),
@@ -160,10 +164,8 @@ def student_reward_model(context: AssetExecutionContext, settings: WofnSettings,
             "shorter_wins_accuracy": MetadataValue.float(base_eval["shorter_wins_accuracy"]),
             "mix": MetadataValue.json(mix),
             "lineage": MetadataValue.json(lineage),
-            "final_train_loss": MetadataValue.float(metrics["final_loss"]),
-            "train_seconds": MetadataValue.float(metrics["seconds"]),
             "accuracy_plot": plot,
-            "training_curve": _loss_plot(metrics["history"], "student RM training"),
+            **_model_metadata(model_dir, manifest, metrics, "student RM training"),
         },
         data_version=DataVersion(manifest["revision"]),
     )
