@@ -22,20 +22,24 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-run: setup
+$(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
+	cp -n wofn_dagster/instance/dagster.yaml $@
+
+run: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m wofn_dagster.definitions --select '*'
 
+# the tiny profile in its own home, so it never overwrites the default run's tables
 run-tiny: setup
-	mkdir -p $(DAGSTER_HOME)
-	WOFN_PROFILE=tiny $(BIN)/dagster asset materialize -m wofn_dagster.definitions --select '*'
+	mkdir -p .wofn-tiny/dagster && cp -n wofn_dagster/instance/dagster.yaml .wofn-tiny/dagster/ || true
+	WOFN_PROFILE=tiny WOFN_HOME=$(CURDIR)/.wofn-tiny DAGSTER_HOME=$(CURDIR)/.wofn-tiny/dagster \
+		$(BIN)/dagster asset materialize -m wofn_dagster.definitions --select '*'
 
 test: setup
 	$(BIN)/python -m pytest -q
 
-ui: setup
-	mkdir -p $(DAGSTER_HOME)
+ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 clean:
-	rm -rf .wofn
+	rm -rf .wofn .wofn-tiny

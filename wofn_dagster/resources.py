@@ -63,7 +63,7 @@ class WofnSettings(ConfigurableResource):
     confidence_quantile: float = Field(description="keep pairs with confidence >= this quantile of confidence")
     logprob_quantile: float = Field(description="keep pairs whose both responses' mean log-prob >= this quantile")
     score_batch_size: int = Field(description="candidates per reward-model inference call")
-    torch_threads: int = Field(description="torch threads per step; 0 = half the cores (two steps may run at once)")
+    torch_threads: int = Field(description="torch threads per step; 0 = all cores")
     device: str = Field(description="torch device for sampling, scoring and training (cpu, cuda)")
 
     @classmethod
@@ -72,4 +72,4 @@ class WofnSettings(ConfigurableResource):
         return cls(profile=name, **values)
 
     def threads(self) -> int:
-        return self.torch_threads if self.torch_threads > 0 else max(1, (os.cpu_count() or 2) // 2)
+        return self.torch_threads if self.torch_threads > 0 else (os.cpu_count() or 1)

@@ -2,6 +2,9 @@
 
 import base64
 import io
+import logging
+import shutil
+from contextlib import contextmanager
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import DataVersion, MaterializeResult, MetadataValue
@@ -28,13 +31,56 @@ def table_result(home: WofnHome, asset: str, metadata: dict | None = None) -> Ma
     )
 
 
+class _ToDagster(logging.Handler):
+    def __init__(self, context):
+        super().__init__(logging.INFO)
+        self._context = context
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._context.log.info(f"{record.name}: {record.getMessage()}")
+
+
+@contextmanager
+def forward_logs(context, *names: str):
+    """Show INFO lines of the given Python loggers (e.g. a Beam job's progress) in the run's log.
+
+    Works for jobs running in this process (DirectRunner in_memory); other runners log on workers.
+    """
+    handler = _ToDagster(context)
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+
+
+@contextmanager
+def staged(home: WofnHome, asset: str):
+    """Yield an empty staging folder; swap it in for the asset's table when the block succeeds.
+
+    On failure the staging folder is removed and the previously published table is untouched.
+    """
+    final = home.table_dir(asset)
+    staging = home.staging_dir(final)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish(staging, final)
+
+
 def publish_table(home: WofnHome, asset: str, table: pa.Table, metadata: dict | None = None) -> MaterializeResult:
     """Write one Parquet file for `asset` (checked against its schema) and swap it in whole."""
     table = schemas.conform(table, schemas.TABLES[asset], where=asset)
-    final = home.table_dir(asset)
-    staging = home.staging_dir(final)
-    catalog.write_parquet(table, staging)
-    publish(staging, final)
+    with staged(home, asset) as staging:
+        catalog.write_parquet(table, staging)
     return table_result(home, asset, metadata)
 
 

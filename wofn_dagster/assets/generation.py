@@ -3,16 +3,12 @@
 import math
 import time
 
-import matplotlib
+from matplotlib.figure import Figure
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, RetryPolicy, asset
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, RetryPolicy, asset  # noqa: E402
-
-from beam_jobs import sample_candidates, score_candidates  # noqa: E402
-from wofn.paths import publish  # noqa: E402
-from wofn_dagster.assets.common import png_markdown, quantiles, read_table, table_result  # noqa: E402
-from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings  # noqa: E402
+from beam_jobs import sample_candidates, score_candidates
+from wofn_dagster.assets.common import forward_logs, png_markdown, quantiles, read_table, staged, table_result
+from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
 
 _RETRY = RetryPolicy(max_retries=1, delay=5)
 
@@ -22,22 +18,20 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
                beam_runner: BeamRunnerResource) -> MaterializeResult:
     """N responses per prompt sampled from the policy, with their log-likelihood under it."""
     h = home.home
-    final = h.table_dir("candidates")
-    staging = h.staging_dir(final)
     n_prompts = len(read_table(h, "prompts"))
     context.log.info("sampling %d prompts x N=%d with %s (%s)", n_prompts, settings.n, settings.policy, beam_runner.runner)
     started = time.monotonic()
-    stats = sample_candidates.run([
-        "--prompts", str(h.table_dir("prompts")), "--output", str(staging),
-        "--policy", settings.policy, "--n", str(settings.n),
-        "--max-new-tokens", str(settings.max_new_tokens), "--temperature", str(settings.temperature),
-        "--top-p", str(settings.top_p), "--seed", str(settings.seed),
-        "--batch-size", str(settings.sample_batch_size), "--dtype", settings.policy_dtype,
-        "--device", settings.device, "--torch-threads", str(settings.threads()),
-        *beam_runner.args(),
-    ], save_main_session=False)
+    with forward_logs(context, "beam_jobs"), staged(h, "candidates") as staging:
+        stats = sample_candidates.run([
+            "--prompts", str(h.table_dir("prompts")), "--output", str(staging),
+            "--policy", settings.policy, "--n", str(settings.n),
+            "--max-new-tokens", str(settings.max_new_tokens), "--temperature", str(settings.temperature),
+            "--top-p", str(settings.top_p), "--seed", str(settings.seed),
+            "--batch-size", str(settings.sample_batch_size), "--dtype", settings.policy_dtype,
+            "--device", settings.device, "--torch-threads", str(settings.threads()),
+            *beam_runner.args(),
+        ], save_main_session=False)
     seconds = time.monotonic() - started
-    publish(staging, final)
     rows = read_table(h, "candidates")
     stop = sum(1 for r in rows.column("finish_reason").to_pylist() if r == "stop")
     tokens = sum(rows.column("num_tokens").to_pylist())
@@ -63,26 +57,24 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
                      beam_runner: BeamRunnerResource) -> MaterializeResult:
     """The base reward model's reward for every candidate."""
     h = home.home
-    final = h.table_dir("candidate_scores")
-    staging = h.staging_dir(final)
     model_dir = h.model_dir("base_reward_model")
     started = time.monotonic()
-    stats = score_candidates.run([
-        "--candidates", str(h.table_dir("candidates")), "--output", str(staging),
-        "--reward-model", str(model_dir), "--batch-size", str(settings.score_batch_size),
-        "--device", settings.device, "--torch-threads", str(settings.threads()),
-        *beam_runner.args(),
-    ], save_main_session=False)
+    with forward_logs(context, "beam_jobs"), staged(h, "candidate_scores") as staging:
+        stats = score_candidates.run([
+            "--candidates", str(h.table_dir("candidates")), "--output", str(staging),
+            "--reward-model", str(model_dir), "--batch-size", str(settings.score_batch_size),
+            "--device", settings.device, "--torch-threads", str(settings.threads()),
+            *beam_runner.args(),
+        ], save_main_session=False)
     seconds = time.monotonic() - started
-    publish(staging, final)
     rewards = [r for r in read_table(h, "candidate_scores").column("reward").to_pylist() if math.isfinite(r)]
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
     ax.hist(rewards, bins=40)
     ax.set_xlabel("base reward")
     ax.set_ylabel("candidates")
     ax.set_title("candidate rewards")
     plot = png_markdown(fig)
-    plt.close(fig)
     context.log.info("scored %d candidates in %.0fs", len(rewards), seconds)
     return table_result(h, "candidate_scores", {
         "reward_model": MetadataValue.path(str(model_dir)),

@@ -3,16 +3,13 @@
 import json
 import random
 
-import matplotlib
+from matplotlib.figure import Figure
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset  # noqa: E402
-
-from wofn import evaluation, models, training  # noqa: E402
-from wofn.paths import WofnHome, content_hash  # noqa: E402
-from wofn_dagster.assets.common import png_markdown, read_table  # noqa: E402
-from wofn_dagster.resources import WofnHomeResource, WofnSettings  # noqa: E402
+from wofn import evaluation, models, training
+from wofn.paths import WofnHome, content_hash
+from wofn_dagster.assets.common import png_markdown, read_table
+from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
 
 def _train_config(settings: WofnSettings) -> training.TrainConfig:
@@ -39,14 +36,14 @@ def _add_to_manifest(model_dir, extra: dict) -> dict:
 
 
 def _loss_plot(history: list[dict], title: str) -> MetadataValue:
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
     ax.plot([r["step"] for r in history], [r["loss"] for r in history], label="loss")
     ax.plot([r["step"] for r in history], [r["accuracy"] for r in history], label="train accuracy")
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.legend()
     value = png_markdown(fig)
-    plt.close(fig)
     return value
 
 
@@ -145,7 +142,8 @@ def student_reward_model(context: AssetExecutionContext, settings: WofnSettings,
         "accuracy_delta": delta}})
     context.log.info("eval accuracy: base %.3f, student %.3f (delta %+.3f, n=%d)",
                      base_eval["accuracy"], student_eval["accuracy"], delta, student_eval["n"])
-    fig, ax = plt.subplots(figsize=(4, 3))
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
     bars = {"base": base_eval["accuracy"], "student": student_eval["accuracy"],
             "longer wins": base_eval["longer_wins_accuracy"], "shorter wins": base_eval["shorter_wins_accuracy"]}
     ax.bar(list(bars), list(bars.values()), color=["grey", "tab:blue", "lightgrey", "lightgrey"])
@@ -153,7 +151,6 @@ def student_reward_model(context: AssetExecutionContext, settings: WofnSettings,
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"accuracy on {student_eval['n']} eval pairs")
     plot = png_markdown(fig)
-    plt.close(fig)
     return MaterializeResult(
         metadata={
             "base_accuracy": MetadataValue.float(base_eval["accuracy"]),
