@@ -6,7 +6,7 @@ import math
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import io as beam_io
@@ -32,7 +32,7 @@ def test_sample_transform_gives_n_valid_candidates_per_prompt():
     prompts = [{"prompt_id": f"p{i}", "prompt": f"\n\nHuman: question {i}?\n\nAssistant:"} for i in range(3)]
     params = generation.SamplingParams(n=3, max_new_tokens=5, seed=7)
     handler = sample_candidates.PolicyHandler("tiny-llama", params, Runtime(batch_size=2))
-    with TestPipeline() as p:
+    with test_pipeline.TestPipeline() as p:
         rows = p | beam.Create(prompts) | sample_candidates.SampleCandidates(handler)
         assert_that(rows | "Key" >> beam.Map(lambda r: (r["prompt_id"], 1)) | beam.CombinePerKey(sum),
                     equal_to([("p0", 3), ("p1", 3), ("p2", 3)]), label="ThreePerPrompt")
@@ -75,7 +75,7 @@ def test_score_transform_and_job(tmp_path, prompts_file):
                            "--n", "2", "--max-new-tokens", "4"], save_main_session=False)
     rows = _read_dir(cands)
     handler = score_candidates.RewardHandler("tiny-bert", Runtime(batch_size=4), max_length=64)
-    with TestPipeline() as p:
+    with test_pipeline.TestPipeline() as p:
         scores = p | beam.Create(rows) | score_candidates.ScoreCandidates(handler)
         assert_that(scores | beam.Map(lambda s: (s["prompt_id"], s["candidate_idx"], math.isfinite(s["reward"]))),
                     equal_to([(r["prompt_id"], r["candidate_idx"], True) for r in rows]))
