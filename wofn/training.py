@@ -38,6 +38,9 @@ class TrainConfig:
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (CPU and recent GPUs)"})
     device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between progress reports"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of the training pairs held out for validation (0 = none)"})
+    eval_every: int = field(default=0, metadata={"help": "optimizer steps between validation passes (0 = once per epoch)"})
+    select_best: bool = field(default=True, metadata={"help": "keep the checkpoint with the best validation accuracy (as the paper does)"})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_length", "log_every"):
@@ -47,6 +50,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.epochs must be > 0, got {self.epochs}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.eval_every < 0:
+            raise ValueError(f"TrainConfig.eval_every must be >= 0, got {self.eval_every}")
 
 
 Pair = dict  # {"prompt": str, "chosen": str, "rejected": str}
@@ -56,23 +63,88 @@ def bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(r_chosen - r_rejected).mean()
 
 
+class Objective:
+    """How one preference pair becomes model inputs, and how their outputs become a loss.
+
+    Each pair is encoded as `slots` sequences; a batch of B pairs is run as slots x B rows and
+    `margins` turns the [slots, B] outputs into one margin per pair (> 0: the chosen response
+    is preferred), from which the loss and accuracy follow.
+    """
+
+    kind = "reward_model"
+    slots = 2
+
+    def encode(self, tokenizer, pair: Pair, max_length: int) -> list[list[int]]:
+        return [rm_format.encode(tokenizer, pair["prompt"], pair["chosen"], max_length),
+                rm_format.encode(tokenizer, pair["prompt"], pair["rejected"], max_length)]
+
+    def margins(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Pointwise Bradley-Terry: r(x, y+) - r(x, y-)."""
+        return outputs[0] - outputs[1]
+
+    def loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        return -F.logsigmoid(self.margins(outputs)).mean()
+
+
+POINTWISE = Objective()
+
+
+def _forward(model, tokenizer, objective: Objective, encoded: list[list[list[int]]], batch: list[int],
+             device: torch.device, bf16: bool) -> torch.Tensor:
+    """Outputs [slots, len(batch)] for the pairs `batch`."""
+    sequences = [encoded[i][slot] for slot in range(objective.slots) for i in batch]
+    inputs = rm_format.collate(tokenizer, sequences)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits[:, 0].float()
+    return logits.view(objective.slots, len(batch))
+
+
+@torch.inference_mode()
+def _validate(model, tokenizer, objective: Objective, encoded, device, bf16: bool, batch_size: int) -> dict:
+    model.eval()
+    losses, correct = [], 0.0
+    order = sorted(range(len(encoded)), key=lambda i: max(len(s) for s in encoded[i]))  # little padding
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        outputs = _forward(model, tokenizer, objective, encoded, batch, device, bf16)
+        losses.append(objective.loss(outputs).item() * len(batch))
+        margins = objective.margins(outputs)
+        correct += (margins > 0).float().sum().item() + 0.5 * (margins == 0).float().sum().item()
+    model.train()
+    return {"val_loss": sum(losses) / len(encoded), "val_accuracy": correct / len(encoded)}
+
+
+def split_validation(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """A seeded random `fraction` of the pairs for validation, the rest for training."""
+    if fraction <= 0 or len(pairs) < 10:
+        return list(pairs), []
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    n_val = max(1, round(len(pairs) * fraction))
+    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+
+
 def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_dir: Path,
                        manifest: dict | None = None,
-                       progress: Callable[[dict], None] | None = None) -> dict:
-    """Train from `init` (a backbone or a reward-model spec) and write the model to `out_dir`."""
+                       progress: Callable[[dict], None] | None = None,
+                       objective: Objective = POINTWISE) -> dict:
+    """Train from `init` (a backbone or a reward-model spec) and write the model to `out_dir`.
+
+    A seeded `config.val_fraction` of the pairs is held out; with `select_best`, the saved
+    weights are those of the validation pass with the best accuracy (ties: lower loss).
+    """
     if not pairs:
         raise ValueError("no training pairs")
     torch.manual_seed(config.seed)
     rm = models.load_reward_model(init, device=config.device)
     model, tokenizer = rm.model, rm.tokenizer
     model.train()
-    encoded = [
-        (rm_format.encode(tokenizer, p["prompt"], p["chosen"], config.max_length),
-         rm_format.encode(tokenizer, p["prompt"], p["rejected"], config.max_length))
-        for p in pairs
-    ]
+    train_pairs, val_pairs = split_validation(pairs, config.val_fraction, config.seed)
+    encoded = [objective.encode(tokenizer, p, config.max_length) for p in train_pairs]
+    val_encoded = [objective.encode(tokenizer, p, config.max_length) for p in val_pairs]
     per_step = config.batch_size * config.grad_accum
-    total_steps = max(1, math.ceil(len(pairs) * config.epochs / per_step))
+    steps_per_epoch = max(1, math.ceil(len(train_pairs) / per_step))
+    total_steps = max(1, math.ceil(len(train_pairs) * config.epochs / per_step))
+    eval_every = config.eval_every or steps_per_epoch
     warmup = int(total_steps * config.warmup_ratio)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -80,58 +152,73 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
         optimizer,
         lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)),
     )
-    generator = torch.Generator().manual_seed(config.seed)
-    stream = _batches(len(pairs), config.batch_size, generator)
+    stream = _batches(len(train_pairs), config.batch_size, torch.Generator().manual_seed(config.seed))
     device = torch.device(config.device)
-    use_bf16 = config.bf16
-    history = []
+    history, validations = [], []
+    best: dict | None = None
+    best_state = None
     started = time.monotonic()
     window_loss, window_acc, window_n = 0.0, 0.0, 0
     for step in range(total_steps):
         optimizer.zero_grad(set_to_none=True)
         for _ in range(config.grad_accum):
             batch = next(stream)
-            inputs = rm_format.collate(tokenizer, [encoded[i][0] for i in batch] + [encoded[i][1] for i in batch])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                rewards = model(**{k: v.to(device) for k, v in inputs.items()}).logits[:, 0].float()
-            r_chosen, r_rejected = rewards[: len(batch)], rewards[len(batch):]
-            loss = bt_loss(r_chosen, r_rejected)
+            outputs = _forward(model, tokenizer, objective, encoded, batch, device, config.bf16)
+            loss = objective.loss(outputs)
             (loss / config.grad_accum).backward()
             window_loss += loss.item() * len(batch)
-            window_acc += (r_chosen > r_rejected).float().sum().item()
+            window_acc += (objective.margins(outputs) > 0).float().sum().item()
             window_n += len(batch)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        if (step + 1) % config.log_every == 0 or step + 1 == total_steps:
+        done = step + 1
+        if val_encoded and (done % eval_every == 0 or done == total_steps):
+            result = {"step": done, **_validate(model, tokenizer, objective, val_encoded, device,
+                                                config.bf16, config.batch_size * 2)}
+            validations.append(result)
+            log.info("validation at step %d: accuracy %.3f loss %.4f", done, result["val_accuracy"], result["val_loss"])
+            if best is None or (result["val_accuracy"], -result["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+                best = result
+                if config.select_best and done != total_steps:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                elif done == total_steps:
+                    best_state = None  # the final weights are the best
+        if done % config.log_every == 0 or done == total_steps:
             elapsed = time.monotonic() - started
             record = {
-                "step": step + 1, "total_steps": total_steps,
+                "step": done, "total_steps": total_steps,
                 "loss": window_loss / window_n, "accuracy": window_acc / window_n,
                 "lr": scheduler.get_last_lr()[0],
-                "pairs_per_s": (step + 1) * per_step / elapsed,
-                "eta_s": elapsed / (step + 1) * (total_steps - step - 1),
+                "pairs_per_s": done * per_step / elapsed,
+                "eta_s": elapsed / done * (total_steps - done),
+                **({"val_accuracy": validations[-1]["val_accuracy"]} if validations else {}),
             }
             history.append(record)
-            log.info("train step %d/%d loss %.4f acc %.3f %.1f pairs/s eta %.0fs", record["step"],
-                     total_steps, record["loss"], record["accuracy"], record["pairs_per_s"], record["eta_s"])
+            log.info("train step %d/%d loss %.4f acc %.3f %.1f pairs/s eta %.0fs", done, total_steps,
+                     record["loss"], record["accuracy"], record["pairs_per_s"], record["eta_s"])
             if progress:
                 progress(record)
             window_loss, window_acc, window_n = 0.0, 0.0, 0
+    if config.select_best and best_state is not None:
+        model.load_state_dict(best_state)
+        log.info("restored the best validation checkpoint (step %d, accuracy %.3f)", best["step"], best["val_accuracy"])
     model.eval()
     seconds = time.monotonic() - started
     metrics = {
-        "steps": total_steps, "pairs": len(pairs), "seconds": seconds,
-        "final_loss": history[-1]["loss"], "final_train_accuracy": history[-1]["accuracy"],
-        "pairs_per_s": total_steps * per_step / seconds, "history": history,
+        "steps": total_steps, "pairs": len(pairs), "train_pairs": len(train_pairs), "val_pairs": len(val_pairs),
+        "seconds": seconds, "final_loss": history[-1]["loss"], "final_train_accuracy": history[-1]["accuracy"],
+        "pairs_per_s": total_steps * per_step / seconds, "history": history, "validations": validations,
+        "best_step": best["step"] if (best and config.select_best) else total_steps,
+        "best_val_accuracy": best["val_accuracy"] if best else None,
     }
     full_manifest = {
-        "kind": "reward_model",
+        "kind": objective.kind,
         "init": init,
         "init_revision": rm.revision,
         "max_length": config.max_length,
         "train_config": asdict(config),
-        "train_metrics": {k: v for k, v in metrics.items() if k != "history"},
+        "train_metrics": {k: v for k, v in metrics.items() if k not in ("history",)},
         **(manifest or {}),
     }
     save(model, tokenizer, out_dir, full_manifest)
