@@ -55,3 +55,28 @@ def test_config_errors_name_the_field():
         training.TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="no training pairs"):
         training.train_reward_model(models.TINY_BERT, [], training.TrainConfig(), "unused")
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    pairs = [{"prompt": str(i), "chosen": "a", "rejected": "b"} for i in range(50)]
+    train, val = training.split_validation(pairs, 0.2, seed=3)
+    assert len(val) == 10 and len(train) == 40
+    assert {p["prompt"] for p in train}.isdisjoint({p["prompt"] for p in val})
+    assert training.split_validation(pairs, 0.2, seed=3) == (train, val)
+    assert training.split_validation(pairs, 0.2, seed=4)[1] != val
+    assert training.split_validation(pairs, 0.0, seed=3) == (pairs, [])
+
+
+def test_best_validation_checkpoint_is_recorded(tmp_path):
+    config = training.TrainConfig(epochs=3, batch_size=8, learning_rate=1e-3, max_length=48, seed=2,
+                                  val_fraction=0.25, eval_every=2)
+    metrics = training.train_reward_model(models.TINY_BERT, _toy_pairs(40, 5), config, tmp_path / "rm")
+    steps = [v["step"] for v in metrics["validations"]]
+    assert steps == sorted(steps) and steps[-1] == metrics["steps"] and len(steps) >= 3
+    best = max(metrics["validations"], key=lambda v: (v["val_accuracy"], -v["val_loss"]))
+    assert metrics["best_step"] == best["step"] and metrics["best_val_accuracy"] == best["val_accuracy"]
+    manifest = json.loads((tmp_path / "rm" / "manifest.json").read_text())
+    assert manifest["train_metrics"]["val_pairs"] == 10 and manifest["train_metrics"]["best_step"] == best["step"]
+    # the saved weights are the best checkpoint's: re-validating them reproduces its accuracy
+    _, val = training.split_validation(_toy_pairs(40, 5), 0.25, 2)
+    assert evaluation.evaluate(str(tmp_path / "rm"), val)["accuracy"] == pytest.approx(best["val_accuracy"])
