@@ -1,16 +1,27 @@
-"""Score every candidate with a reward model (Beam job).
+"""Score every candidate with a reward model, or judge them by tournaments (Beam job).
 
     python -m beam_jobs.score_candidates --candidates PATH --output DIR --reward-model MODEL \
-        [--max-length L] [Beam pipeline options such as --runner]
+        [--teacher-kind auto|pointwise|pairwise] [--max-length L] [--prompts-per-batch P] \
+        [Beam pipeline options such as --runner]
 
 PATH is a Parquet file or folder of wofn.schemas.CANDIDATES rows. MODEL is a trained reward-model
 folder, a HF sequence-classification model, or a backbone name (an untrained scalar head, for
-smoke tests and benchmarks). Writes wofn.schemas.CANDIDATE_SCORES shards to DIR.
+smoke tests and benchmarks).
+
+Pointwise teacher (a scalar reward model): writes wofn.schemas.CANDIDATE_SCORES shards to DIR,
+one row per candidate.
+
+Pairwise teacher (a preference model, `wofn.pairwise`): candidates are grouped by prompt_id and
+the best and worst of each prompt are found by knockout tournaments (`wofn.tournament`, every
+round of a batch of prompts is one batched model call); writes wofn.schemas.TOURNAMENT_PAIRS
+shards to DIR, one row per prompt that has a pair (N >= 2). `--teacher-kind auto` (default)
+picks pairwise when the model folder's manifest kind is "pairwise_preference_model".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from typing import Any, Iterable, Sequence
 
@@ -19,7 +30,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
 from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, run_to_completion
-from wofn import evaluation, models, schemas, scoring
+from wofn import evaluation, models, pairwise, schemas, scoring, tournament
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,106 @@ class ScoreCandidates(beam.PTransform):
         return candidate_rows | "RunRewardModel" >> RunInference(self._handler)
 
 
+class TournamentHandler(WofnModelHandler):
+    """Prompt groups in (prompt_id, prompt, candidates: [(candidate_idx, response)]); per group a
+    list with one wofn.schemas.TOURNAMENT_PAIRS row (empty when the prompt has no pair)."""
+
+    label = "score_candidates (pairwise)"
+    unit = "prompts"
+
+    def __init__(self, reward_model: str, runtime: Runtime, max_length: int | None = None,
+                 token_budget: int = 8192, expected_prompts: int | None = None):
+        super().__init__(reward_model, runtime, expected_prompts)
+        self._max_length = max_length
+        self._token_budget = token_budget
+
+    def _load(self) -> models.LoadedModel:
+        rt = self._runtime
+        return models.load_reward_model(self._model, device=rt.device, dtype=rt.dtype,
+                                        trust_remote_code=rt.trust_remote_code)
+
+    def run_inference(self, batch: Sequence[dict], model: models.LoadedModel,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[list]:
+        max_length = self._max_length or models.read_manifest(model.path).get(
+            "max_length", evaluation.DEFAULT_MAX_LENGTH)
+        prompts = {g["prompt_id"]: g["prompt"] for g in batch}
+        responses = {g["prompt_id"]: dict(g["candidates"]) for g in batch}
+        if len(prompts) != len(batch):
+            raise ValueError("a batch holds the same prompt_id twice; group candidates by prompt_id first")
+
+        def judge(matches: list[tournament.Match]) -> list[float]:
+            return pairwise.compare(
+                model, [prompts[p] for p, _, _ in matches], [responses[p][i] for p, i, _ in matches],
+                [responses[p][j] for p, _, j in matches], max_length, self._token_budget)
+
+        results = tournament.knockout({p: sorted(r) for p, r in responses.items()}, judge)
+        comparisons = sum(r.comparisons for r in results.values())
+        beam.metrics.Metrics.counter("wofn", "comparisons").inc(comparisons)
+        beam.metrics.Metrics.counter("wofn", "prompts_judged").inc(len(batch))
+        beam.metrics.Metrics.counter("wofn", "candidates_judged").inc(sum(len(r) for r in responses.values()))
+        beam.metrics.Metrics.counter("wofn", "prompts_without_pair").inc(
+            sum(1 for r in results.values() if not r.has_pair))
+        self._report(len(batch))
+        out = []
+        for group in batch:
+            result = results[group["prompt_id"]]
+            out.append([{
+                "prompt_id": group["prompt_id"], "chosen_idx": result.best_idx, "rejected_idx": result.worst_idx,
+                "logit": result.logit, "confidence": result.confidence, "comparisons": result.comparisons,
+                "n_candidates": result.n_candidates, "reward_model": model.name,
+                "reward_model_revision": model.revision,
+            }] if result.has_pair else [])
+        return out
+
+
+def _key_by_prompt(row: dict) -> tuple[str, dict]:
+    return row["prompt_id"], row
+
+
+def _group_of(element: tuple[str, Iterable[dict]]) -> dict:
+    """(prompt_id, candidate rows) -> {prompt_id, prompt, candidates: [(candidate_idx, response)]}."""
+    prompt_id, rows = element
+    rows = sorted(rows, key=lambda r: r["candidate_idx"])
+    candidates: dict[int, str] = {}
+    for row in rows:
+        idx = int(row["candidate_idx"])
+        if idx in candidates and candidates[idx] != row["response"]:
+            raise ValueError(f"prompt {prompt_id!r}: two different candidates with candidate_idx {idx}")
+        candidates[idx] = row["response"]
+    return {"prompt_id": prompt_id, "prompt": rows[0]["prompt"], "candidates": sorted(candidates.items())}
+
+
+def _rows(rows: list) -> list:
+    return rows
+
+
+class JudgeCandidates(beam.PTransform):
+    """Candidate rows in; one wofn.schemas.TOURNAMENT_PAIRS row per prompt with a pair out."""
+
+    def __init__(self, handler: TournamentHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, candidate_rows):
+        return (
+            candidate_rows
+            | "KeyByPrompt" >> beam.Map(_key_by_prompt)
+            | "GroupByPrompt" >> beam.GroupByKey()
+            | "ToGroup" >> beam.Map(_group_of)
+            | "RunTournaments" >> RunInference(self._handler)
+            | "FlattenPairs" >> beam.FlatMap(_rows)
+        )
+
+
+def teacher_kind(reward_model: str, requested: str = "auto") -> str:
+    """"pointwise" or "pairwise": `requested`, or for "auto" the model folder's manifest kind."""
+    if requested not in ("auto", "pointwise", "pairwise"):
+        raise ValueError(f"teacher kind {requested!r}: expected auto, pointwise or pairwise")
+    if requested != "auto":
+        return requested
+    return "pairwise" if pairwise.is_pairwise(reward_model) else "pointwise"
+
+
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", required=True, help="Parquet file or folder of candidates")
@@ -74,12 +185,19 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--reward-model", required=True, help="RM folder, HF id, or backbone name")
     parser.add_argument("--max-length", type=int, default=None, help="default: the RM manifest's, else 256")
     parser.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward pass")
-    add_runtime_args(parser, batch_size=64, batch_help="candidates per inference call")
+    parser.add_argument("--teacher-kind", choices=["auto", "pointwise", "pairwise"], default="auto",
+                        help="pointwise: score each candidate; pairwise: knockout tournaments per prompt; "
+                             "auto: pairwise when the model's manifest kind is pairwise_preference_model")
+    parser.add_argument("--prompts-per-batch", type=int, default=16,
+                        help="pairwise: prompts whose tournaments share the batched model calls")
+    add_runtime_args(parser, batch_size=64, batch_help="pointwise: candidates per inference call")
     return parser.parse_known_args(argv)
 
 
 def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     known, pipeline_args = parse_args(argv)
+    if teacher_kind(known.reward_model, known.teacher_kind) == "pairwise":
+        return _run_pairwise(known, pipeline_args, save_main_session)
     handler = RewardHandler(known.reward_model, runtime_from_args(known), known.max_length,
                             known.token_budget, count_rows(known.candidates))
     pipeline = new_pipeline(pipeline_args, save_main_session)
@@ -89,6 +207,23 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
             input_pattern(known.candidates), columns=["prompt_id", "candidate_idx", "prompt", "response"])
         | "ScoreCandidates" >> ScoreCandidates(handler)
         | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES, known.num_shards)
+    )
+    return run_to_completion(pipeline, log)
+
+
+def _run_pairwise(known: argparse.Namespace, pipeline_args: list[str], save_main_session: bool) -> dict[str, int]:
+    if known.prompts_per_batch < 1:
+        raise ValueError(f"--prompts-per-batch must be >= 1, got {known.prompts_per_batch}")
+    runtime = dataclasses.replace(runtime_from_args(known), batch_size=known.prompts_per_batch)
+    handler = TournamentHandler(known.reward_model, runtime, known.max_length, known.token_budget)
+    pipeline = new_pipeline(pipeline_args, save_main_session)
+    _ = (
+        pipeline
+        | "ReadCandidates" >> beam.io.ReadFromParquet(
+            input_pattern(known.candidates), columns=["prompt_id", "candidate_idx", "prompt", "response"])
+        | "JudgeCandidates" >> JudgeCandidates(handler)
+        | "WriteTournamentPairs" >> WriteShards(known.output, schemas.TOURNAMENT_PAIRS, known.num_shards,
+                                                sort_keys=("prompt_id",))
     )
     return run_to_completion(pipeline, log)
 

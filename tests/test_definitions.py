@@ -7,7 +7,8 @@ from dagster import AssetKey
 from wofn_dagster.definitions import defs
 
 ASSETS = {"human_preferences", "eval_preferences", "base_reward_model", "prompts", "candidates",
-          "candidate_scores", "west_of_n_pairs", "filtered_pairs", "student_reward_model"}
+          "candidate_scores", "west_of_n_pairs", "filtered_pairs", "student_reward_model", "student_rounds",
+          "reward_model_evaluations"}
 
 
 def test_definitions_load_with_the_product_asset_keys():
@@ -27,6 +28,7 @@ def test_lineage_edges():
     assert parents("filtered_pairs") == {"west_of_n_pairs"}
     assert parents("student_reward_model") == {"human_preferences", "filtered_pairs", "eval_preferences",
                                                "base_reward_model"}
+    assert parents("student_rounds") == {"student_reward_model", "candidates", "human_preferences", "eval_preferences"}
 
 
 def test_resources_have_embedded_defaults():

@@ -12,7 +12,6 @@ import duckdb
 import pytest
 
 from wofn import schemas
-from wofn_dagster.assets.training import _student_data
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -31,15 +30,20 @@ def tiny_run(tmp_path_factory):
     return root / "home", env, proc.stdout + proc.stderr
 
 
+POINTWISE_VIEWS = set(schemas.TABLES) - {"tournament_pairs"}  # that one is the pairwise teacher's
+
+
 def test_every_catalog_view_returns_rows(tiny_run):
     home, _, _ = tiny_run
     con = duckdb.connect(str(home / "wofn.duckdb"), read_only=True)
-    for view in schemas.TABLES:
+    for view in POINTWISE_VIEWS:
         count = con.sql(f'select count(*) from "{view}"').fetchall()[0][0]
         assert count > 0, view
     # the views are over the Parquet files, not copies
     kinds = dict(con.sql("select view_name, sql from duckdb_views() where not internal").fetchall())
-    assert set(kinds) == set(schemas.TABLES) and all("read_parquet" in sql for sql in kinds.values())
+    assert set(kinds) == POINTWISE_VIEWS and all("read_parquet" in sql for sql in kinds.values())
+    rounds = con.sql("select round, role from reward_model_evaluations order by round").fetchall()
+    assert rounds == [(0, "base"), (1, "student"), (2, "student")]
     n = con.sql("select count(*) from candidates").fetchall()[0][0]
     assert n == 4 * con.sql("select count(*) from prompts").fetchall()[0][0]
     con.close()
@@ -53,11 +57,17 @@ def test_models_and_lineage(tiny_run):
     manifest = json.loads((home / "models" / "student_reward_model" / "manifest.json").read_text())
     base = json.loads((home / "models" / "base_reward_model" / "manifest.json").read_text())
     assert manifest["lineage"]["teacher"]["revision"] == base["revision"]
-    assert set(manifest["lineage"]) >= {"human_preferences", "filtered_pairs", "teacher", "policy", "candidates"}
-    ev = manifest["evaluation"]
-    assert 0 <= ev["student"]["accuracy"] <= 1 and ev["accuracy_delta"] == pytest.approx(
-        ev["student"]["accuracy"] - ev["base"]["accuracy"])
+    assert set(manifest["lineage"]) >= {"human_preferences", "synthetic_pairs", "teacher", "policy", "candidates"}
+    ev, teacher_ev = manifest["evaluation"], manifest["teacher_evaluation"]
+    assert 0 <= ev["accuracy"] <= 1 and manifest["accuracy_delta_vs_teacher"] == pytest.approx(
+        ev["accuracy"] - teacher_ev["accuracy"])
+    assert teacher_ev == base["evaluation"], "the teacher's stored evaluation is reused, not recomputed"
     assert "RUN_SUCCESS" in log
+    round2 = json.loads((home / "rounds" / "round_2" / "student_reward_model" / "manifest.json").read_text())
+    assert round2["round"] == 2
+    assert round2["lineage"]["teacher"]["revision"] == manifest["revision"], "round 2 is taught by round 1's student"
+    for table in ("candidate_scores", "west_of_n_pairs", "filtered_pairs"):
+        assert list((home / "rounds" / "round_2" / table).glob("*.parquet")), table
 
 
 def test_cli_sql_and_evaluate(tiny_run):
@@ -76,13 +86,3 @@ def test_cli_sql_refuses_missing_catalog(tmp_path):
     proc = subprocess.run([str(BIN / "wofn"), "sql", "select 1", "--home", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no catalog" in proc.stderr
-
-
-def test_student_mix_caps_synthetic_at_the_ratio():
-    human = [{"prompt": f"h{i}", "chosen": "a", "rejected": "b"} for i in range(10)]
-    synthetic = [{"prompt": f"s{i}", "chosen": "a", "rejected": "b", "margin": 1.0} for i in range(25)]
-    pairs, mix = _student_data(human, synthetic, 1.0, seed=0)
-    assert len(pairs) == 20 and mix["synthetic_pairs"] == 10 and mix["synthetic_per_human"] == 1.0
-    pairs, mix = _student_data(human, synthetic[:4], 1.0, seed=0)
-    assert len(pairs) == 14 and mix["synthetic_per_human"] == 0.4
-    assert _student_data(human, synthetic, 1.0, seed=0)[0] == _student_data(human, synthetic, 1.0, seed=0)[0]

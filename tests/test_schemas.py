@@ -24,7 +24,7 @@ def _documented_output(sql_file: str) -> list[str]:
     return [c.strip() for c in block.group(2).replace("\n", " ").split(",") if c.strip()]
 
 
-@pytest.mark.parametrize("sql_file", ["west_of_n_pairs.sql", "filter_pairs.sql"])
+@pytest.mark.parametrize("sql_file", ["west_of_n_pairs.sql", "west_of_n_pairs_pairwise.sql", "filter_pairs.sql"])
 def test_sql_headers_list_the_schema_columns_in_order(sql_file):
     assert _documented_output(sql_file) == schemas.PAIRS.names
 
@@ -37,6 +37,7 @@ def test_conform_names_the_column_and_row():
         schemas.conform(table.drop(["prompt"]), schemas.PROMPTS, "here")
 
 
-def test_every_asset_table_has_a_schema():
+def test_every_table_has_a_schema():
     assert set(schemas.TABLES) == {"human_preferences", "eval_preferences", "prompts", "candidates",
-                                   "candidate_scores", "west_of_n_pairs", "filtered_pairs"}
+                                   "candidate_scores", "west_of_n_pairs", "filtered_pairs", "tournament_pairs",
+                                   "reward_model_evaluations"}

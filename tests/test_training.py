@@ -80,3 +80,13 @@ def test_best_validation_checkpoint_is_recorded(tmp_path):
     # the saved weights are the best checkpoint's: re-validating them reproduces its accuracy
     _, val = training.split_validation(_toy_pairs(40, 5), 0.25, 2)
     assert evaluation.evaluate(str(tmp_path / "rm"), val)["accuracy"] == pytest.approx(best["val_accuracy"])
+
+
+def test_student_mix_caps_synthetic_at_the_ratio():
+    human = [{"prompt": f"h{i}", "chosen": "a", "rejected": "b"} for i in range(10)]
+    synthetic = [{"prompt": f"s{i}", "chosen": "a", "rejected": "b", "margin": 1.0} for i in range(25)]
+    pairs, mix = training.mix_pairs(human, synthetic, 1.0, seed=0)
+    assert len(pairs) == 20 and mix["synthetic_pairs"] == 10 and mix["synthetic_per_human"] == 1.0
+    pairs, mix = training.mix_pairs(human, synthetic[:4], 1.0, seed=0)
+    assert len(pairs) == 14 and mix["synthetic_per_human"] == 0.4
+    assert training.mix_pairs(human, synthetic, 1.0, seed=0)[0] == training.mix_pairs(human, synthetic, 1.0, seed=0)[0]

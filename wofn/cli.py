@@ -1,6 +1,7 @@
 """`wofn`: work outside the Dagster UI.
 
-    wofn evaluate --model DIR [--model DIR ...] --pairs FILE   one JSON line per model
+    wofn evaluate --model DIR [--model DIR ...] --pairs FILE [--pairs FILE ...] [--format table]
+                                                               one JSON line per (model, pairs file)
     wofn sql QUERY_OR_FILE [--param name=value ...]             a table, from the catalog
 """
 
@@ -12,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from wofn import catalog, data, evaluation
+from wofn import catalog, data, evaluation, models
 from wofn.paths import WofnHome
 
 
@@ -29,10 +30,34 @@ def _param(text: str) -> tuple[str, object]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    pairs = data.load_preferences(args.pairs, args.max_pairs).to_pylist()
+    if not 0 < args.high_confidence_fraction <= 1:
+        raise ValueError(f"--high-confidence-fraction must be in (0, 1], got {args.high_confidence_fraction}")
+    if args.max_pairs is not None and args.max_pairs < 1:
+        raise ValueError(f"--max-pairs must be >= 1, got {args.max_pairs}")
+    # read every pairs file before loading any model: bad input fails fast, naming the file
+    pair_sets = [(str(path), data.load_preferences(path, args.max_pairs).to_pylist()) for path in args.pairs]
+    for path, pairs in pair_sets:
+        if not pairs:
+            raise data.InputError(f"{path}: no pairs to evaluate")
+    results = []
     for model in args.model:
-        result = evaluation.evaluate(model, pairs, device=args.device, max_length=args.max_length)
-        print(json.dumps({"pairs": str(args.pairs), **result}), flush=True)
+        rm = models.load_reward_model(model, device=args.device)  # once per model
+        for path, pairs in pair_sets:
+            result = {"pairs": path, **evaluation.evaluate_loaded(
+                rm, pairs, args.max_length, high_confidence_fraction=args.high_confidence_fraction)}
+            results.append(result)
+            if args.format == "json":
+                print(json.dumps(result), flush=True)
+    if args.format == "table":
+        print(evaluation.format_table(results), flush=True)
+    if args.output:
+        out = Path(args.output)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"wofn evaluate: cannot write {out}: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -78,10 +103,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ev = commands.add_parser("evaluate", help="accuracy of reward models on preference pairs")
     ev.add_argument("--model", action="append", required=True, help="RM folder, HF id or backbone name (repeatable)")
-    ev.add_argument("--pairs", required=True, help="Parquet/JSONL file or folder with prompt, chosen, rejected")
-    ev.add_argument("--max-pairs", type=int, default=None, help="use the first K pairs")
+    ev.add_argument("--pairs", action="append", required=True,
+                    help="Parquet/JSONL file or folder with prompt, chosen, rejected (repeatable)")
+    ev.add_argument("--max-pairs", type=int, default=None, help="use the first K pairs of each pairs file")
     ev.add_argument("--max-length", type=int, default=None, help="default: the model manifest's, else 256")
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--high-confidence-fraction", type=float, default=0.25,
+                    help="share of pairs with the largest |margin| for high-conf accuracy (default 0.25)")
+    ev.add_argument("--format", choices=["json", "table"], default="json",
+                    help="json: one line per (model, pairs file); table: a text table with length baselines")
+    ev.add_argument("--output", default=None, help="also write all results to this file as one JSON list")
     ev.set_defaults(func=_evaluate)
 
     sq = commands.add_parser("sql", help="run a query or .sql file against the catalog ($WOFN_HOME/wofn.duckdb)")

@@ -45,11 +45,16 @@ class WofnHome:
     def catalog_path(self) -> Path:
         return self.root / "wofn.duckdb"
 
-    def staging_dir(self, final: Path) -> Path:
-        """A fresh sibling of `final` to write into before `publish` swaps it in."""
-        path = final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:8]}"
-        path.mkdir(parents=True)
-        return path
+    def round_dir(self, k: int) -> Path:
+        """Tables and the student of West-of-N round k >= 2 (round 1 is the main assets)."""
+        return self.root / "rounds" / f"round_{k}"
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh hidden sibling of `final` to write into before `publish` swaps it in."""
+    path = final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    return path
 
 
 def publish(staging: Path, final: Path) -> None:

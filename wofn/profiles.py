@@ -37,11 +37,15 @@ DEFAULT = {
     "rm_batch_size": 16,
     "rm_learning_rate": 3e-5,
     "rm_bf16": True,
+    "teacher": "pointwise",
+    "rm_val_fraction": 0.1,
     "student_init": "backbone",
+    "rounds": 1,
     "synthetic_ratio": 1.0,
     "confidence_quantile": 0.5,
     "logprob_quantile": 0.1,
     "score_batch_size": 64,
+    "high_confidence_fraction": 0.25,
     "torch_threads": 0,
     "device": "cpu",
 }
@@ -62,6 +66,7 @@ TINY = {
     "rm_bf16": False,
     "confidence_quantile": 0.25,
     "logprob_quantile": 0.0,
+    "rounds": 2,
 }
 
 PROFILES = {"default": DEFAULT, "tiny": TINY}

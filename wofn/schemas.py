@@ -85,7 +85,45 @@ PAIRS = pa.schema(
     ]
 )
 
-# Asset key -> schema of the table it materializes.
+# The pairwise teacher's knockout tournaments (wofn.tournament): one row per prompt that has a
+# pair (best != worst), with the teacher's own verdict on the two finalists.
+TOURNAMENT_PAIRS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("chosen_idx", pa.int32(), nullable=False),  # the best bracket's champion
+        pa.field("rejected_idx", pa.int32(), nullable=False),  # the worst bracket's last one
+        pa.field("logit", pa.float64(), nullable=False),  # symmetrized logit that chosen beats rejected
+        pa.field("confidence", pa.float64(), nullable=False),  # sigmoid(logit); may be <= 0.5
+        pa.field("comparisons", pa.int32(), nullable=False),  # teacher comparisons for this prompt
+        pa.field("n_candidates", pa.int32(), nullable=False),  # candidates in the tournament
+        pa.field("reward_model", pa.string(), nullable=False),  # the pairwise teacher
+        pa.field("reward_model_revision", pa.string(), nullable=False),
+    ]
+)
+
+# Every reward model of a run (base = round 0, then each round's student) on the evaluation pairs.
+EVALUATIONS = pa.schema(
+    [
+        pa.field("round", pa.int32(), nullable=False),  # 0 = base, k = student of round k
+        pa.field("role", pa.string(), nullable=False),  # "base" or "student"
+        pa.field("model", pa.string(), nullable=False),  # model folder
+        pa.field("revision", pa.string(), nullable=False),  # content hash of its weights
+        pa.field("teacher", pa.string()),  # the teacher's folder (students only)
+        pa.field("n", pa.int32(), nullable=False),  # evaluation pairs
+        pa.field("accuracy", pa.float64(), nullable=False),  # ties count half
+        pa.field("length_balanced_accuracy", pa.float64()),  # mean of chosen-longer and chosen-shorter accuracy
+        pa.field("high_confidence_accuracy", pa.float64(), nullable=False),  # on the most confident share
+        pa.field("mean_margin", pa.float64(), nullable=False),
+        pa.field("calibration_error", pa.float64(), nullable=False),  # ECE of sigmoid(|margin|)
+        pa.field("longer_wins_accuracy", pa.float64(), nullable=False),  # length baseline
+        pa.field("shorter_wins_accuracy", pa.float64(), nullable=False),  # length baseline
+        pa.field("by_source", pa.string(), nullable=False),  # JSON: {source: {n, accuracy, ...}}
+        pa.field("eval_data_version", pa.string(), nullable=False),  # content hash of eval_preferences
+    ]
+)
+
+# Table name -> schema. Each name is an asset key, except tournament_pairs, which the
+# candidate_scores asset writes instead of per-candidate scores when the teacher is pairwise.
 TABLES: dict[str, pa.Schema] = {
     "human_preferences": PREFERENCES,
     "eval_preferences": PREFERENCES,
@@ -94,6 +132,8 @@ TABLES: dict[str, pa.Schema] = {
     "candidate_scores": CANDIDATE_SCORES,
     "west_of_n_pairs": PAIRS,
     "filtered_pairs": PAIRS,
+    "tournament_pairs": TOURNAMENT_PAIRS,
+    "reward_model_evaluations": EVALUATIONS,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -244,3 +245,21 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
         order = torch.randperm(n, generator=generator).tolist()
         for start in range(0, n, batch_size):
             yield order[start : start + batch_size]
+
+
+def mix_pairs(human: list[Pair], synthetic: list[Pair], ratio: float, seed: int) -> tuple[list[Pair], dict]:
+    """All human pairs plus up to `ratio` x as many synthetic pairs (a seeded sample when more).
+
+    The paper mixes human and synthetic data 1:1 (ratio 1.0). When fewer synthetic pairs exist,
+    all are used and the achieved ratio is reported in the returned mix summary.
+    """
+    if ratio < 0:
+        raise ValueError(f"synthetic ratio must be >= 0, got {ratio}")
+    cap = round(ratio * len(human))
+    if len(synthetic) > cap:
+        synthetic = random.Random(seed).sample(synthetic, cap)
+    mix = {"human_pairs": len(human), "synthetic_pairs": len(synthetic),
+           "synthetic_per_human": len(synthetic) / len(human) if human else float("inf"),
+           "requested_ratio": ratio}
+    keep = ("prompt", "chosen", "rejected")
+    return [{k: p[k] for k in keep} for p in human] + [{k: p[k] for k in keep} for p in synthetic], mix

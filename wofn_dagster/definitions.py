@@ -4,11 +4,11 @@ import os
 
 from dagster import Definitions, load_assets_from_modules, multiprocess_executor
 
-from wofn_dagster.assets import data, generation, pairs, training
+from wofn_dagster.assets import data, evaluations, generation, pairs, rounds, training
 from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
 
 defs = Definitions(
-    assets=load_assets_from_modules([data, generation, pairs, training]),
+    assets=load_assets_from_modules([data, generation, pairs, training, rounds, evaluations]),
     resources={
         "settings": WofnSettings.from_profile(),
         "home": WofnHomeResource(root=os.environ.get("WOFN_HOME", ".wofn")),

@@ -5,12 +5,13 @@ import io
 import logging
 import shutil
 from contextlib import contextmanager
+from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import DataVersion, MaterializeResult, MetadataValue
 
 from wofn import catalog, schemas
-from wofn.paths import WofnHome, content_hash, publish
+from wofn.paths import WofnHome, content_hash, publish, staging_dir
 
 
 def table_result(home: WofnHome, asset: str, metadata: dict | None = None) -> MaterializeResult:
@@ -61,13 +62,12 @@ def forward_logs(context, *names: str):
 
 
 @contextmanager
-def staged(home: WofnHome, asset: str):
-    """Yield an empty staging folder; swap it in for the asset's table when the block succeeds.
+def staged(final: Path):
+    """Yield an empty staging folder; swap it in for `final` when the block succeeds.
 
-    On failure the staging folder is removed and the previously published table is untouched.
+    On failure the staging folder is removed and the previously published folder is untouched.
     """
-    final = home.table_dir(asset)
-    staging = home.staging_dir(final)
+    staging = staging_dir(final)
     try:
         yield staging
     except BaseException:
@@ -78,10 +78,15 @@ def staged(home: WofnHome, asset: str):
 
 def publish_table(home: WofnHome, asset: str, table: pa.Table, metadata: dict | None = None) -> MaterializeResult:
     """Write one Parquet file for `asset` (checked against its schema) and swap it in whole."""
-    table = schemas.conform(table, schemas.TABLES[asset], where=asset)
-    with staged(home, asset) as staging:
-        catalog.write_parquet(table, staging)
+    write_table(home.table_dir(asset), table, schemas.TABLES[asset], where=asset)
     return table_result(home, asset, metadata)
+
+
+def write_table(final: Path, table: pa.Table, schema: pa.Schema, where: str) -> None:
+    """Check `table` against `schema` and publish it as the only file of folder `final`."""
+    table = schemas.conform(table, schema, where=where)
+    with staged(final) as staging:
+        catalog.write_parquet(table, staging)
 
 
 def read_table(home: WofnHome, asset: str) -> pa.Table:

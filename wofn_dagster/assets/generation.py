@@ -2,11 +2,13 @@
 
 import math
 import time
+from pathlib import Path
 
 from matplotlib.figure import Figure
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, RetryPolicy, asset
 
 from beam_jobs import sample_candidates, score_candidates
+from wofn import pairwise
 from wofn_dagster.assets.common import forward_logs, png_markdown, quantiles, read_table, staged, table_result
 from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
 
@@ -21,7 +23,7 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
     n_prompts = len(read_table(h, "prompts"))
     context.log.info("sampling %d prompts x N=%d with %s (%s)", n_prompts, settings.n, settings.policy, beam_runner.runner)
     started = time.monotonic()
-    with forward_logs(context, "beam_jobs"), staged(h, "candidates") as staging:
+    with forward_logs(context, "beam_jobs"), staged(h.table_dir("candidates")) as staging:
         stats = sample_candidates.run([
             "--prompts", str(h.table_dir("prompts")), "--output", str(staging),
             "--policy", settings.policy, "--n", str(settings.n),
@@ -52,35 +54,55 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
     })
 
 
-@asset(group_name="inference", deps=["candidates", "base_reward_model"], kinds={"beam", "parquet"}, retry_policy=_RETRY)
-def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
-                     beam_runner: BeamRunnerResource) -> MaterializeResult:
-    """The base reward model's reward for every candidate."""
-    h = home.home
-    model_dir = h.model_dir("base_reward_model")
+def score_with(context: AssetExecutionContext, settings: WofnSettings, beam_runner: BeamRunnerResource,
+               candidates_dir: Path, model_dir: Path, out_dir: Path) -> tuple[dict, float]:
+    """Run the scoring Beam job over `candidates_dir` with `model_dir` into `out_dir` (swapped in whole)."""
     started = time.monotonic()
-    with forward_logs(context, "beam_jobs"), staged(h, "candidate_scores") as staging:
+    with forward_logs(context, "beam_jobs"), staged(out_dir) as staging:
         stats = score_candidates.run([
-            "--candidates", str(h.table_dir("candidates")), "--output", str(staging),
+            "--candidates", str(candidates_dir), "--output", str(staging),
             "--reward-model", str(model_dir), "--batch-size", str(settings.score_batch_size),
             "--device", settings.device, "--torch-threads", str(settings.threads()),
             *beam_runner.args(),
         ], save_main_session=False)
-    seconds = time.monotonic() - started
-    rewards = [r for r in read_table(h, "candidate_scores").column("reward").to_pylist() if math.isfinite(r)]
+    return stats, time.monotonic() - started
+
+
+@asset(group_name="inference", deps=["candidates", "base_reward_model"], kinds={"beam", "parquet"}, retry_policy=_RETRY)
+def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
+                     beam_runner: BeamRunnerResource) -> MaterializeResult:
+    """The base reward model's judgement of every candidate: a reward each (pointwise teacher), or
+    the knockout-tournament best and worst of each prompt (pairwise teacher, table tournament_pairs)."""
+    h = home.home
+    model_dir = h.model_dir("base_reward_model")
+    table = "tournament_pairs" if pairwise.is_pairwise(str(model_dir)) else "candidate_scores"
+    stats, seconds = score_with(context, settings, beam_runner, h.table_dir("candidates"), model_dir,
+                                h.table_dir(table))
+    if table == "tournament_pairs":
+        confidences = read_table(h, table).column("confidence").to_pylist()
+        context.log.info(f"judged {stats.get('prompts_judged', 0)} prompts with "
+                         f"{stats.get('comparisons', 0)} pairwise comparisons in {seconds:.0f}s")
+        return table_result(h, table, {
+            "teacher": MetadataValue.text("pairwise"),
+            "reward_model": MetadataValue.path(str(model_dir)),
+            "confidence_quantiles": MetadataValue.json(quantiles(confidences)),
+            "seconds": MetadataValue.float(seconds),
+            "beam_counters": MetadataValue.json(stats),
+        })
+    rewards = [r for r in read_table(h, table).column("reward").to_pylist() if math.isfinite(r)]
     fig = Figure(figsize=(5, 3))
     ax = fig.subplots()
     ax.hist(rewards, bins=40)
     ax.set_xlabel("base reward")
     ax.set_ylabel("candidates")
     ax.set_title("candidate rewards")
-    plot = png_markdown(fig)
     context.log.info("scored %d candidates in %.0fs", len(rewards), seconds)
-    return table_result(h, "candidate_scores", {
+    return table_result(h, table, {
+        "teacher": MetadataValue.text("pointwise"),
         "reward_model": MetadataValue.path(str(model_dir)),
         "reward_quantiles": MetadataValue.json(quantiles(rewards)),
         "seconds": MetadataValue.float(seconds),
         "candidates_per_s": MetadataValue.float(len(rewards) / seconds),
-        "reward_histogram": plot,
+        "reward_histogram": png_markdown(fig),
         "beam_counters": MetadataValue.json(stats),
     })

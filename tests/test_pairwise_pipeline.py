@@ -1,0 +1,42 @@
+"""The pairwise teacher through the Dagster assets: tournaments instead of per-candidate scores."""
+
+from __future__ import annotations
+
+import math
+
+import duckdb
+import pyarrow.parquet as pq
+from dagster import AssetSelection, materialize
+
+from wofn import profiles
+from wofn_dagster.definitions import defs
+from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
+
+
+def test_pairwise_teacher_materializes_tournament_pairs(tmp_path):
+    settings = WofnSettings(profile="tiny", **{**profiles.TINY, "teacher": "pairwise", "rm_max_length": 128})
+    assets = list(defs.assets)
+    result = materialize(
+        assets,
+        selection=AssetSelection.assets("west_of_n_pairs").upstream(),
+        resources={"settings": settings, "home": WofnHomeResource(root=str(tmp_path)),
+                   "beam_runner": BeamRunnerResource()},
+    )
+    assert result.success
+    scores = result.asset_materializations_for_node("candidate_scores")[0]
+    assert scores.metadata["teacher"].value == "pairwise"
+    tournaments = pq.read_table(tmp_path / "tables" / "tournament_pairs").to_pylist()
+    pairs = pq.read_table(tmp_path / "tables" / "west_of_n_pairs").to_pylist()
+    assert not (tmp_path / "tables" / "candidate_scores").exists()
+    assert 0 < len(tournaments) <= settings.max_prompts
+    assert pairs, "some tournaments end with the best beating the worst"
+    by_prompt = {t["prompt_id"]: t for t in tournaments}
+    for pair in pairs:
+        t = by_prompt[pair["prompt_id"]]
+        assert (pair["chosen_idx"], pair["rejected_idx"]) == (t["chosen_idx"], t["rejected_idx"])
+        assert math.isclose(pair["margin"], t["logit"]) and pair["confidence"] > 0.5
+        assert pair["n_candidates"] == settings.n
+    assert len(pairs) == sum(1 for t in tournaments if t["logit"] > 0)
+    con = duckdb.connect(str(tmp_path / "wofn.duckdb"), read_only=True)
+    assert con.sql("select count(*) from tournament_pairs").fetchall()[0][0] == len(tournaments)
+    con.close()
