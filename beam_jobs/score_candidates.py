@@ -35,15 +35,12 @@ from wofn import evaluation, models, pairwise, schemas, scoring, tournament
 log = logging.getLogger(__name__)
 
 
-class RewardHandler(WofnModelHandler):
-    """Candidate rows in, one score row per candidate out."""
-
-    label = "score_candidates"
-    unit = "candidates"
+class _TeacherHandler(WofnModelHandler):
+    """Loads a reward model (pointwise or pairwise) and knows its input length."""
 
     def __init__(self, reward_model: str, runtime: Runtime, max_length: int | None = None,
-                 token_budget: int = 8192, expected_candidates: int | None = None):
-        super().__init__(reward_model, runtime, expected_candidates)
+                 token_budget: int = 8192, expected: int | None = None):
+        super().__init__(reward_model, runtime, expected)
         self._max_length = max_length
         self._token_budget = token_budget
 
@@ -52,10 +49,20 @@ class RewardHandler(WofnModelHandler):
         return models.load_reward_model(self._model, device=rt.device, dtype=rt.dtype,
                                         trust_remote_code=rt.trust_remote_code)
 
+    def _length(self, model: models.LoadedModel) -> int:
+        """--max-length, else the model manifest's, else evaluation.DEFAULT_MAX_LENGTH."""
+        return self._max_length or models.read_manifest(model.path).get("max_length", evaluation.DEFAULT_MAX_LENGTH)
+
+
+class RewardHandler(_TeacherHandler):
+    """Candidate rows in, one score row per candidate out."""
+
+    label = "score_candidates"
+    unit = "candidates"
+
     def run_inference(self, batch: Sequence[dict], model: models.LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
-        max_length = self._max_length or models.read_manifest(model.path).get(
-            "max_length", evaluation.DEFAULT_MAX_LENGTH)
+        max_length = self._length(model)
         rewards = scoring.score(model, [r["prompt"] for r in batch], [r["response"] for r in batch],
                                 max_length, self._token_budget)
         beam.metrics.Metrics.counter("wofn", "candidates_scored").inc(len(batch))
@@ -78,28 +85,16 @@ class ScoreCandidates(beam.PTransform):
         return candidate_rows | "RunRewardModel" >> RunInference(self._handler)
 
 
-class TournamentHandler(WofnModelHandler):
+class TournamentHandler(_TeacherHandler):
     """Prompt groups in (prompt_id, prompt, candidates: [(candidate_idx, response)]); per group a
     list with one wofn.schemas.TOURNAMENT_PAIRS row (empty when the prompt has no pair)."""
 
     label = "score_candidates (pairwise)"
     unit = "prompts"
 
-    def __init__(self, reward_model: str, runtime: Runtime, max_length: int | None = None,
-                 token_budget: int = 8192, expected_prompts: int | None = None):
-        super().__init__(reward_model, runtime, expected_prompts)
-        self._max_length = max_length
-        self._token_budget = token_budget
-
-    def _load(self) -> models.LoadedModel:
-        rt = self._runtime
-        return models.load_reward_model(self._model, device=rt.device, dtype=rt.dtype,
-                                        trust_remote_code=rt.trust_remote_code)
-
     def run_inference(self, batch: Sequence[dict], model: models.LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[list]:
-        max_length = self._max_length or models.read_manifest(model.path).get(
-            "max_length", evaluation.DEFAULT_MAX_LENGTH)
+        max_length = self._length(model)
         prompts = {g["prompt_id"]: g["prompt"] for g in batch}
         responses = {g["prompt_id"]: dict(g["candidates"]) for g in batch}
         if len(prompts) != len(batch):

@@ -11,6 +11,7 @@ import types
 import pytest
 
 from wofn import cli, evaluation, models, training
+from conftest import make_toy_pairs
 
 
 def _sig(x: float) -> float:
@@ -159,29 +160,17 @@ def test_format_table_puts_baselines_on_their_own_rows():
 
 # --- a real (tiny) trained reward model -------------------------------------------------------
 
-def _toy_pairs(n: int, seed: int) -> list[dict]:
-    """Chosen answers are polite, rejected ones rude (as in tests/test_training.py)."""
-    rng = random.Random(seed)
-    topics = ["bread", "taxes", "the weather", "python", "music", "a car", "my garden", "chess"]
-    good = ["Sure, happy to help with that.", "Of course, here is a careful answer.", "Thanks for asking, gladly."]
-    bad = ["No. Go away.", "That is stupid, figure it out.", "Whatever, not my problem."]
-    pairs = []
-    for _ in range(n):
-        prompt = f"\n\nHuman: Can you tell me about {rng.choice(topics)}?\n\nAssistant:"
-        pairs.append({"prompt": prompt, "chosen": " " + rng.choice(good), "rejected": " " + rng.choice(bad)})
-    return pairs
-
 
 @pytest.fixture(scope="module")
 def trained_rm(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("eval") / "rm"
     config = training.TrainConfig(epochs=8, batch_size=8, learning_rate=1e-3, max_length=48, seed=1)
-    training.train_reward_model(models.TINY_BERT, _toy_pairs(48, 0), config, out)
+    training.train_reward_model(models.TINY_BERT, make_toy_pairs(48, 0), config, out)
     return str(out)
 
 
 def test_evaluate_trained_model(trained_rm):
-    result = evaluation.evaluate(trained_rm, _toy_pairs(40, 1))
+    result = evaluation.evaluate(trained_rm, make_toy_pairs(40, 1))
     keys = {"model", "revision", "n", "accuracy", "mean_margin", "mean_confidence", "longer_wins_accuracy",
             "shorter_wins_accuracy", "high_confidence_accuracy", "high_confidence_n", "high_confidence_fraction",
             "calibration_error", "length_balanced_accuracy", "length_balanced_sides", "by_source"}
@@ -200,8 +189,8 @@ def _write_jsonl(path, pairs) -> str:
 
 
 def test_cli_evaluate_table_json_and_output(trained_rm, tmp_path, capsys):
-    f1 = _write_jsonl(tmp_path / "one.jsonl", _toy_pairs(12, 3))
-    f2 = _write_jsonl(tmp_path / "two.jsonl", _toy_pairs(8, 4))
+    f1 = _write_jsonl(tmp_path / "one.jsonl", make_toy_pairs(12, 3))
+    f2 = _write_jsonl(tmp_path / "two.jsonl", make_toy_pairs(8, 4))
 
     assert cli.main(["evaluate", "--model", trained_rm, "--pairs", f1, "--pairs", f2, "--format", "table"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -230,7 +219,7 @@ def test_cli_evaluate_bad_input_exits_2(trained_rm, tmp_path, capsys):
     assert cli.main(["evaluate", "--model", trained_rm, "--pairs", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "rejected" in err
-    good = _write_jsonl(tmp_path / "good.jsonl", _toy_pairs(2, 0))
+    good = _write_jsonl(tmp_path / "good.jsonl", make_toy_pairs(2, 0))
     assert cli.main(["evaluate", "--model", trained_rm, "--pairs", good, "--high-confidence-fraction", "0"]) == 2
     assert "--high-confidence-fraction" in capsys.readouterr().err
     assert cli.main(["evaluate", "--model", str(tmp_path / "no-model"), "--pairs", good]) == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import re
 
 import pyarrow as pa
@@ -14,21 +13,9 @@ import pytest
 
 from beam_jobs import sample_candidates, score_candidates
 from wofn import catalog, models, pairwise, rm_format, schemas, tournament, training
+from conftest import make_toy_pairs
 
 MAX_LENGTH = 64
-
-
-def _toy_pairs(n: int, seed: int) -> list[dict]:
-    """Chosen answers are polite, rejected ones rude (as in tests/test_training.py)."""
-    rng = random.Random(seed)
-    topics = ["bread", "taxes", "the weather", "python", "music", "a car", "my garden", "chess"]
-    good = ["Sure, happy to help with that.", "Of course, here is a careful answer.", "Thanks for asking, gladly."]
-    bad = ["No. Go away.", "That is stupid, figure it out.", "Whatever, not my problem."]
-    pairs = []
-    for _ in range(n):
-        prompt = f"\n\nHuman: Can you tell me about {rng.choice(topics)}?\n\nAssistant:"
-        pairs.append({"prompt": prompt, "chosen": " " + rng.choice(good), "rejected": " " + rng.choice(bad)})
-    return pairs
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +28,7 @@ def pairwise_rm(tmp_path_factory):
     # plateau after ~15 steps.
     config = training.TrainConfig(epochs=8, batch_size=8, learning_rate=3e-3, max_length=MAX_LENGTH,
                                   log_every=1, seed=0)
-    metrics = training.train_reward_model(models.TINY_BERT, _toy_pairs(48, 0), config, out,
+    metrics = training.train_reward_model(models.TINY_BERT, make_toy_pairs(48, 0), config, out,
                                           objective=pairwise.PAIRWISE)
     return out, metrics
 
@@ -99,7 +86,7 @@ def test_encode_pair_truncation_keeps_both_response_ends(name):
 
 
 def test_compare_is_antisymmetric(tiny_rm):
-    pairs = _toy_pairs(12, 5)
+    pairs = make_toy_pairs(12, 5)
     prompts = [p["prompt"] for p in pairs]
     chosen, rejected = [p["chosen"] for p in pairs], [p["rejected"] for p in pairs]
     forward = pairwise.compare(tiny_rm, prompts, chosen, rejected, MAX_LENGTH)
@@ -137,7 +124,7 @@ def test_training_pairwise_separates_held_out_pairs(pairwise_rm):
     assert manifest["kind"] == "pairwise_preference_model" and manifest["max_length"] == MAX_LENGTH
     assert pairwise.is_pairwise(str(out)) and not pairwise.is_pairwise(models.TINY_BERT)
     rm = models.load_reward_model(str(out))
-    held_out = _toy_pairs(40, 1)
+    held_out = make_toy_pairs(40, 1)
     margins = pairwise.pair_margins(rm, held_out, MAX_LENGTH)
     assert sum(m > 0 for m in margins) >= 0.9 * len(held_out), margins
     assert sum(margins) / len(margins) > 0.5, margins  # confident, not a coin flip on tiny logits

@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 from safetensors.torch import load_file
 
 from wofn import evaluation, models, training
-
-
-def _toy_pairs(n: int, seed: int) -> list[dict]:
-    """Chosen answers are polite, rejected ones rude: separable from the response alone."""
-    rng = random.Random(seed)
-    topics = ["bread", "taxes", "the weather", "python", "music", "a car", "my garden", "chess"]
-    good = ["Sure, happy to help with that.", "Of course, here is a careful answer.", "Thanks for asking, gladly."]
-    bad = ["No. Go away.", "That is stupid, figure it out.", "Whatever, not my problem."]
-    pairs = []
-    for _ in range(n):
-        prompt = f"\n\nHuman: Can you tell me about {rng.choice(topics)}?\n\nAssistant:"
-        pairs.append({"prompt": prompt, "chosen": " " + rng.choice(good), "rejected": " " + rng.choice(bad)})
-    return pairs
+from conftest import make_toy_pairs
 
 
 def test_training_lowers_loss_and_separates_easy_pairs(tmp_path):
     config = training.TrainConfig(epochs=8, batch_size=8, learning_rate=1e-3, max_length=48, log_every=1, seed=1)
     out = tmp_path / "rm"
-    metrics = training.train_reward_model(models.TINY_BERT, _toy_pairs(48, 0), config, out,
+    metrics = training.train_reward_model(models.TINY_BERT, make_toy_pairs(48, 0), config, out,
                                           manifest={"role": "test"})
     losses = [r["loss"] for r in metrics["history"]]
     assert losses[-1] < 0.3 < losses[0], losses
-    result = evaluation.evaluate(str(out), _toy_pairs(40, 1))
+    result = evaluation.evaluate(str(out), make_toy_pairs(40, 1))
     assert result["accuracy"] >= 0.95 and result["n"] == 40
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["role"] == "test" and manifest["max_length"] == 48 and manifest["revision"].startswith("sha256:")
@@ -46,7 +33,7 @@ def test_training_lowers_loss_and_separates_easy_pairs(tmp_path):
 
 
 def test_untrained_head_is_near_chance(tmp_path):
-    result = evaluation.evaluate(models.TINY_BERT, _toy_pairs(40, 2), max_length=48)
+    result = evaluation.evaluate(models.TINY_BERT, make_toy_pairs(40, 2), max_length=48)
     assert result["accuracy"] < 0.95
 
 
@@ -70,7 +57,7 @@ def test_validation_split_is_seeded_and_disjoint():
 def test_best_validation_checkpoint_is_recorded(tmp_path):
     config = training.TrainConfig(epochs=3, batch_size=8, learning_rate=1e-3, max_length=48, seed=2,
                                   val_fraction=0.25, eval_every=2)
-    metrics = training.train_reward_model(models.TINY_BERT, _toy_pairs(40, 5), config, tmp_path / "rm")
+    metrics = training.train_reward_model(models.TINY_BERT, make_toy_pairs(40, 5), config, tmp_path / "rm")
     steps = [v["step"] for v in metrics["validations"]]
     assert steps == sorted(steps) and steps[-1] == metrics["steps"] and len(steps) >= 3
     best = max(metrics["validations"], key=lambda v: (v["val_accuracy"], -v["val_loss"]))
@@ -78,7 +65,7 @@ def test_best_validation_checkpoint_is_recorded(tmp_path):
     manifest = json.loads((tmp_path / "rm" / "manifest.json").read_text())
     assert manifest["train_metrics"]["val_pairs"] == 10 and manifest["train_metrics"]["best_step"] == best["step"]
     # the saved weights are the best checkpoint's: re-validating them reproduces its accuracy
-    _, val = training.split_validation(_toy_pairs(40, 5), 0.25, 2)
+    _, val = training.split_validation(make_toy_pairs(40, 5), 0.25, 2)
     assert evaluation.evaluate(str(tmp_path / "rm"), val)["accuracy"] == pytest.approx(best["val_accuracy"])
 
 

@@ -29,17 +29,10 @@ import math
 from collections.abc import Sequence
 
 from wofn import models, scoring
+from wofn.tournament import sigmoid
 
 DEFAULT_MAX_LENGTH = 256
 PAIRWISE_KIND = "pairwise_preference_model"
-
-
-def _sigmoid(x: float) -> float:
-    """1 / (1 + e^-x) without overflow for any float, including +-inf."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
 
 
 def _correct(margin: float) -> float:
@@ -93,7 +86,7 @@ def metrics_from_margins(margins: list[float], pairs: list[dict], high_confidenc
     # expected calibration error over equal-width bins of p = sigmoid(|margin|) in [0.5, 1]
     bins: list[list[tuple[float, float]]] = [[] for _ in range(calibration_bins)]
     for m, c in zip(margins, correct):
-        p = _sigmoid(abs(m))
+        p = sigmoid(abs(m))
         index = min(calibration_bins - 1, int((p - 0.5) * 2 * calibration_bins))
         bins[index].append((p, c))
     ece = sum(len(b) / n * abs(_mean([c for _, c in b]) - _mean([p for p, _ in b])) for b in bins if b)
@@ -118,7 +111,7 @@ def metrics_from_margins(margins: list[float], pairs: list[dict], high_confidenc
         "high_confidence_n": k,
         "high_confidence_fraction": high_confidence_fraction,
         "mean_margin": _mean(margins),
-        "mean_confidence": _mean([_sigmoid(m) for m in margins]),
+        "mean_confidence": _mean([sigmoid(m) for m in margins]),
         "calibration_error": ece,
         "calibration_bins": calibration_bins,
         "length_balanced_accuracy": balanced,

@@ -62,6 +62,7 @@ class Result:
 
 
 def sigmoid(x: float) -> float:
+    """1 / (1 + e^-x) without overflow for any float, including +-inf."""
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
