@@ -28,7 +28,7 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
         rdir = h.round_dir(k)
         context.log.info(f"round {k}: scoring candidates with {teacher}")
         score_with(context, settings, beam_runner, h.table_dir("candidates"), teacher, rdir / "candidate_scores")
-        selected, n_prompts = pairs.select_pairs(h.table_dir("candidates"), rdir / "candidate_scores")
+        selected, _ = pairs.select_pairs(h.table_dir("candidates"), rdir / "candidate_scores")
         write_table(rdir / "west_of_n_pairs", selected, schemas.PAIRS, where=f"round {k} west_of_n_pairs")
         kept, funnel = pairs.filter_pairs(rdir / "west_of_n_pairs", settings.confidence_quantile,
                                           settings.logprob_quantile)
