@@ -21,6 +21,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
+from beam_jobs import dask_compat
+
 
 def input_pattern(path: str) -> str:
     """A Parquet file, or a folder of them, as a file pattern."""
@@ -113,16 +115,26 @@ def new_pipeline(pipeline_args: list[str], save_main_session: bool) -> beam.Pipe
 
 def run_to_completion(pipeline: beam.Pipeline, log: logging.Logger) -> dict[str, int]:
     """Run, wait, and return the job's `wofn` counters (also logged)."""
-    result = pipeline.run()
-    result.wait_until_finish()
+    result = dask_compat.run(pipeline) if dask_compat.is_dask(pipeline) else pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # the dask.distributed Client the DaskRunner opened
+        if client is not None:
+            client.close()
     stats = counters(result)
     log.info("%s", stats)
     return stats
 
 
 def counters(result) -> dict[str, int]:
-    """The job's `wofn` counters by name (committed values)."""
+    """The job's `wofn` counters by name (committed values); {} where the runner has no metrics
+    (Beam's DaskRunner raises NotImplementedError)."""
     out = {}
-    for counter in result.metrics().query(beam.metrics.MetricsFilter().with_namespace("wofn"))["counters"]:
+    try:
+        metrics = result.metrics()
+    except NotImplementedError:
+        return out
+    for counter in metrics.query(beam.metrics.MetricsFilter().with_namespace("wofn"))["counters"]:
         out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + counter.committed
     return out
