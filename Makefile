@@ -38,6 +38,10 @@ run-tiny: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# figures, not tests: ours beside a common-tools baseline per stage, one JSON line each (bench/run.py)
+bench: setup
+	$(BIN)/python -m bench.run
+
 ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 

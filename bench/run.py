@@ -1,0 +1,488 @@
+"""`make bench`: wofn's three hot paths, each timed beside a baseline written the way common tools do it.
+
+    python -m bench.run [--stages mfu,sampling,scoring,pairs] [--quick] [--prompts P] [--pair-prompts K]
+
+Prints one JSON object per stage on stdout (one line each) and progress on stderr. Every figure
+is measured in this run; `speedup` is ours / baseline in throughput (= baseline s / ours s for
+the same work). Model load time is excluded from the timings (reported as `load_seconds`), and
+every model is warmed up once before it is timed.
+
+Stages:
+  mfu       this CPU's matmul peak (fp32, bf16), the denominator of the `mfu` fields below
+  sampling  generation.sample (batches of 8 prompts, fp32 and bf16) vs a per-prompt
+            `model.generate(..., num_return_sequences=N)` loop in fp32
+  scoring   scoring.score (length-sorted token-budget batches) vs a batch-size-1 forward loop
+  pairs     pairs.select_pairs + filter_pairs (DuckDB SQL) vs a Python dict loop over to_pylist
+            rows; each side in its own spawned process, so peak RSS is measured per side
+
+Sizes (see SIZES): the full run samples 32 HH prompts x N=8 x 64 new tokens, scores the 304 HH
+test pairs and selects pairs from 1,000,000 synthetic candidates: about 6 minutes on a quiet
+2-core CPU (with 16 prompts, ours fp32 took ~44 s, ours bf16 ~24 s and the baseline ~87 s; other
+work on the machine slows single stages by up to ~2x, see `load_avg_1m`). `--quick` samples
+8 prompts, scores 64 HH pairs and builds 100,000 synthetic candidates; `--prompts` and
+`--pair-prompts` override either preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+STAGES = ("mfu", "sampling", "scoring", "pairs")
+SIZES = {
+    # prompts: sampled prompts (N=8 each); score_pairs: HH test pairs scored (x2 sequences);
+    # pair_prompts: synthetic prompts for the pairs stage (x N=8 candidates)
+    "full": {"prompts": 32, "score_pairs": 304, "pair_prompts": 125_000},
+    "quick": {"prompts": 8, "score_pairs": 64, "pair_prompts": 12_500},
+}
+POLICY, RM = "smollm2-135m-instruct", "minilm-l6"
+N, MAX_NEW_TOKENS, TEMPERATURE, SAMPLE_BATCH = 8, 64, 0.7, 8
+RM_MAX_LENGTH, TOKEN_BUDGET = 256, 8192
+CONFIDENCE_QUANTILE, LOGPROB_QUANTILE = 0.5, 0.1  # the default profile's filters
+_START = time.perf_counter()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def log(message: str) -> None:
+    print(f"[bench {time.perf_counter() - _START:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def timed(fn, *args, **kwargs):
+    """(fn's result, seconds it took)."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "platform": platform.processor() or platform.machine()}
+
+
+def emit(stage: str, figures: dict, load_before: float) -> None:
+    """One JSON line on stdout; the load averages show whether other work ran beside the stage."""
+    record = {"stage": stage, **figures, "machine": machine(),
+              "load_avg_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+              "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    print(json.dumps(record), flush=True)
+
+
+def rate(count: float, seconds: float) -> float:
+    return round(count / seconds, 2) if seconds > 0 else float("nan")
+
+
+def side(seconds: float, **counts) -> dict:
+    """Seconds, the raw counts, and each count per second."""
+    return {"seconds": round(seconds, 3), **counts, **{f"{k}_per_s": rate(v, seconds) for k, v in counts.items()}}
+
+
+def matmul_params(model) -> int:
+    """Parameters that take part in matmuls: all of them (tied weights once), minus an input
+    embedding table that no output head reuses (a lookup costs no FLOPs)."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or head.weight is not embedding:
+        total -= embedding.numel()
+    return total
+
+
+def mfu(params: int, tokens: int, seconds: float, peak_gflops: float | None) -> dict:
+    """Achieved GFLOP/s at ~2 * params FLOPs per token (attention ignored), and its share of peak."""
+    achieved = 2 * params * tokens / seconds / 1e9
+    return {"flop_params": params, "flop_tokens": tokens, "achieved_gflops": round(achieved, 2),
+            "peak_gflops": peak_gflops,
+            "fraction_of_peak": round(achieved / peak_gflops, 4) if peak_gflops else None}
+
+
+# --- mfu: the matmul peak ----------------------------------------------------------------------
+
+def matmul_peak_gflops(dtype, size: int = 2048, seconds: float = 2.0) -> float:
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    out = torch.matmul(a, b)  # warm-up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b, out=out)
+        count += 1
+    return round(2 * size**3 * count / (time.perf_counter() - start) / 1e9, 1)
+
+
+def bench_mfu(sizes: dict) -> dict:
+    import torch
+
+    peaks = {name: matmul_peak_gflops(dtype) for name, dtype in
+             (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
+    log(f"matmul peak GFLOP/s: {peaks}")
+    return {"matmul": "2048x2048 torch.matmul loop, ~2 s per dtype, all threads", "peak_gflops": peaks}
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+def sampling_prompts(count: int) -> list[tuple[str, str]]:
+    from wofn import data
+    from wofn.paths import DATA_DIR
+
+    table = data.load_prompts(DATA_DIR / "prompts_unlabeled.parquet", limit=count)
+    return [(row["prompt_id"], row["prompt"]) for row in table.to_pylist()]
+
+
+def load_warm_policy(dtype: str, prompts):
+    """The policy in `dtype`, its load seconds, after one tiny warm-up call of each sampler."""
+    from wofn import generation, models
+
+    policy, load_s = timed(models.load_policy, POLICY, dtype=dtype)
+    generation.sample(policy, prompts[:1], generation.SamplingParams(n=2, max_new_tokens=4))
+    return policy, load_s
+
+
+def ours_sampling(policy, prompts, params) -> dict:
+    from wofn import generation
+
+    rows, seconds = timed(lambda: [row for i in range(0, len(prompts), SAMPLE_BATCH)
+                                   for row in generation.sample(policy, prompts[i:i + SAMPLE_BATCH], params)])
+    return side(seconds, candidates=len(rows), generated_tokens=sum(r["num_tokens"] for r in rows))
+
+
+def tokens_through_eos(generated, eos_ids: set[int]) -> int:
+    """Generated tokens per sequence up to and including the first EOS (all of them if none)."""
+    total = 0
+    for row in generated.tolist():
+        stop = next((k for k, token in enumerate(row) if token in eos_ids), None)
+        total += len(row) if stop is None else stop + 1
+    return total
+
+
+def baseline_sampling(policy, encoded: list[list[int]], params) -> dict:
+    """The common way: one `generate` per prompt, N rows via num_return_sequences."""
+    import torch
+
+    from wofn import generation
+
+    eos_ids = generation._eos_ids(policy.model, policy.tokenizer)
+    torch.manual_seed(params.seed)
+
+    def run() -> int:
+        tokens = 0
+        for ids in encoded:
+            inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+            out = policy.model.generate(**inputs, do_sample=True, temperature=params.temperature,
+                                        max_new_tokens=params.max_new_tokens, num_return_sequences=params.n)
+            tokens += tokens_through_eos(out[:, len(ids):], eos_ids)
+        return tokens
+
+    tokens, seconds = timed(run)
+    return side(seconds, candidates=len(encoded) * params.n, generated_tokens=tokens)
+
+
+def prefill_share_estimate(policy, encoded: list[list[int]], n: int, baseline_seconds: float) -> dict:
+    """Cheap estimate of the baseline's repeated prefill: one 1-row prefill per prompt, times N-1
+    (assumes prefill time grows linearly with rows, so it leans high)."""
+    import torch
+
+    with torch.inference_mode():
+        _, one_row_s = timed(lambda: [policy.model(input_ids=torch.tensor([ids])) for ids in encoded])
+    redundant = (n - 1) * one_row_s
+    return {"one_row_prefill_seconds": round(one_row_s, 3), "redundant_prefill_seconds_est": round(redundant, 3),
+            "share_of_baseline_time_est": round(redundant / baseline_seconds, 4)}
+
+
+def bench_sampling(sizes: dict, peaks: dict) -> dict:
+    from wofn import generation, models
+
+    models.set_torch_threads(0)
+    prompts = sampling_prompts(sizes["prompts"])
+    params = generation.SamplingParams(n=N, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE)
+    ours, load_seconds, figures = {}, {}, {}
+    for dtype in ("float32", "bfloat16"):
+        policy, load_seconds[dtype] = load_warm_policy(dtype, prompts)
+        encoded = [generation.encode_prompt(policy.tokenizer, text, params.max_prompt_tokens) for _, text in prompts]
+        log(f"sampling: ours {dtype}, {len(prompts)} prompts x N={N}")
+        ours[dtype] = ours_sampling(policy, prompts, params)
+        ours[dtype]["prefill_tokens"] = sum(map(len, encoded))
+        ours[dtype]["mfu"] = mfu(matmul_params(policy.model), ours[dtype]["generated_tokens"] + ours[dtype]["prefill_tokens"],
+                                 ours[dtype]["seconds"], peaks.get(dtype))
+        if dtype == "float32":  # the baseline runs on the same fp32 model
+            baseline_sampling(policy, encoded[:1], generation.SamplingParams(n=2, max_new_tokens=4))  # warm-up
+            log(f"sampling: baseline float32 per-prompt generate, {len(prompts)} prompts")
+            baseline = baseline_sampling(policy, encoded, params)
+            baseline["prefill_tokens"] = N * sum(map(len, encoded))
+            figures["baseline_prefill"] = prefill_share_estimate(policy, encoded, N, baseline["seconds"])
+        del policy
+    for dtype, figs in ours.items():
+        log(f"sampling {dtype}: ours {figs['seconds']:.1f}s vs baseline {baseline['seconds']:.1f}s")
+    return {
+        "config": {"policy": POLICY, "prompts": len(prompts), "n": N, "max_new_tokens": MAX_NEW_TOKENS,
+                   "temperature": TEMPERATURE, "ours_batch_prompts": SAMPLE_BATCH,
+                   "baseline": "per-prompt model.generate(do_sample=True, temperature=0.7, max_new_tokens=64, "
+                               "num_return_sequences=8), float32, transformers' default top_k=50",
+                   "ours_extra_work": "per-row seeded generators, temperature-1 log-probs of every token"},
+        "ours": ours,
+        "baseline": {"dtype": "float32", **baseline},
+        "speedup": {dtype: round(baseline["seconds"] / figs["seconds"], 3) for dtype, figs in ours.items()},
+        "speedup_generated_tokens_per_s": {dtype: round(figs["generated_tokens_per_s"] / baseline["generated_tokens_per_s"], 3)
+                                           for dtype, figs in ours.items()},
+        "load_seconds": {k: round(v, 2) for k, v in load_seconds.items()},
+        **figures,
+    }
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+def scoring_inputs(count: int) -> tuple[list[str], list[str]]:
+    """(prompt, chosen) and (prompt, rejected) of the first `count` HH test pairs."""
+    from wofn import data
+    from wofn.paths import DATA_DIR
+
+    rows = data.load_preferences(DATA_DIR / "hh_test.parquet", limit=count).to_pylist()
+    prompts = [row["prompt"] for row in rows for _ in (0, 1)]
+    responses = [row[key] for row in rows for key in ("chosen", "rejected")]
+    return prompts, responses
+
+
+def baseline_scores(rm, prompts: list[str], responses: list[str]) -> list[float]:
+    """The common way: encode one sequence, one forward, read the scalar; repeat."""
+    import torch
+
+    from wofn import rm_format
+
+    rewards = []
+    with torch.inference_mode():
+        for prompt, response in zip(prompts, responses):
+            ids = torch.tensor([rm_format.encode(rm.tokenizer, prompt, response, RM_MAX_LENGTH)])
+            rewards.append(float(rm.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0]))
+    return rewards
+
+
+def bench_scoring(sizes: dict, peaks: dict) -> dict:
+    from wofn import models, rm_format, scoring
+
+    models.set_torch_threads(0)
+    prompts, responses = scoring_inputs(sizes["score_pairs"])
+    rm, load_s = timed(models.load_reward_model, RM)
+    scoring.score(rm, prompts[:2], responses[:2], RM_MAX_LENGTH, token_budget=TOKEN_BUDGET)  # warm-up
+    baseline_scores(rm, prompts[:2], responses[:2])
+    tokens = sum(len(rm_format.encode(rm.tokenizer, p, r, RM_MAX_LENGTH)) for p, r in zip(prompts, responses))
+    pairs = len(prompts) // 2
+    log(f"scoring: ours, {len(prompts)} sequences")
+    ours_rewards, ours_s = timed(scoring.score, rm, prompts, responses, RM_MAX_LENGTH, token_budget=TOKEN_BUDGET)
+    log("scoring: baseline batch-size-1 loop")
+    base_rewards, base_s = timed(baseline_scores, rm, prompts, responses)
+    max_diff = max(abs(a - b) for a, b in zip(ours_rewards, base_rewards))
+    if max_diff > 1e-4:
+        log(f"!!! scoring MISMATCH: ours and baseline rewards differ by up to {max_diff:.3g} (> 1e-4)")
+    ours = side(ours_s, pairs=pairs, sequences=len(prompts), tokens=tokens)
+    ours["mfu"] = mfu(matmul_params(rm.model), tokens, ours_s, peaks.get("float32"))
+    return {
+        "config": {"reward_model": f"{RM} + untrained scalar head", "dtype": "float32",
+                   "max_length": RM_MAX_LENGTH, "token_budget": TOKEN_BUDGET,
+                   "baseline": "batch-size-1 loop, rm_format.encode + one forward per sequence, inference_mode"},
+        "ours": ours,
+        "baseline": side(base_s, pairs=pairs, sequences=len(prompts), tokens=tokens),
+        "speedup": round(base_s / ours_s, 3),
+        "rewards_max_abs_diff": max_diff,
+        "rewards_agree_1e-4": max_diff <= 1e-4,
+        "load_seconds": round(load_s, 2),
+    }
+
+
+# --- pairs -----------------------------------------------------------------------------------
+
+def write_synthetic_tables(root: Path, prompts: int, seed: int = 0) -> tuple[Path, Path]:
+    """CANDIDATES and CANDIDATE_SCORES folders for `prompts` x N synthetic candidates."""
+    import numpy as np
+    import pyarrow as pa
+
+    from wofn import catalog, schemas
+
+    rng = np.random.default_rng(seed)
+    rows = prompts * N
+    prompt_idx, cand_idx = np.repeat(np.arange(prompts), N), np.tile(np.arange(N, dtype=np.int32), prompts)
+    prompt_ids = [f"{p:016x}" for p in prompt_idx.tolist()]
+    num_tokens = rng.integers(1, MAX_NEW_TOKENS + 1, rows).astype(np.int32)
+    logprob_mean = -rng.gamma(2.0, 0.6, rows)
+
+    def const(value, type_):
+        return pa.array(np.full(rows, value), type_)
+
+    candidates = {
+        "prompt_id": pa.array(prompt_ids), "candidate_idx": pa.array(cand_idx),
+        "prompt": pa.array([f"\n\nHuman: synthetic question {p}?\n\nAssistant:" for p in prompt_idx.tolist()]),
+        "response": pa.array([f"synthetic answer {p}-{c}" for p, c in zip(prompt_idx.tolist(), cand_idx.tolist())]),
+        "num_tokens": pa.array(num_tokens), "logprob_sum": pa.array(logprob_mean * num_tokens),
+        "logprob_mean": pa.array(logprob_mean),
+        "finish_reason": pa.array(np.where(num_tokens == MAX_NEW_TOKENS, "length", "stop")),
+        "temperature": const(TEMPERATURE, pa.float32()), "top_p": const(1.0, pa.float32()),
+        "max_new_tokens": const(MAX_NEW_TOKENS, pa.int32()), "seed": pa.array(rng.integers(0, 2**60, rows)),
+        "policy": const("synthetic-policy", pa.string()), "policy_revision": const("sha256:0", pa.string()),
+    }
+    scores = {
+        "prompt_id": pa.array(prompt_ids), "candidate_idx": pa.array(cand_idx),
+        "reward": pa.array(rng.normal(0.0, 1.0, rows)),
+        "reward_model": const("synthetic-rm", pa.string()), "reward_model_revision": const("sha256:0", pa.string()),
+    }
+    out = []
+    for name, columns, schema in (("candidates", candidates, schemas.CANDIDATES),
+                                  ("candidate_scores", scores, schemas.CANDIDATE_SCORES)):
+        catalog.write_parquet(pa.Table.from_pydict(columns, schema=schema), root / name)
+        out.append(root / name)
+    return out[0], out[1]
+
+
+def ours_pairs(candidates_dir: Path, scores_dir: Path, work_dir: Path) -> dict:
+    """What the pair assets do: select, write west_of_n_pairs as Parquet, filter that folder."""
+    from wofn import catalog, pairs
+
+    selected, _ = pairs.select_pairs(candidates_dir, scores_dir)
+    catalog.write_parquet(selected, work_dir / "west_of_n_pairs")
+    _, funnel = pairs.filter_pairs(work_dir / "west_of_n_pairs", CONFIDENCE_QUANTILE, LOGPROB_QUANTILE)
+    return funnel
+
+
+def quantile_cont(values: list[float], q: float) -> float:
+    """DuckDB's quantile_cont: linear interpolation at position q * (n - 1) of the sorted values."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def baseline_pairs(candidates_dir: Path, scores_dir: Path, work_dir: Path) -> dict:
+    """The common way: rows as Python dicts, grouped by prompt in a dict, then filtered."""
+    import pyarrow.parquet as pq
+
+    candidates = pq.read_table(candidates_dir).to_pylist()
+    scores = {(s["prompt_id"], s["candidate_idx"]): s for s in pq.read_table(scores_dir).to_pylist()}
+    groups = defaultdict(list)
+    for cand in candidates:
+        score = scores.get((cand["prompt_id"], cand["candidate_idx"]))
+        if score is not None and score["reward"] is not None and math.isfinite(score["reward"]):
+            groups[cand["prompt_id"]].append({**cand, "reward": score["reward"], "reward_model": score["reward_model"]})
+    selected = []
+    for prompt_id in sorted(groups):
+        group = groups[prompt_id]
+        best = min(group, key=lambda c: (-c["reward"], c["candidate_idx"]))
+        worst = min(group, key=lambda c: (c["reward"], -c["candidate_idx"]))
+        margin = best["reward"] - worst["reward"]
+        if len(group) < 2 or margin <= 0 or best["response"] == worst["response"]:
+            continue
+        selected.append({"prompt_id": prompt_id, "prompt": best["prompt"], "chosen": best["response"],
+                         "rejected": worst["response"], "margin": margin, "confidence": 1 / (1 + math.exp(-margin)),
+                         "chosen_logprob_mean": best["logprob_mean"], "rejected_logprob_mean": worst["logprob_mean"]})
+    min_confidence = quantile_cont([p["confidence"] for p in selected], CONFIDENCE_QUANTILE)
+    min_logprob = quantile_cont([p[k] for p in selected for k in ("chosen_logprob_mean", "rejected_logprob_mean")],
+                                LOGPROB_QUANTILE)
+    confident = [p for p in selected if p["confidence"] >= min_confidence]
+    kept = [p for p in confident
+            if p["chosen_logprob_mean"] >= min_logprob and p["rejected_logprob_mean"] >= min_logprob]
+    return {"west_of_n_pairs": len(selected), "confidence_filter": len(confident), "likelihood_filter": len(kept)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries the parent's RSS
+    at fork into a spawned child's ru_maxrss (kept across exec), which would hide the child's own."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return round(int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024, 1)
+    except (OSError, AttributeError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def pairs_worker(which: str, candidates_dir: str, scores_dir: str, work_dir: str) -> dict:
+    """Runs in a fresh spawned process: one side's seconds, funnel and the process's peak RSS."""
+    fn = {"ours": ours_pairs, "baseline": baseline_pairs}[which]
+    rss_before = peak_rss_mb()
+    funnel, seconds = timed(fn, Path(candidates_dir), Path(scores_dir), Path(work_dir))
+    return {"seconds": round(seconds, 3), "funnel": funnel, "peak_rss_mb": peak_rss_mb(),
+            "rss_before_work_mb": rss_before}
+
+
+def run_in_fresh_process(which: str, *dirs: Path) -> dict:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(pairs_worker, which, *map(str, dirs)).result()
+
+
+def bench_pairs(sizes: dict, peaks: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="wofn-bench-") as tmp:
+        root = Path(tmp)
+        log(f"pairs: writing {sizes['pair_prompts'] * N:,} synthetic candidates")
+        (candidates_dir, scores_dir), build_s = timed(write_synthetic_tables, root, sizes["pair_prompts"])
+        results = {}
+        for which in ("ours", "baseline"):
+            log(f"pairs: {which} in a spawned process")
+            work_dir = root / which
+            work_dir.mkdir()
+            results[which] = run_in_fresh_process(which, candidates_dir, scores_dir, work_dir)
+    ours, baseline = results["ours"], results["baseline"]
+    counts_match = ours["funnel"] == baseline["funnel"]
+    if not counts_match:
+        log(f"!!! pairs MISMATCH: ours {ours['funnel']} vs baseline {baseline['funnel']}")
+    return {
+        "config": {"candidates": sizes["pair_prompts"] * N, "prompts": sizes["pair_prompts"], "n": N,
+                   "confidence_quantile": CONFIDENCE_QUANTILE, "logprob_quantile": LOGPROB_QUANTILE,
+                   "ours": "pairs.select_pairs + write Parquet + pairs.filter_pairs (DuckDB, in-memory)",
+                   "baseline": "pyarrow to_pylist + dict group-by + sorted quantiles, pure Python",
+                   "seconds_exclude": "process start and imports (rss_before_work_mb is the RSS after imports)"},
+        "ours": ours,
+        "baseline": baseline,
+        "speedup": round(baseline["seconds"] / ours["seconds"], 3),
+        "peak_rss_ratio_baseline_over_ours": round(baseline["peak_rss_mb"] / ours["peak_rss_mb"], 3),
+        "counts_match": counts_match,
+        "synthetic_data_build_seconds": round(build_s, 2),
+    }
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--quick", action="store_true", help=f"smaller sizes: {SIZES['quick']}")
+    parser.add_argument("--prompts", type=int, help="sampling prompts (overrides the size preset)")
+    parser.add_argument("--pair-prompts", type=int, help="synthetic prompts for the pairs stage (x8 candidates)")
+    args = parser.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        parser.error(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
+    sizes = dict(SIZES["quick" if args.quick else "full"])
+    sizes.update({k: v for k, v in (("prompts", args.prompts), ("pair_prompts", args.pair_prompts)) if v})
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    peaks: dict = {}
+    if "mfu" not in stages and {"sampling", "scoring"} & set(stages):
+        stages.insert(0, "mfu")  # the mfu fields need the peak
+    for stage in (s for s in STAGES if s in stages):
+        load_before = os.getloadavg()[0]
+        log(f"stage {stage} (sizes {sizes})")
+        if stage == "mfu":
+            figures = bench_mfu(sizes)
+            peaks = figures["peak_gflops"]
+        else:
+            figures = {"sampling": bench_sampling, "scoring": bench_scoring, "pairs": bench_pairs}[stage](sizes, peaks)
+        emit(stage, figures, load_before)
+    log(f"done in {time.perf_counter() - _START:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
