@@ -40,7 +40,7 @@ test: setup
 
 # figures, not tests: ours beside a common-tools baseline per stage, one JSON line each (bench/run.py)
 bench: setup
-	$(BIN)/python -m bench.run
+	@$(BIN)/python -m bench.run
 
 ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
