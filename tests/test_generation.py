@@ -56,3 +56,14 @@ def test_sampling_params_are_validated():
         generation.SamplingParams(temperature=0)
     with pytest.raises(ValueError, match="n must be"):
         generation.SamplingParams(n=0)
+
+
+def test_inverse_cdf_sampling_follows_the_distribution_and_skips_zero_mass():
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.8]] * 4000)
+    generators = [torch.Generator().manual_seed(i) for i in range(4000)]
+    picked = generation._inverse_cdf_sample(probs, generators)
+    counts = torch.bincount(picked, minlength=4).tolist()
+    assert counts[0] == 0 and counts[2] == 0
+    assert abs(counts[3] / 4000 - 0.8) < 0.03
+    again = generation._inverse_cdf_sample(probs[:3], [torch.Generator().manual_seed(i) for i in range(3)])
+    assert again.tolist() == picked[:3].tolist(), "each row's draw depends only on its own generator"

@@ -82,6 +82,18 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter(-1, order, sorted_probs)
 
 
+def _inverse_cdf_sample(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of `probs` [rows, vocab] (unnormalized is fine), row r drawing its single
+    uniform from generators[r]: one random number per row and step instead of one per vocabulary
+    entry (what torch.multinomial spends), still independent of the other rows in the batch."""
+    cdf = probs.float().cumsum(-1)
+    uniforms = torch.cat([torch.rand(1, generator=g) for g in generators])
+    targets = uniforms * cdf[:, -1]
+    # right=True: the first index whose cdf exceeds the target, so zero-probability tokens are never picked
+    picked = torch.searchsorted(cdf, targets[:, None], right=True)[:, 0]
+    return picked.clamp(max=probs.shape[-1] - 1)
+
+
 @torch.inference_mode()
 def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: SamplingParams,
            return_token_ids: bool = False) -> list[dict]:
@@ -123,9 +135,7 @@ def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: Sampling
     for step in range(params.max_new_tokens):
         logprobs = torch.log_softmax(logits, dim=-1)  # the policy's own distribution (T=1)
         probs = _top_p_filter(torch.softmax(logits / params.temperature, dim=-1), params.top_p).cpu()
-        chosen = torch.empty(len(active), dtype=torch.long)
-        for k, row in enumerate(active):
-            chosen[k] = torch.multinomial(probs[k], 1, generator=generators[row])[0]
+        chosen = _inverse_cdf_sample(probs, [generators[row] for row in active])
         picked = logprobs.gather(-1, chosen.to(logprobs.device)[:, None])[:, 0].tolist()
         keep = []
         for k, row in enumerate(active):
