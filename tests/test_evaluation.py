@@ -6,7 +6,6 @@ import json
 import math
 import random
 import sys
-import types
 
 import pytest
 
@@ -125,22 +124,6 @@ def test_length_only_judge_is_exactly_half_length_balanced():
     assert m["length_balanced_sides"] == 2
     assert m["length_balanced_accuracy"] == 0.5
     assert m["accuracy"] == m["longer_wins_accuracy"]
-
-
-def test_pairwise_models_use_pair_margins(tmp_path, monkeypatch):
-    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "pairwise_preference_model", "max_length": 32}))
-    calls = []
-
-    def pair_margins(rm, pairs, max_length, token_budget):
-        calls.append((max_length, token_budget))
-        return [1.5 if "good" in p["chosen"] else -0.5 for p in pairs]
-
-    monkeypatch.setitem(sys.modules, "wofn.pairwise", types.SimpleNamespace(pair_margins=pair_margins))
-    rm = models.LoadedModel(model=None, tokenizer=None, name="pm", revision="sha256:x", path=str(tmp_path))
-    pairs = [{"prompt": "p", "chosen": "good", "rejected": "bad"}, {"prompt": "p", "chosen": "meh", "rejected": "ok"}]
-    result = evaluation.evaluate_loaded(rm, pairs)
-    assert calls == [(32, 8192)]  # max_length from the manifest
-    assert result["model"] == "pm" and result["accuracy"] == 0.5 and result["mean_margin"] == 0.5
 
 
 def test_format_table_puts_baselines_on_their_own_rows():

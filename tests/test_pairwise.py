@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs import sample_candidates, score_candidates
-from wofn import catalog, models, pairwise, rm_format, schemas, tournament, training
+from wofn import catalog, evaluation, models, pairwise, rm_format, schemas, tournament, training
 from conftest import make_toy_pairs
 
 MAX_LENGTH = 64
@@ -128,6 +128,10 @@ def test_training_pairwise_separates_held_out_pairs(pairwise_rm):
     margins = pairwise.pair_margins(rm, held_out, MAX_LENGTH)
     assert sum(m > 0 for m in margins) >= 0.9 * len(held_out), margins
     assert sum(margins) / len(margins) > 0.5, margins  # confident, not a coin flip on tiny logits
+    # wofn evaluate / evaluation.evaluate recognise the pairwise model and use the same margins
+    result = evaluation.evaluate(str(out), held_out)
+    assert result["accuracy"] == pytest.approx(sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / 40)
+    assert result["mean_margin"] == pytest.approx(sum(margins) / 40, abs=1e-6)
 
 
 # --- the Beam job in pairwise mode --------------------------------------------------------------

@@ -28,11 +28,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from wofn import models, scoring
+from wofn import models, pairwise, scoring
 from wofn.tournament import sigmoid
 
 DEFAULT_MAX_LENGTH = 256
-PAIRWISE_KIND = "pairwise_preference_model"
 
 
 def _correct(margin: float) -> float:
@@ -128,10 +127,8 @@ def margins(rm: models.LoadedModel, pairs: list[dict], max_length: int, token_bu
     A pairwise preference model (manifest kind `pairwise_preference_model`) gives instead the logit
     of P(chosen > rejected), averaged over both presentation orders.
     """
-    if models.read_manifest(rm.path).get("kind") == PAIRWISE_KIND:
-        from wofn.pairwise import pair_margins
-
-        return [float(m) for m in pair_margins(rm, pairs, max_length, token_budget)]
+    if models.read_manifest(rm.path).get("kind") == pairwise.KIND:
+        return [float(m) for m in pairwise.pair_margins(rm, pairs, max_length, token_budget)]
     n = len(pairs)
     prompts = [p["prompt"] for p in pairs] * 2
     responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
