@@ -189,6 +189,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
+def _read_candidates(pipeline: beam.Pipeline, path: str):
+    """The candidate columns a teacher reads, from a Parquet file or folder."""
+    return pipeline | "ReadCandidates" >> beam.io.ReadFromParquet(
+        input_pattern(path), columns=["prompt_id", "candidate_idx", "prompt", "response"])
+
+
 def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     known, pipeline_args = parse_args(argv)
     if teacher_kind(known.reward_model, known.teacher_kind) == "pairwise":
@@ -197,9 +203,7 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
                             known.token_budget, count_rows(known.candidates))
     pipeline = new_pipeline(pipeline_args, save_main_session)
     _ = (
-        pipeline
-        | "ReadCandidates" >> beam.io.ReadFromParquet(
-            input_pattern(known.candidates), columns=["prompt_id", "candidate_idx", "prompt", "response"])
+        _read_candidates(pipeline, known.candidates)
         | "ScoreCandidates" >> ScoreCandidates(handler)
         | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES, known.num_shards)
     )
@@ -213,9 +217,7 @@ def _run_pairwise(known: argparse.Namespace, pipeline_args: list[str], save_main
     handler = TournamentHandler(known.reward_model, runtime, known.max_length, known.token_budget)
     pipeline = new_pipeline(pipeline_args, save_main_session)
     _ = (
-        pipeline
-        | "ReadCandidates" >> beam.io.ReadFromParquet(
-            input_pattern(known.candidates), columns=["prompt_id", "candidate_idx", "prompt", "response"])
+        _read_candidates(pipeline, known.candidates)
         | "JudgeCandidates" >> JudgeCandidates(handler)
         | "WriteTournamentPairs" >> WriteShards(known.output, schemas.TOURNAMENT_PAIRS, known.num_shards,
                                                 sort_keys=("prompt_id",))
