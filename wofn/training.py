@@ -84,7 +84,7 @@ class Objective:
         return outputs[0] - outputs[1]
 
     def loss(self, outputs: torch.Tensor) -> torch.Tensor:
-        return -F.logsigmoid(self.margins(outputs)).mean()
+        return bt_loss(outputs[0], outputs[1])
 
 
 POINTWISE = Objective()
