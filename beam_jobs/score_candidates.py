@@ -39,7 +39,7 @@ class _TeacherHandler(WofnModelHandler):
     """Loads a reward model (pointwise or pairwise) and knows its input length."""
 
     def __init__(self, reward_model: str, runtime: Runtime, max_length: int | None = None,
-                 token_budget: int = 8192, expected: int | None = None):
+                 token_budget: int | None = None, expected: int | None = None):
         super().__init__(reward_model, runtime, expected)
         self._max_length = max_length
         self._token_budget = token_budget
@@ -179,7 +179,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--output", required=True, help="folder for the score shards")
     parser.add_argument("--reward-model", required=True, help="RM folder, HF id, or backbone name")
     parser.add_argument("--max-length", type=int, default=None, help="default: the RM manifest's, else 256")
-    parser.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward pass")
+    parser.add_argument("--token-budget", type=int, default=None,
+                        help="padded tokens per forward pass (default: 2048 on CPU, 16384 on GPU)")
     parser.add_argument("--teacher-kind", choices=["auto", "pointwise", "pairwise"], default="auto",
                         help="pointwise: score each candidate; pairwise: knockout tournaments per prompt; "
                              "auto: pairwise when the model's manifest kind is pairwise_preference_model")

@@ -121,7 +121,7 @@ def metrics_from_margins(margins: list[float], pairs: list[dict], high_confidenc
     }
 
 
-def margins(rm: models.LoadedModel, pairs: list[dict], max_length: int, token_budget: int = 8192) -> list[float]:
+def margins(rm: models.LoadedModel, pairs: list[dict], max_length: int, token_budget: int | None = None) -> list[float]:
     """r(chosen) - r(rejected) per pair, in input order.
 
     A pairwise preference model (manifest kind `pairwise_preference_model`) gives instead the logit
@@ -137,7 +137,7 @@ def margins(rm: models.LoadedModel, pairs: list[dict], max_length: int, token_bu
 
 
 def evaluate_loaded(rm: models.LoadedModel, pairs: list[dict], max_length: int | None = None,
-                    token_budget: int = 8192, high_confidence_fraction: float = 0.25) -> dict:
+                    token_budget: int | None = None, high_confidence_fraction: float = 0.25) -> dict:
     """`{"model", "revision", **metrics_from_margins(...)}` for a loaded model.
 
     `max_length` defaults to the model folder's manifest.json `max_length`, else 256.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from wofn import models, rm_format, training
+from wofn import models, rm_format, scoring, training
 from wofn.models import LoadedModel
 
 KIND = "pairwise_preference_model"
@@ -59,7 +59,7 @@ def is_pairwise(model_path: str) -> bool:
 
 
 @torch.inference_mode()
-def _logits(rm: LoadedModel, sequences: list[tuple[int, ...]], token_budget: int) -> dict[tuple[int, ...], float]:
+def _logits(rm: LoadedModel, sequences: list[tuple[int, ...]], token_budget: int | None) -> dict[tuple[int, ...], float]:
     """Model output per distinct sequence, in padded batches of at most `token_budget` tokens.
 
     Batches are formed from the distinct sequences sorted by (length desc, ids), so the same set
@@ -67,6 +67,7 @@ def _logits(rm: LoadedModel, sequences: list[tuple[int, ...]], token_budget: int
     """
     order = sorted(set(sequences), key=lambda s: (-len(s), s))
     device = next(rm.model.parameters()).device
+    token_budget = token_budget or scoring.default_token_budget(device)
     out: dict[tuple[int, ...], float] = {}
     start = 0
     while start < len(order):
@@ -80,7 +81,7 @@ def _logits(rm: LoadedModel, sequences: list[tuple[int, ...]], token_budget: int
 
 
 def compare(rm: LoadedModel, prompts: list[str], a_list: list[str], b_list: list[str], max_length: int,
-            token_budget: int = 8192) -> list[float]:
+            token_budget: int | None = None) -> list[float]:
     """Symmetrized logits that a beats b, (l(x, a, b) - l(x, b, a)) / 2, in input order.
 
     Runs 2 sequences per comparison (identical sequences are run once), length-sorted, in batches
@@ -95,7 +96,7 @@ def compare(rm: LoadedModel, prompts: list[str], a_list: list[str], b_list: list
     return [(logits[s] - logits[t]) / 2 for s, t in zip(ab, ba)]
 
 
-def pair_margins(rm: LoadedModel, pairs: list[dict], max_length: int, token_budget: int = 8192) -> list[float]:
+def pair_margins(rm: LoadedModel, pairs: list[dict], max_length: int, token_budget: int | None = None) -> list[float]:
     """compare(prompt, chosen, rejected) per pair: > 0 when the teacher prefers the chosen response."""
     return compare(rm, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
                    [p["rejected"] for p in pairs], max_length, token_budget)
