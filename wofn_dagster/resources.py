@@ -67,6 +67,7 @@ class WofnSettings(ConfigurableResource):
     logprob_quantile: float = Field(description="keep pairs whose both responses' mean log-prob >= this quantile")
     high_confidence_fraction: float = Field(description="evaluation: share of pairs, most confident first, for high-confidence accuracy")
     score_batch_size: int = Field(description="candidates per reward-model inference call")
+    score_dtype: str = Field(description="reward-model weights dtype when scoring candidates: float32, bfloat16 (about 2.5x faster on CPUs with bf16 matmul) or float16")
     torch_threads: int = Field(description="torch threads per step; 0 = all cores")
     device: str = Field(description="torch device for sampling, scoring and training (cpu, cuda)")
 

@@ -62,6 +62,7 @@ def score_with(context: AssetExecutionContext, settings: WofnSettings, beam_runn
         stats = score_candidates.run([
             "--candidates", str(candidates_dir), "--output", str(staging),
             "--reward-model", str(model_dir), "--batch-size", str(settings.score_batch_size),
+            "--dtype", settings.score_dtype,
             "--device", settings.device, "--torch-threads", str(settings.threads()),
             *beam_runner.args(),
         ], save_main_session=False)
