@@ -33,7 +33,7 @@ def test_sample_transform_gives_n_valid_candidates_per_prompt():
     params = generation.SamplingParams(n=3, max_new_tokens=5, seed=7)
     handler = sample_candidates.PolicyHandler("tiny-llama", params, Runtime(batch_size=2))
     with test_pipeline.TestPipeline() as p:
-        rows = p | beam.Create(prompts) | sample_candidates.SampleCandidates(handler)
+        rows = p | beam.Create(prompts) | sample_candidates.SampleCandidates(handler, batch_size=2)
         assert_that(rows | "Key" >> beam.Map(lambda r: (r["prompt_id"], 1)) | beam.CombinePerKey(sum),
                     equal_to([("p0", 3), ("p1", 3), ("p2", 3)]), label="ThreePerPrompt")
         assert_that(rows | "Idx" >> beam.Map(lambda r: (r["prompt_id"], r["candidate_idx"])),
@@ -45,6 +45,17 @@ def test_sample_transform_gives_n_valid_candidates_per_prompt():
                 and r["finish_reason"] in ("stop", "length") and r["policy"] == "tiny-llama"
                 and r["policy_revision"].startswith("sha256:")),
             equal_to([True] * 9), label="RowsValid")
+
+
+def test_prompts_are_batched_with_prompts_of_similar_length():
+    short = [{"prompt_id": f"s{i}", "prompt": f"\n\nHuman: hi {i}\n\nAssistant:"} for i in range(5)]
+    long = [{"prompt_id": f"l{i}", "prompt": f"\n\nHuman: {'a long question ' * 20}{i}\n\nAssistant:"}
+            for i in range(3)]
+    interleaved = [row for pair in zip(short, long) for row in pair] + short[3:]
+    with test_pipeline.TestPipeline() as p:
+        batches = p | beam.Create(interleaved) | sample_candidates.LengthBatches(batch_size=2)
+        assert_that(batches | beam.Map(lambda b: tuple(r["prompt_id"] for r in b)),
+                    equal_to([("s0", "s1"), ("s2", "s3"), ("s4",), ("l0", "l1"), ("l2",)]))
 
 
 def test_sample_job_writes_schema_conforming_shards(tmp_path, prompts_file):
