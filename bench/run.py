@@ -9,9 +9,18 @@ every model is warmed up once before it is timed.
 
 Stages:
   mfu       this CPU's matmul peak (fp32, bf16), the denominator of the `mfu` fields below
-  sampling  generation.sample (batches of 8 prompts, fp32 and bf16) vs a per-prompt
+  sampling  generation.sample (length-sorted batches of 8 prompts as the Beam job forms them, fp32
+            and bf16) vs a per-prompt
             `model.generate(..., num_return_sequences=N)` loop in fp32
-  scoring   scoring.score (length-sorted token-budget batches) vs a batch-size-1 forward loop
+  scoring   scoring.score (length-sorted token-budget batches, fp32 and bf16) vs a batch-size-1
+            forward loop in fp32
+  scoring_decoder
+            a decoder RM (SmolLM2-135M + scalar head, bf16, 512 tokens) on N=8 responses per HH
+            prompt: scoring.score with the shared prompt prefix computed once, vs the same
+            without sharing, vs a batch-size-1 loop
+  scoring_memory
+            peak RSS of the score_candidates Beam job (DirectRunner, tiny-bert) at 10k and 100k
+            candidates, each in a fresh process: memory must stay flat as work grows
   pairs     pairs.select_pairs + filter_pairs (DuckDB SQL) vs a Python dict loop over to_pylist
             rows; each side in its own spawned process, so peak RSS is measured per side
 
@@ -41,16 +50,19 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-STAGES = ("mfu", "sampling", "scoring", "pairs")
+STAGES = ("mfu", "sampling", "scoring", "scoring_decoder", "scoring_memory", "pairs")
 SIZES = {
     # prompts: sampled prompts (N=8 each); score_pairs: HH test pairs scored (x2 sequences);
     # pair_prompts: synthetic prompts for the pairs stage (x N=8 candidates)
-    "full": {"prompts": 32, "score_pairs": 304, "pair_prompts": 125_000},
-    "quick": {"prompts": 8, "score_pairs": 64, "pair_prompts": 12_500},
+    "full": {"prompts": 32, "score_pairs": 304, "decoder_prompts": 16, "memory_candidates": (10_000, 100_000),
+             "pair_prompts": 125_000},
+    "quick": {"prompts": 8, "score_pairs": 64, "decoder_prompts": 4, "memory_candidates": (2_000, 20_000),
+              "pair_prompts": 12_500},
 }
 POLICY, RM = "smollm2-135m-instruct", "minilm-l6"
 N, MAX_NEW_TOKENS, TEMPERATURE, SAMPLE_BATCH = 8, 64, 0.7, 8
-RM_MAX_LENGTH, TOKEN_BUDGET = 256, 8192
+RM_MAX_LENGTH = 256
+DECODER_RM, DECODER_RM_MAX_LENGTH = "smollm2-135m-instruct", 512
 CONFIDENCE_QUANTILE, LOGPROB_QUANTILE = 0.5, 0.1  # the default profile's filters
 _START = time.perf_counter()
 
@@ -153,11 +165,26 @@ def load_warm_policy(dtype: str, prompts):
     return policy, load_s
 
 
+def length_batches(prompts: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """The batches the sampling job forms (beam_jobs.sample_candidates.LengthBatches), without Beam."""
+    from beam_jobs import sample_candidates
+
+    classes = defaultdict(list)
+    for prompt_id, text in prompts:
+        classes[sample_candidates.length_class(text)].append({"prompt_id": prompt_id, "prompt": text})
+    return [[(r["prompt_id"], r["prompt"]) for r in batch] for key in sorted(classes)
+            for batch in sample_candidates._length_sorted_batches((key, classes[key]), SAMPLE_BATCH)]
+
+
+def padded_prefill_tokens(encoded_by_id: dict[str, list[int]], batches) -> int:
+    return sum(len(batch) * max(len(encoded_by_id[pid]) for pid, _ in batch) for batch in batches)
+
+
 def ours_sampling(policy, prompts, params) -> dict:
     from wofn import generation
 
-    rows, seconds = timed(lambda: [row for i in range(0, len(prompts), SAMPLE_BATCH)
-                                   for row in generation.sample(policy, prompts[i:i + SAMPLE_BATCH], params)])
+    batches = length_batches(prompts)
+    rows, seconds = timed(lambda: [row for batch in batches for row in generation.sample(policy, batch, params)])
     return side(seconds, candidates=len(rows), generated_tokens=sum(r["num_tokens"] for r in rows))
 
 
@@ -217,6 +244,10 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
         log(f"sampling: ours {dtype}, {len(prompts)} prompts x N={N}")
         ours[dtype] = ours_sampling(policy, prompts, params)
         ours[dtype]["prefill_tokens"] = sum(map(len, encoded))
+        by_id = {pid: ids for (pid, _), ids in zip(prompts, encoded)}
+        ours[dtype]["prefill_tokens_padded"] = padded_prefill_tokens(by_id, length_batches(prompts))
+        ours[dtype]["prefill_tokens_padded_in_arrival_order"] = padded_prefill_tokens(
+            by_id, [prompts[i:i + SAMPLE_BATCH] for i in range(0, len(prompts), SAMPLE_BATCH)])
         ours[dtype]["mfu"] = mfu(matmul_params(policy.model), ours[dtype]["generated_tokens"] + ours[dtype]["prefill_tokens"],
                                  ours[dtype]["seconds"], peaks.get(dtype))
         if dtype == "float32":  # the baseline runs on the same fp32 model
@@ -257,7 +288,7 @@ def scoring_inputs(count: int) -> tuple[list[str], list[str]]:
     return prompts, responses
 
 
-def baseline_scores(rm, prompts: list[str], responses: list[str]) -> list[float]:
+def baseline_scores(rm, prompts: list[str], responses: list[str], max_length: int = RM_MAX_LENGTH) -> list[float]:
     """The common way: encode one sequence, one forward, read the scalar; repeat."""
     import torch
 
@@ -266,7 +297,7 @@ def baseline_scores(rm, prompts: list[str], responses: list[str]) -> list[float]
     rewards = []
     with torch.inference_mode():
         for prompt, response in zip(prompts, responses):
-            ids = torch.tensor([rm_format.encode(rm.tokenizer, prompt, response, RM_MAX_LENGTH)])
+            ids = torch.tensor([rm_format.encode(rm.tokenizer, prompt, response, max_length)])
             rewards.append(float(rm.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0]))
     return rewards
 
@@ -276,37 +307,127 @@ def bench_scoring(sizes: dict, peaks: dict) -> dict:
 
     models.set_torch_threads(0)
     prompts, responses = scoring_inputs(sizes["score_pairs"])
-    rm, load_s = timed(models.load_reward_model, RM)
-    scoring.score(rm, prompts[:2], responses[:2], RM_MAX_LENGTH, token_budget=TOKEN_BUDGET)  # warm-up
-    baseline_scores(rm, prompts[:2], responses[:2])
-    tokens = sum(len(rm_format.encode(rm.tokenizer, p, r, RM_MAX_LENGTH)) for p, r in zip(prompts, responses))
     pairs = len(prompts) // 2
-    log(f"scoring: ours, {len(prompts)} sequences")
-    ours_rewards, ours_s = timed(scoring.score, rm, prompts, responses, RM_MAX_LENGTH, token_budget=TOKEN_BUDGET)
-    log("scoring: baseline batch-size-1 loop")
-    base_rewards, base_s = timed(baseline_scores, rm, prompts, responses)
-    max_diff = max(abs(a - b) for a, b in zip(ours_rewards, base_rewards))
-    if max_diff > 1e-4:
-        log(f"!!! scoring MISMATCH: ours and baseline rewards differ by up to {max_diff:.3g} (> 1e-4)")
-    ours = side(ours_s, pairs=pairs, sequences=len(prompts), tokens=tokens)
-    ours["mfu"] = mfu(matmul_params(rm.model), tokens, ours_s, peaks.get("float32"))
+    ours, rewards, load_seconds, tokens = {}, {}, {}, 0
+    for dtype in ("float32", "bfloat16"):
+        rm, load_seconds[dtype] = timed(models.load_reward_model, RM, dtype=dtype)
+        scoring.score(rm, prompts[:2], responses[:2], RM_MAX_LENGTH)  # warm-up
+        tokens = sum(len(rm_format.encode(rm.tokenizer, p, r, RM_MAX_LENGTH)) for p, r in zip(prompts, responses))
+        log(f"scoring: ours {dtype}, {len(prompts)} sequences")
+        rewards[dtype], seconds = timed(scoring.score, rm, prompts, responses, RM_MAX_LENGTH)
+        ours[dtype] = side(seconds, pairs=pairs, sequences=len(prompts), tokens=tokens)
+        ours[dtype]["mfu"] = mfu(matmul_params(rm.model), tokens, seconds, peaks.get(dtype))
+        if dtype == "float32":  # the baseline runs on the same fp32 model
+            baseline_scores(rm, prompts[:2], responses[:2])
+            log("scoring: baseline float32 batch-size-1 loop")
+            base_rewards, base_s = timed(baseline_scores, rm, prompts, responses)
+            default_budget = scoring.default_token_budget(next(rm.model.parameters()).device)
+        del rm
+    diffs = {dtype: max(abs(a - b) for a, b in zip(values, base_rewards)) for dtype, values in rewards.items()}
+    if diffs["float32"] > 1e-4:
+        log(f"!!! scoring MISMATCH: ours and baseline fp32 rewards differ by up to {diffs['float32']:.3g} (> 1e-4)")
     return {
-        "config": {"reward_model": f"{RM} + untrained scalar head", "dtype": "float32",
-                   "max_length": RM_MAX_LENGTH, "token_budget": TOKEN_BUDGET,
-                   "baseline": "batch-size-1 loop, rm_format.encode + one forward per sequence, inference_mode"},
+        "config": {"reward_model": f"{RM} + untrained scalar head", "max_length": RM_MAX_LENGTH,
+                   "token_budget": default_budget,
+                   "baseline": "batch-size-1 loop, rm_format.encode + one forward per sequence, inference_mode, fp32"},
         "ours": ours,
-        "baseline": side(base_s, pairs=pairs, sequences=len(prompts), tokens=tokens),
-        "speedup": round(base_s / ours_s, 3),
-        "rewards_max_abs_diff": max_diff,
-        "rewards_agree_1e-4": max_diff <= 1e-4,
+        "baseline": {"dtype": "float32", **side(base_s, pairs=pairs, sequences=len(prompts), tokens=tokens)},
+        "speedup": {dtype: round(base_s / figs["seconds"], 3) for dtype, figs in ours.items()},
+        "rewards_max_abs_diff_vs_baseline": {k: float(f"{v:.3g}") for k, v in diffs.items()},
+        "rewards_agree_1e-4_fp32": diffs["float32"] <= 1e-4,
+        "load_seconds": {k: round(v, 2) for k, v in load_seconds.items()},
+    }
+
+
+def decoder_scoring_inputs(count: int) -> tuple[list[str], list[str]]:
+    """`count` HH test prompts x N responses each (the HH responses of neighbouring pairs)."""
+    from wofn import data
+    from wofn.paths import DATA_DIR
+
+    rows = data.load_preferences(DATA_DIR / "hh_test.parquet", limit=count + N).to_pylist()
+    pool = [row[key] for row in rows for key in ("chosen", "rejected")]
+    prompts = [rows[i]["prompt"] for i in range(count) for _ in range(N)]
+    responses = [pool[(2 * i + k) % len(pool)] for i in range(count) for k in range(N)]
+    return prompts, responses
+
+
+def bench_scoring_decoder(sizes: dict, peaks: dict) -> dict:
+    from wofn import models, rm_format, scoring
+
+    models.set_torch_threads(0)
+    prompts, responses = decoder_scoring_inputs(sizes["decoder_prompts"])
+    rm, load_s = timed(models.load_reward_model, DECODER_RM, dtype="bfloat16")
+    scoring.score(rm, prompts[:N], responses[:N], DECODER_RM_MAX_LENGTH)  # warm-up, both paths
+    scoring.score(rm, prompts[:N], responses[:N], DECODER_RM_MAX_LENGTH, share_prefix=False)
+    encoded = [rm_format.encode(rm.tokenizer, p, r, DECODER_RM_MAX_LENGTH) for p, r in zip(prompts, responses)]
+    tokens = sum(map(len, encoded))
+    shared_tokens = sum(scoring._common_prefix_length(encoded[i:i + N]) for i in range(0, len(encoded), N))
+    log(f"scoring_decoder: ours with shared prefixes, {len(prompts)} sequences")
+    shared, shared_s = timed(scoring.score, rm, prompts, responses, DECODER_RM_MAX_LENGTH)
+    log("scoring_decoder: ours without sharing")
+    plain, plain_s = timed(scoring.score, rm, prompts, responses, DECODER_RM_MAX_LENGTH, share_prefix=False)
+    log("scoring_decoder: baseline batch-size-1 loop")
+    baseline_scores(rm, prompts[:1], responses[:1], DECODER_RM_MAX_LENGTH)
+    base, base_s = timed(baseline_scores, rm, prompts, responses, DECODER_RM_MAX_LENGTH)
+    params = matmul_params(rm.model)
+    computed = tokens - (N - 1) * shared_tokens
+    ours = side(shared_s, sequences=len(prompts), tokens=tokens)
+    ours["computed_tokens"] = computed
+    ours["mfu"] = mfu(params, computed, shared_s, peaks.get("bfloat16"))
+    return {
+        "config": {"reward_model": f"{DECODER_RM} + untrained scalar head", "dtype": "bfloat16",
+                   "max_length": DECODER_RM_MAX_LENGTH, "prompts": sizes["decoder_prompts"], "n": N,
+                   "baseline": "batch-size-1 loop, one forward per sequence, bf16"},
+        "ours": ours,
+        "ours_without_prefix_sharing": side(plain_s, sequences=len(prompts), tokens=tokens),
+        "baseline": side(base_s, sequences=len(prompts), tokens=tokens),
+        "shared_prefix_tokens_share": round((N - 1) * shared_tokens / tokens, 4),
+        "speedup": round(base_s / shared_s, 3),
+        "speedup_from_prefix_sharing": round(plain_s / shared_s, 3),
+        "rewards_max_abs_diff_shared_vs_plain": float(f"{max(abs(a - b) for a, b in zip(shared, plain)):.3g}"),
+        "rewards_max_abs_diff_vs_baseline": float(f"{max(abs(a - b) for a, b in zip(shared, base)):.3g}"),
         "load_seconds": round(load_s, 2),
+    }
+
+
+def scoring_memory_worker(candidates_dir: str, output_dir: str) -> dict:
+    """Runs in a fresh spawned process: the scoring Beam job, its seconds and peak RSS."""
+    from beam_jobs import score_candidates
+
+    rss_before = peak_rss_mb()
+    stats, seconds = timed(score_candidates.run, [
+        "--candidates", candidates_dir, "--output", output_dir, "--reward-model", "tiny-bert",
+        "--max-length", "128", "--torch-threads", "1"], save_main_session=False)
+    return {"seconds": round(seconds, 2), "peak_rss_mb": peak_rss_mb(), "rss_before_work_mb": rss_before,
+            "candidates_scored": stats.get("candidates_scored")}
+
+
+def bench_scoring_memory(sizes: dict, peaks: dict) -> dict:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="wofn-bench-") as tmp:
+        for count in sizes["memory_candidates"]:
+            root = Path(tmp) / str(count)
+            log(f"scoring_memory: {count:,} candidates through the score_candidates job in a spawned process")
+            candidates_dir, _ = write_synthetic_tables(root, count // N, response_words=48)
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results[count] = pool.submit(scoring_memory_worker, str(candidates_dir), str(root / "scores")).result()
+    small, large = (results[c] for c in sizes["memory_candidates"])
+    ratio = round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)
+    return {
+        "config": {"job": "beam_jobs.score_candidates, DirectRunner in-memory, 1 torch thread",
+                   "reward_model": "tiny-bert (random weights)", "response_words": 48},
+        "by_candidates": {str(k): v for k, v in results.items()},
+        "peak_rss_ratio_large_over_small": ratio,
+        "work_ratio": sizes["memory_candidates"][1] / sizes["memory_candidates"][0],
+        "within_1.5x": ratio <= 1.5,
     }
 
 
 # --- pairs -----------------------------------------------------------------------------------
 
-def write_synthetic_tables(root: Path, prompts: int, seed: int = 0) -> tuple[Path, Path]:
-    """CANDIDATES and CANDIDATE_SCORES folders for `prompts` x N synthetic candidates."""
+def write_synthetic_tables(root: Path, prompts: int, seed: int = 0, response_words: int = 0) -> tuple[Path, Path]:
+    """CANDIDATES and CANDIDATE_SCORES folders for `prompts` x N synthetic candidates
+    (`response_words` extra filler words per response, for realistic text sizes)."""
     import numpy as np
     import pyarrow as pa
 
@@ -319,13 +440,15 @@ def write_synthetic_tables(root: Path, prompts: int, seed: int = 0) -> tuple[Pat
     num_tokens = rng.integers(1, MAX_NEW_TOKENS + 1, rows).astype(np.int32)
     logprob_mean = -rng.gamma(2.0, 0.6, rows)
 
+    filler = " and so on" * (response_words // 3)
+
     def const(value, type_):
         return pa.array(np.full(rows, value), type_)
 
     candidates = {
         "prompt_id": pa.array(prompt_ids), "candidate_idx": pa.array(cand_idx),
         "prompt": pa.array([f"\n\nHuman: synthetic question {p}?\n\nAssistant:" for p in prompt_idx.tolist()]),
-        "response": pa.array([f"synthetic answer {p}-{c}" for p, c in zip(prompt_idx.tolist(), cand_idx.tolist())]),
+        "response": pa.array([f"synthetic answer {p}-{c}" + filler for p, c in zip(prompt_idx.tolist(), cand_idx.tolist())]),
         "num_tokens": pa.array(num_tokens), "logprob_sum": pa.array(logprob_mean * num_tokens),
         "logprob_mean": pa.array(logprob_mean),
         "finish_reason": pa.array(np.where(num_tokens == MAX_NEW_TOKENS, "length", "stop")),
@@ -470,7 +593,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     peaks: dict = {}
-    if "mfu" not in stages and {"sampling", "scoring"} & set(stages):
+    if "mfu" not in stages and {"sampling", "scoring", "scoring_decoder"} & set(stages):
         stages.insert(0, "mfu")  # the mfu fields need the peak
     for stage in (s for s in STAGES if s in stages):
         load_before = os.getloadavg()[0]
@@ -479,7 +602,8 @@ def main(argv: list[str] | None = None) -> None:
             figures = bench_mfu(sizes)
             peaks = figures["peak_gflops"]
         else:
-            figures = {"sampling": bench_sampling, "scoring": bench_scoring, "pairs": bench_pairs}[stage](sizes, peaks)
+            figures = {"sampling": bench_sampling, "scoring": bench_scoring, "scoring_decoder": bench_scoring_decoder,
+                       "scoring_memory": bench_scoring_memory, "pairs": bench_pairs}[stage](sizes, peaks)
         emit(stage, figures, load_before)
     log(f"done in {time.perf_counter() - _START:.1f}s")
 
