@@ -1,10 +1,16 @@
 """Workarounds that let wofn's Beam jobs run on Beam's DaskRunner (checked with Beam 2.77.0).
 
-Beam's DaskRunner (a) turns `beam.io.Read` into a no-op, so `ReadFromParquet` cannot build, and
+Beam's DaskRunner (a) turns `beam.io.Read` into a no-op, so `ReadFromParquet` cannot build,
 (b) collects a DoFn's outputs before `finish_bundle`, so `BatchElements` (inside RunInference)
-loses its last batch. `run` applies a Read override and a fixed ParDo translation while the Dask
-graph is built; nothing stays patched afterwards. Runner flags:
-`--runner=apache_beam.runners.dask.dask_runner.DaskRunner --dask_client_address=tcp://HOST:PORT`.
+loses its last batch, and (c) keeps every GroupByKey output in as many Dask partitions as its
+input had, so a job that reads one file runs on one worker whatever the cluster size. `run`
+applies a Read override (the source is split while the graph is built, one Create element per
+split, so `--dask_npartitions` spreads the splits), a fixed ParDo translation and a GroupByKey
+translation that outputs at least `--dask_npartitions` partitions, while the Dask graph is
+built; nothing stays patched afterwards. Runner flags:
+`--runner=apache_beam.runners.dask.dask_runner.DaskRunner --dask_client_address=tcp://HOST:PORT
+--dask_npartitions=K` (K = about the number of worker processes; the sampling job's length
+GroupByKey then spreads its batches over K partitions).
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ def _read_split(split) -> Iterable:
 
 
 class _ReadBoundedSource(beam.PTransform):
-    """`beam.io.Read` of a bounded source as plain Create + FlatMaps. Beam's DaskRunner replaces
+    """`beam.io.Read` of a bounded source as plain Create + FlatMap. Beam's DaskRunner replaces
     `Read` with a no-op (its output bag is None, so e.g. `ReadFromParquet` fails to build), but it
-    runs Create and ParDo; splitting by the source keeps one element per file range."""
+    runs Create and ParDo. The source is split here, one Create element per file range, so the
+    ranges can land in different Dask partitions."""
 
     def __init__(self, source):
         super().__init__()
@@ -42,8 +49,7 @@ class _ReadBoundedSource(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "Source" >> beam.Create([self._source])
-            | "Split" >> beam.FlatMap(_split_source)
+            | "Splits" >> beam.Create(_split_source(self._source))
             | "ReadSplit" >> beam.FlatMap(_read_split)
         )
 
@@ -102,7 +108,26 @@ def _dask_translations() -> dict:
             return input_bag.map(te.get_windowed_value, window_fn).map_partitions(
                 _apply_dofn_to_bundle, invoker_args, invoker_kwargs, receivers)
 
-    return {beam.ParDo: DaskParDo}
+    class DaskGroupByKey(te.GroupByKey):
+        """Beam's translation, with the output spread over `--dask_npartitions` partitions when
+        that is more than the input has."""
+
+        def apply(self, input_bag, side_inputs=None):
+            wanted = int(self.bag_kwargs.get("npartitions") or 0)
+            if input_bag.npartitions < wanted:  # a task-based groupby keeps its input's partitions
+                input_bag = input_bag.repartition(wanted)
+
+            def value(item):
+                key, values = item
+                return key, [te.defenestrate(v[1]) for v in values]
+
+            return input_bag.groupby(_first).map(value)
+
+    return {beam.ParDo: DaskParDo, te._GroupByKeyOnly: DaskGroupByKey}
+
+
+def _first(item):
+    return item[0]
 
 
 def run(pipeline: beam.Pipeline):

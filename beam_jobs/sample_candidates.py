@@ -111,6 +111,32 @@ class LengthBatches(beam.PTransform):
         )
 
 
+def _key_by_first_prompt(batch: list[dict], keys: int) -> tuple[int, list[dict]]:
+    return shard_of(batch[0]["prompt_id"], keys), batch
+
+
+def _values(element: tuple[int, Iterable[list[dict]]]) -> Iterable[list[dict]]:
+    return element[1]
+
+
+class SpreadBatches(beam.PTransform):
+    """Batches in, the same batches out, spread over workers by a hash key (a deterministic
+    Reshuffle): the batches of one length class come out of one GroupByKey group, and would
+    otherwise all run on the worker that formed them."""
+
+    def __init__(self, keys: int = 1024):
+        super().__init__()
+        self._keys = keys
+
+    def expand(self, batches):
+        return (
+            batches
+            | "KeyByFirstPrompt" >> beam.Map(_key_by_first_prompt, self._keys)
+            | "GroupByKey" >> beam.GroupByKey()
+            | "Values" >> beam.FlatMap(_values)
+        )
+
+
 class SampleCandidates(beam.PTransform):
     """Prompt rows (prompt_id, prompt) in; N candidate rows (wofn.schemas.CANDIDATES) per prompt out."""
 
@@ -123,6 +149,7 @@ class SampleCandidates(beam.PTransform):
         return (
             prompt_rows
             | "LengthBatches" >> self._batches
+            | "SpreadBatches" >> SpreadBatches()  # one length class must not stay on one worker
             | "RunPolicy" >> RunInference(self._handler)
             | "FlattenCandidates" >> beam.FlatMap(_candidates)
         )
