@@ -1,7 +1,8 @@
 """Sample N responses per prompt from a causal-LM policy (Beam job).
 
     python -m beam_jobs.sample_candidates --prompts PATH --output DIR --policy MODEL --n N \
-        --max-new-tokens M [--temperature T] [--seed S] [Beam pipeline options such as --runner]
+        --max-new-tokens M [--temperature T] [--seed S] [--engine torch|vllm] [--device cuda --dtype bfloat16]
+        [Beam pipeline options such as --runner]
 
 PATH is a Parquet file or folder with columns `prompt_id, prompt` (wofn.schemas.PROMPTS).
 Writes wofn.schemas.CANDIDATES shards to DIR.
@@ -26,9 +27,10 @@ from apache_beam.ml.inference.base import RunInference
 
 from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
 from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, run_to_completion, shard_of
-from wofn import generation, models, schemas
+from wofn import generation, models, schemas, vllm_sampling
 
 log = logging.getLogger(__name__)
+ENGINES = ("torch", "vllm")
 
 
 class PolicyHandler(WofnModelHandler):
@@ -38,12 +40,17 @@ class PolicyHandler(WofnModelHandler):
     unit = "prompts"
 
     def __init__(self, policy: str, params: generation.SamplingParams, runtime: Runtime,
-                 expected_prompts: int | None = None):
+                 expected_prompts: int | None = None, engine: str = "torch"):
         super().__init__(policy, runtime, expected_prompts)
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: expected one of {ENGINES}")
         self._params = params
+        self._engine = engine
 
-    def _load(self) -> models.LoadedModel:
+    def _load(self):
         rt = self._runtime
+        if self._engine == "vllm":
+            return vllm_sampling.load(self._model, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code)
         return models.load_policy(self._model, device=rt.device, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code)
 
     def batch_elements_kwargs(self) -> dict:
@@ -52,7 +59,8 @@ class PolicyHandler(WofnModelHandler):
     def run_inference(self, batch: Sequence[list[dict]], model: models.LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[list]:
         prompt_rows = [row for group in batch for row in group]
-        rows = generation.sample(model, [(r["prompt_id"], r["prompt"]) for r in prompt_rows], self._params)
+        sampler = vllm_sampling.sample if self._engine == "vllm" else generation.sample
+        rows = sampler(model, [(r["prompt_id"], r["prompt"]) for r in prompt_rows], self._params)
         tokens = sum(r["num_tokens"] for r in rows)
         beam.metrics.Metrics.counter("wofn", "prompts_sampled").inc(len(prompt_rows))
         beam.metrics.Metrics.counter("wofn", "candidates").inc(len(rows))
@@ -166,6 +174,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="global seed; each (prompt, sample) derives its own")
     parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are cut from the left")
+    parser.add_argument("--engine", choices=ENGINES, default="torch",
+                        help="torch: wofn's batched sampler (CPU or GPU); vllm: vLLM on GPU workers (pip install vllm)")
     parser.add_argument("--length-groups-per-class", type=int, default=1,
                         help="spread each prompt-length class over this many groups (for very large inputs)")
     add_runtime_args(parser, batch_size=8, batch_help="prompts per generation batch (formed by prompt length)")
@@ -178,7 +188,9 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
         n=known.n, max_new_tokens=known.max_new_tokens, temperature=known.temperature,
         top_p=known.top_p, seed=known.seed, max_prompt_tokens=known.max_prompt_tokens,
     )
-    handler = PolicyHandler(known.policy, params, runtime_from_args(known), count_rows(known.prompts))
+    if known.engine == "vllm":
+        vllm_sampling.require_vllm()  # fail before the pipeline starts, with the install hint
+    handler = PolicyHandler(known.policy, params, runtime_from_args(known), count_rows(known.prompts), known.engine)
     pipeline = new_pipeline(pipeline_args, save_main_session)
     _ = (
         pipeline

@@ -162,28 +162,34 @@ def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: Sampling
 
     results = []
     for r, (p, i) in enumerate(rows):
-        text_tokens = [t for t in tokens[r] if t not in eos_ids]
         extra = {"prompt_token_ids": encoded[p], "token_ids": tokens[r]} if return_token_ids else {}
-        results.append(
-            {
-                **extra,
-                "prompt_id": prompts[p][0],
-                "candidate_idx": i,
-                "prompt": prompts[p][1],
-                "response": tokenizer.decode(text_tokens, skip_special_tokens=True).strip(),
-                "num_tokens": len(tokens[r]),
-                "logprob_sum": logprob_sum[r],
-                "logprob_mean": logprob_sum[r] / max(1, len(tokens[r])),
-                "finish_reason": finish[r],
-                "temperature": params.temperature,
-                "top_p": params.top_p,
-                "max_new_tokens": params.max_new_tokens,
-                "seed": seeds[r],
-                "policy": policy.name,
-                "policy_revision": policy.revision,
-            }
-        )
+        results.append({**extra, **candidate_row(
+            policy.tokenizer, prompts[p], i, tokens[r], logprob_sum[r], finish[r], params, seeds[r],
+            eos_ids, policy.name, policy.revision)})
     return results
+
+
+def candidate_row(tokenizer, prompt: tuple[str, str], candidate_idx: int, tokens: list[int], logprob_sum: float,
+                  finish_reason: str, params: SamplingParams, seed: int, eos_ids: set[int], policy: str,
+                  policy_revision: str) -> dict:
+    """One wofn.schemas.CANDIDATES row (every sampling engine builds its rows here)."""
+    text_tokens = [t for t in tokens if t not in eos_ids]
+    return {
+        "prompt_id": prompt[0],
+        "candidate_idx": candidate_idx,
+        "prompt": prompt[1],
+        "response": tokenizer.decode(text_tokens, skip_special_tokens=True).strip(),
+        "num_tokens": len(tokens),
+        "logprob_sum": logprob_sum,
+        "logprob_mean": logprob_sum / max(1, len(tokens)),
+        "finish_reason": finish_reason,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_new_tokens": params.max_new_tokens,
+        "seed": seed,
+        "policy": policy,
+        "policy_revision": policy_revision,
+    }
 
 
 def _cache_argument(model) -> str:

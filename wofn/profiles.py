@@ -25,6 +25,7 @@ DEFAULT = {
     "max_prompts": 256,
     "policy": "smollm2-135m-instruct",
     "policy_dtype": "bfloat16",
+    "sampling_engine": "torch",
     "n": 8,
     "max_new_tokens": 64,
     "temperature": 0.7,

@@ -46,6 +46,7 @@ class WofnSettings(ConfigurableResource):
     max_prompts: Optional[int] = Field(description="sample K prompts, a stable pseudo-random subset by prompt_id (null = all)")
     policy: str = Field(description="policy: shipped name (smollm2-135m-instruct), local folder, or HF causal-LM id")
     policy_dtype: str = Field(description="policy weights dtype: float32, bfloat16 or float16")
+    sampling_engine: str = Field(description="'torch' (wofn's batched sampler, CPU or GPU) or 'vllm' (GPU workers with vllm installed)")
     n: int = Field(description="N: responses sampled per prompt")
     max_new_tokens: int = Field(description="generation cap per response")
     temperature: float = Field(description="sampling temperature (the paper: ~0.7)")

@@ -30,6 +30,7 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
             "--max-new-tokens", str(settings.max_new_tokens), "--temperature", str(settings.temperature),
             "--top-p", str(settings.top_p), "--seed", str(settings.seed),
             "--batch-size", str(settings.sample_batch_size), "--dtype", settings.policy_dtype,
+            "--engine", settings.sampling_engine,
             "--device", settings.device, "--torch-threads", str(settings.threads()),
             *beam_runner.args(),
         ], save_main_session=False)
