@@ -105,3 +105,13 @@ def test_shard_of_is_stable():
     assert {beam_io.shard_of(f"p{i}", 4) for i in range(50)} == {0, 1, 2, 3}
     assert beam_io.input_pattern("/x/dir") == "/x/dir/*.parquet"
     assert beam_io.input_pattern("/x/f.parquet") == "/x/f.parquet"
+
+
+def test_sample_job_in_multi_processing_mode_matches_in_memory(tmp_path, prompts_file):
+    """The DirectRunner's multi_processing mode (one torch thread per worker) writes the same rows."""
+    args = ["--prompts", str(prompts_file), "--policy", "tiny-llama", "--n", "2", "--max-new-tokens", "6",
+            "--seed", "9", "--batch-size", "2", "--torch-threads", "1"]
+    sample_candidates.run(args + ["--output", str(tmp_path / "memory")], save_main_session=False)
+    sample_candidates.run(args + ["--output", str(tmp_path / "processes"), "--direct_running_mode=multi_processing",
+                                  "--direct_num_workers=2"], save_main_session=False)
+    assert _read_dir(tmp_path / "processes") == _read_dir(tmp_path / "memory")
