@@ -195,14 +195,6 @@ def padded_prefill_tokens(encoded_by_id: dict[str, list[int]], batches) -> int:
     return sum(len(batch) * max(len(encoded_by_id[pid]) for pid, _ in batch) for batch in batches)
 
 
-def ours_sampling(policy, prompts, params) -> dict:
-    from wofn import generation
-
-    batches = length_batches(prompts)
-    rows, seconds = timed(lambda: [row for batch in batches for row in generation.sample(policy, batch, params)])
-    return side(seconds, candidates=len(rows), generated_tokens=sum(r["num_tokens"] for r in rows))
-
-
 def tokens_through_eos(generated, eos_ids: set[int]) -> int:
     """Generated tokens per sequence up to and including the first EOS (all of them if none)."""
     total = 0
@@ -212,26 +204,28 @@ def tokens_through_eos(generated, eos_ids: set[int]) -> int:
     return total
 
 
-def baseline_sampling(policy, encoded: list[list[int]], params) -> dict:
-    """The common way: one `generate` per prompt, N rows via num_return_sequences."""
+def baseline_sampling(policy, encoded: list[list[int]], params) -> tuple[int, int]:
+    """The common way: one `generate` per prompt, N rows via num_return_sequences.
+    Returns (candidates, generated tokens through EOS)."""
     import torch
 
     from wofn import generation
 
     eos_ids = generation._eos_ids(policy.model, policy.tokenizer)
-    torch.manual_seed(params.seed)
+    tokens = 0
+    for ids in encoded:
+        inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        out = policy.model.generate(**inputs, do_sample=True, temperature=params.temperature,
+                                    max_new_tokens=params.max_new_tokens, num_return_sequences=params.n)
+        tokens += tokens_through_eos(out[:, len(ids):], eos_ids)
+    return len(encoded) * params.n, tokens
 
-    def run() -> int:
-        tokens = 0
-        for ids in encoded:
-            inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
-            out = policy.model.generate(**inputs, do_sample=True, temperature=params.temperature,
-                                        max_new_tokens=params.max_new_tokens, num_return_sequences=params.n)
-            tokens += tokens_through_eos(out[:, len(ids):], eos_ids)
-        return tokens
 
-    tokens, seconds = timed(run)
-    return side(seconds, candidates=len(encoded) * params.n, generated_tokens=tokens)
+def ours_sampling(policy, batch, params) -> tuple[int, int]:
+    from wofn import generation
+
+    rows = generation.sample(policy, batch, params)
+    return len(rows), sum(r["num_tokens"] for r in rows)
 
 
 def prefill_share_estimate(policy, encoded: list[list[int]], n: int, baseline_seconds: float) -> dict:
@@ -247,46 +241,69 @@ def prefill_share_estimate(policy, encoded: list[list[int]], n: int, baseline_se
 
 
 def bench_sampling(sizes: dict, peaks: dict) -> dict:
+    """Ours fp32, ours bf16 and the baseline take turns, one length batch of prompts at a time,
+    so that other work on the machine slows all three alike; each side's seconds are summed."""
+    import torch
+
     from wofn import generation, models
 
     models.set_torch_threads(0)
     prompts = sampling_prompts(sizes["prompts"])
     params = generation.SamplingParams(n=N, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE)
-    ours, load_seconds, figures = {}, {}, {}
+    policies, load_seconds = {}, {}
     for dtype in ("float32", "bfloat16"):
-        policy, load_seconds[dtype] = load_warm_policy(dtype, prompts)
-        encoded = [generation.encode_prompt(policy.tokenizer, text, params.max_prompt_tokens) for _, text in prompts]
-        log(f"sampling: ours {dtype}, {len(prompts)} prompts x N={N}")
-        ours[dtype] = ours_sampling(policy, prompts, params)
-        ours[dtype]["prefill_tokens"] = sum(map(len, encoded))
-        by_id = {pid: ids for (pid, _), ids in zip(prompts, encoded)}
-        ours[dtype]["prefill_tokens_padded"] = padded_prefill_tokens(by_id, length_batches(prompts))
+        policies[dtype], load_seconds[dtype] = load_warm_policy(dtype, prompts)
+    tokenizer = policies["float32"].tokenizer
+    encoded = {pid: generation.encode_prompt(tokenizer, text, params.max_prompt_tokens) for pid, text in prompts}
+    baseline_sampling(policies["float32"], [encoded[prompts[0][0]]], generation.SamplingParams(n=2, max_new_tokens=4))
+    torch.manual_seed(params.seed)
+    totals = {side_name: {"seconds": 0.0, "candidates": 0, "generated_tokens": 0}
+              for side_name in ("float32", "bfloat16", "baseline")}
+    batches = length_batches(prompts)
+    for k, batch in enumerate(batches):
+        log(f"sampling: batch {k + 1}/{len(batches)} ({len(batch)} prompts x N={N}): ours fp32, ours bf16, baseline")
+        for side_name in ("float32", "bfloat16", "baseline"):
+            if side_name == "baseline":
+                (cands, tokens), seconds = timed(baseline_sampling, policies["float32"],
+                                                 [encoded[pid] for pid, _ in batch], params)
+            else:
+                (cands, tokens), seconds = timed(ours_sampling, policies[side_name], batch, params)
+            totals[side_name]["seconds"] += seconds
+            log(f"  {side_name}: {seconds:.1f}s, {tokens} tokens")
+            totals[side_name]["candidates"] += cands
+            totals[side_name]["generated_tokens"] += tokens
+    prefill = sum(map(len, encoded.values()))
+    ours = {}
+    for dtype in ("float32", "bfloat16"):
+        t = totals[dtype]
+        ours[dtype] = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
+        ours[dtype]["prefill_tokens"] = prefill
+        ours[dtype]["prefill_tokens_padded"] = padded_prefill_tokens(encoded, batches)
         ours[dtype]["prefill_tokens_padded_in_arrival_order"] = padded_prefill_tokens(
-            by_id, [prompts[i:i + SAMPLE_BATCH] for i in range(0, len(prompts), SAMPLE_BATCH)])
-        ours[dtype]["mfu"] = mfu(matmul_params(policy.model), ours[dtype]["generated_tokens"] + ours[dtype]["prefill_tokens"],
-                                 ours[dtype]["seconds"], peaks.get(dtype))
-        if dtype == "float32":  # the baseline runs on the same fp32 model
-            baseline_sampling(policy, encoded[:1], generation.SamplingParams(n=2, max_new_tokens=4))  # warm-up
-            log(f"sampling: baseline float32 per-prompt generate, {len(prompts)} prompts")
-            baseline = baseline_sampling(policy, encoded, params)
-            baseline["prefill_tokens"] = N * sum(map(len, encoded))
-            figures["baseline_prefill"] = prefill_share_estimate(policy, encoded, N, baseline["seconds"])
-        del policy
+            encoded, [prompts[i:i + SAMPLE_BATCH] for i in range(0, len(prompts), SAMPLE_BATCH)])
+        ours[dtype]["mfu"] = mfu(matmul_params(policies[dtype].model), t["generated_tokens"] + prefill,
+                                 t["seconds"], peaks.get(dtype))
+    t = totals["baseline"]
+    baseline = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
+    baseline["prefill_tokens"] = N * prefill
+    baseline_prefill = prefill_share_estimate(policies["float32"], list(encoded.values()), N, baseline["seconds"])
     for dtype, figs in ours.items():
         log(f"sampling {dtype}: ours {figs['seconds']:.1f}s vs baseline {baseline['seconds']:.1f}s")
     return {
         "config": {"policy": POLICY, "prompts": len(prompts), "n": N, "max_new_tokens": MAX_NEW_TOKENS,
                    "temperature": TEMPERATURE, "ours_batch_prompts": SAMPLE_BATCH,
+                   "ours_batches": "length-sorted, as beam_jobs.sample_candidates forms them",
                    "baseline": "per-prompt model.generate(do_sample=True, temperature=0.7, max_new_tokens=64, "
                                "num_return_sequences=8), float32, transformers' default top_k=50",
-                   "ours_extra_work": "per-row seeded generators, temperature-1 log-probs of every token"},
+                   "ours_extra_work": "per-row seeded generators, temperature-1 log-probs of every token",
+                   "timing": "the three sides take turns batch by batch; seconds summed per side"},
         "ours": ours,
         "baseline": {"dtype": "float32", **baseline},
         "speedup": {dtype: round(baseline["seconds"] / figs["seconds"], 3) for dtype, figs in ours.items()},
         "speedup_generated_tokens_per_s": {dtype: round(figs["generated_tokens_per_s"] / baseline["generated_tokens_per_s"], 3)
                                            for dtype, figs in ours.items()},
         "load_seconds": {k: round(v, 2) for k, v in load_seconds.items()},
-        **figures,
+        "baseline_prefill": baseline_prefill,
     }
 
 
