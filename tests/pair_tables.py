@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
 import pyarrow as pa
 
-from wofn import catalog, schemas
+from wofn import catalog, pairs, schemas
+from wofn.paths import WofnHome
 
 
 def sigmoid(x: float) -> float:
@@ -165,3 +167,112 @@ def crafted_rows() -> tuple[list[tuple], list[tuple]]:
             for value in reward if isinstance(reward, tuple) else () if reward == "missing" else (reward,):
                 score_rows.append((prompt_id, idx, value))
     return cand_rows, score_rows + ORPHAN_SCORES
+
+
+# --- an independent reference of the documented rules -------------------------------------------
+
+
+def _same(values: list) -> bool:
+    """Copies agree: all NULL, or none NULL and all equal (NaN equal to NaN, as in DuckDB)."""
+    if all(v is None for v in values):
+        return True
+    if any(v is None for v in values):
+        return False
+    keys = {"nan" if isinstance(v, float) and math.isnan(v) else v for v in values}
+    return len(keys) == 1
+
+
+def reference(cand_rows: list[tuple], score_rows: list[tuple], strategy: str, seed: int) -> dict[str, tuple]:
+    """prompt_id -> (outcome, chosen_idx, rejected_idx, n_candidates), from the header's rules."""
+    cands: dict[tuple, list[tuple]] = {}
+    for row in cand_rows:
+        cands.setdefault((row[0], row[1]), []).append(row)
+    scores: dict[tuple, list[float | None]] = {}
+    for prompt_id, idx, reward in score_rows:
+        scores.setdefault((prompt_id, idx), []).append(reward)
+    valid: dict[str, list[tuple]] = {}
+    for key, rows in cands.items():
+        valid.setdefault(key[0], [])
+        if len({r[2] for r in rows}) != 1 or key not in scores or not _same(scores[key]):
+            continue
+        reward = scores[key][0]
+        if reward is None or not math.isfinite(reward):
+            continue
+        valid[key[0]].append((key[1], rows[0][2], reward))  # (idx, response, reward)
+
+    def draw_key(prompt_id: str, idx: int) -> tuple:
+        return hashlib.md5(f"{prompt_id}:{idx}:{seed}".encode()).hexdigest(), idx
+
+    out = {}
+    for prompt_id, vs in valid.items():
+        n = len(vs)
+        if n < 2:
+            out[prompt_id] = ("fewer_than_2_valid", None, None, n)
+            continue
+        best = min(vs, key=lambda v: (-v[2], v[0]))
+        worst = min(vs, key=lambda v: (v[2], -v[0]))
+        by_draw = sorted(vs, key=lambda v: draw_key(prompt_id, v[0]))
+        if strategy == "west_of_n":
+            first, second = best, worst
+        elif strategy == "random_pair":
+            first, second = by_draw[0], by_draw[1]
+        else:
+            first = best if strategy == "best_vs_random" else worst
+            second = next(v for v in by_draw if v[0] != first[0])
+        chosen, rejected = (first, second) if first[2] >= second[2] else (second, first)
+        if max(v[2] for v in vs) == min(v[2] for v in vs):
+            outcome = "all_rewards_equal"
+        elif chosen[2] == rejected[2]:
+            outcome = "tied_rewards"
+        elif chosen[1] == rejected[1]:
+            outcome = "identical_texts"
+        else:
+            outcome = "pair"
+        out[prompt_id] = (outcome, chosen[0], rejected[0], n)
+    return out
+
+
+# --- a whole crafted run home -----------------------------------------------------------------
+
+FILTERS = {"confidence_quantile": 0.5, "logprob_quantile": 0.0}
+HUMAN_PAIRS = [("h1", "short", "a much longer answer"), ("h2", "a longer chosen answer", "no"),
+               ("h3", "same", "same")]
+
+
+def publish(home: WofnHome, name: str, table: pa.Table, folder: Path | None = None) -> Path:
+    folder = folder or home.table_dir(name)
+    catalog.write_parquet(table, folder)
+    if folder == home.table_dir(name):
+        catalog.refresh_view(home.catalog_path, name, folder)
+    return folder
+
+
+def build_home(root: Path, round_2: bool = True) -> WofnHome:
+    """A run's tables from the crafted edge cases, written the way the pair assets write them.
+
+    Round 2 (when asked) re-scores the candidates with a teacher that reverses every reward, so
+    its west_of_n pairs are round 1's flipped.
+    """
+    home = WofnHome(root)
+    cand_rows, score_rows = crafted_rows()
+    cands = publish(home, "candidates", candidates_table(cand_rows))
+    scores = publish(home, "candidate_scores", scores_table(score_rows))
+    publish(home, "human_preferences", pa.Table.from_pylist(
+        [{"pair_id": i, "prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": c, "rejected": r, "source": "test"}
+         for i, c, r in HUMAN_PAIRS], schema=schemas.PREFERENCES))
+    draws = pairs.draw_pairs(cands, scores, seed=0)
+    publish(home, "pair_draws", draws)
+    publish(home, "pair_selection_report", pairs.selection_report(cands, scores, draws, "west_of_n"))
+    selected = publish(home, "west_of_n_pairs", pairs.pairs_from_draws(draws, "west_of_n"))
+    kept, _ = pairs.filter_pairs(selected, **FILTERS)
+    publish(home, "filtered_pairs", kept)
+    publish(home, "pair_funnel", pairs.pair_funnel(selected, **FILTERS))
+    if round_2:
+        rdir = home.round_dir(2)
+        flipped = [(p, i, None if r is None else -r) for p, i, r in score_rows]
+        scores_2 = publish(home, "candidate_scores", scores_table(flipped), rdir / "candidate_scores")
+        selected_2, _ = pairs.select_pairs(cands, scores_2)
+        publish(home, "west_of_n_pairs", selected_2, rdir / "west_of_n_pairs")
+        kept_2, _ = pairs.filter_pairs(rdir / "west_of_n_pairs", **FILTERS)
+        publish(home, "filtered_pairs", kept_2, rdir / "filtered_pairs")
+    return home

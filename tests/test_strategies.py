@@ -13,7 +13,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pair_tables import PROMPTS, candidates_table, crafted_rows, scores_table, view_over
+from pair_tables import PROMPTS, candidates_table, crafted_rows, reference, scores_table, view_over
 from wofn import catalog, pairs, schemas
 from wofn.paths import SQL_DIR
 
@@ -42,69 +42,6 @@ def crafted(con, tmp_path):
 def draws(con, strategy: str, seed: int = 0) -> pa.Table:
     params = None if strategy == "west_of_n" else {"seed": seed}
     return catalog.run_sql_file(con, f"strategies/{strategy}", params, schema=schemas.PAIR_DRAWS)
-
-
-# --- an independent reference of the documented rules -------------------------------------------
-
-
-def _same(values: list) -> bool:
-    """Copies agree: all NULL, or none NULL and all equal (NaN equal to NaN, as in DuckDB)."""
-    if all(v is None for v in values):
-        return True
-    if any(v is None for v in values):
-        return False
-    keys = {"nan" if isinstance(v, float) and math.isnan(v) else v for v in values}
-    return len(keys) == 1
-
-
-def reference(cand_rows: list[tuple], score_rows: list[tuple], strategy: str, seed: int) -> dict[str, tuple]:
-    """prompt_id -> (outcome, chosen_idx, rejected_idx, n_candidates), from the header's rules."""
-    cands: dict[tuple, list[tuple]] = {}
-    for row in cand_rows:
-        cands.setdefault((row[0], row[1]), []).append(row)
-    scores: dict[tuple, list[float | None]] = {}
-    for prompt_id, idx, reward in score_rows:
-        scores.setdefault((prompt_id, idx), []).append(reward)
-    valid: dict[str, list[tuple]] = {}
-    for key, rows in cands.items():
-        valid.setdefault(key[0], [])
-        if len({r[2] for r in rows}) != 1 or key not in scores or not _same(scores[key]):
-            continue
-        reward = scores[key][0]
-        if reward is None or not math.isfinite(reward):
-            continue
-        valid[key[0]].append((key[1], rows[0][2], reward))  # (idx, response, reward)
-
-    def draw_key(prompt_id: str, idx: int) -> tuple:
-        return hashlib.md5(f"{prompt_id}:{idx}:{seed}".encode()).hexdigest(), idx
-
-    out = {}
-    for prompt_id, vs in valid.items():
-        n = len(vs)
-        if n < 2:
-            out[prompt_id] = ("fewer_than_2_valid", None, None, n)
-            continue
-        best = min(vs, key=lambda v: (-v[2], v[0]))
-        worst = min(vs, key=lambda v: (v[2], -v[0]))
-        by_draw = sorted(vs, key=lambda v: draw_key(prompt_id, v[0]))
-        if strategy == "west_of_n":
-            first, second = best, worst
-        elif strategy == "random_pair":
-            first, second = by_draw[0], by_draw[1]
-        else:
-            first = best if strategy == "best_vs_random" else worst
-            second = next(v for v in by_draw if v[0] != first[0])
-        chosen, rejected = (first, second) if first[2] >= second[2] else (second, first)
-        if max(v[2] for v in vs) == min(v[2] for v in vs):
-            outcome = "all_rewards_equal"
-        elif chosen[2] == rejected[2]:
-            outcome = "tied_rewards"
-        elif chosen[1] == rejected[1]:
-            outcome = "identical_texts"
-        else:
-            outcome = "pair"
-        out[prompt_id] = (outcome, chosen[0], rejected[0], n)
-    return out
 
 
 def as_reference(table: pa.Table) -> dict[str, tuple]:
