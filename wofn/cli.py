@@ -4,6 +4,8 @@
                                                                one JSON line per (model, pairs file)
     wofn sql QUERY_OR_FILE [--param name=value ...] [--view name=PATH ...]
                                                                a table, from the catalog
+    wofn export --output FILE.parquet|FILE.jsonl [--table filtered_pairs] [--format trl]
+                                                               pairs in TRL's preference format
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from wofn import catalog, data, evaluation, models, schemas
+from wofn import catalog, data, evaluation, export, models, schemas
 from wofn.paths import WofnHome
 
 
@@ -197,6 +199,14 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    home = WofnHome(Path(args.home).resolve()) if args.home else WofnHome.from_env()
+    result = export.export_pairs(home, Path(args.output), table=args.table, round_k=args.round, fmt=args.format,
+                                 force=args.force, strategy=args.strategy, seed=args.seed)
+    print(json.dumps(result))
+    return 0
+
+
 def _print_csv(relation) -> None:
     import csv
 
@@ -236,6 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     sq.add_argument("--max-rows", type=int, default=40)
     sq.add_argument("--max-width", type=int, default=160)
     sq.set_defaults(func=_sql)
+
+    ex = commands.add_parser("export", help="write pairs in TRL's preference format (prompt, chosen, rejected)")
+    ex.add_argument("--output", required=True, help="FILE.parquet or FILE.jsonl")
+    ex.add_argument("--table", default="filtered_pairs", help=f"one of {', '.join(export.PAIR_TABLES)}")
+    ex.add_argument("--round", type=int, default=1, help="West-of-N round: 1 = the main assets, k >= 2 = rounds/round_k")
+    ex.add_argument("--format", default="trl", choices=sorted(export.FORMATS),
+                    help="trl: text columns; trl-conversational: message lists ([{role, content}])")
+    ex.add_argument("--force", action="store_true", help="replace an existing output file")
+    ex.add_argument("--home", default=None, help="data root (default $WOFN_HOME or .wofn)")
+    ex.add_argument("--strategy", default=None,
+                    help="state the pairs' strategy where the run does not record it (rounds >= 2, older runs)")
+    ex.add_argument("--seed", type=int, default=None, help="with --strategy: its pair_seed (random strategies)")
+    ex.set_defaults(func=_export)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

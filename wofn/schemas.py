@@ -195,6 +195,38 @@ EVALUATIONS = pa.schema(
     ]
 )
 
+# `wofn export`: pairs in TRL's preference format, standard (text) or conversational (message
+# lists), with wofn's measurements and provenance as extra columns. Files, not catalog tables.
+_MESSAGES = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
+_EXPORT_EXTRAS = [
+    pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("margin", pa.float64(), nullable=False),  # teacher reward of chosen - rejected
+    pa.field("confidence", pa.float64(), nullable=False),  # sigmoid(margin)
+    pa.field("chosen_reward", pa.float64(), nullable=False),
+    pa.field("rejected_reward", pa.float64(), nullable=False),
+    pa.field("chosen_logprob_sum", pa.float64(), nullable=False),  # under the policy, nats
+    pa.field("rejected_logprob_sum", pa.float64(), nullable=False),
+    pa.field("chosen_logprob_mean", pa.float64(), nullable=False),
+    pa.field("rejected_logprob_mean", pa.float64(), nullable=False),
+    pa.field("chosen_num_tokens", pa.int32(), nullable=False),
+    pa.field("rejected_num_tokens", pa.int32(), nullable=False),
+    pa.field("policy", pa.string(), nullable=False),  # the policy that sampled both responses
+    pa.field("teacher", pa.string(), nullable=False),  # the reward model that labelled the pair
+    pa.field("round", pa.int32(), nullable=False),  # West-of-N round (1 = the main assets)
+    pa.field("strategy", pa.string(), nullable=False),  # pair selection strategy
+    pa.field("seed", pa.int64()),  # the strategy's pair_seed; null for west_of_n (no randomness)
+]
+# prompt: the HH transcript ending in "\n\nAssistant:"; chosen / rejected: " " + the response,
+# so that prompt + chosen is exactly the text wofn's reward models score (wofn.rm_format).
+TRL_PAIRS = pa.schema([pa.field("prompt", pa.string(), nullable=False),
+                       pa.field("chosen", pa.string(), nullable=False),
+                       pa.field("rejected", pa.string(), nullable=False), *_EXPORT_EXTRAS])
+# prompt: the conversation as [{"role": "user" | "assistant", "content"}]; chosen / rejected:
+# one assistant message each (wofn.generation.prompt_to_messages, as the policy saw it).
+TRL_CONVERSATIONAL_PAIRS = pa.schema([pa.field("prompt", _MESSAGES, nullable=False),
+                                      pa.field("chosen", _MESSAGES, nullable=False),
+                                      pa.field("rejected", _MESSAGES, nullable=False), *_EXPORT_EXTRAS])
+
 # Table name -> schema. Each name is an asset key, except: tournament_pairs, which the
 # candidate_scores asset writes instead of per-candidate scores when the teacher is pairwise;
 # pair_draws and pair_selection_report, which the west_of_n_pairs asset writes beside its pairs
