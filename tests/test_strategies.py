@@ -287,10 +287,12 @@ def test_filter_pairs_reports_the_funnel_steps(crafted, tmp_path):
     table, _ = pairs.select_pairs(cand_dir, scores_dir)
     pairs_dir = tmp_path / "west_of_n_pairs"
     catalog.write_parquet(table, pairs_dir)
-    kept, steps = pairs.filter_pairs(pairs_dir, 0.5, 0.0)  # the signature rounds.py uses
-    assert list(steps) == ["selected", "confidence", "likelihood", "margin", "max_tokens"]
-    assert steps["selected"] == 9 and steps["max_tokens"] == kept.num_rows
+    kept, steps = pairs.filter_pairs(pairs_dir, 0.5, 0.0)  # the signature rounds.py and bench/run.py use
+    assert steps == {"west_of_n_pairs": 9, "confidence_filter": 8, "likelihood_filter": 8}  # the keys they read
+    assert kept.num_rows == 8
     kept_sum, steps_sum = pairs.filter_pairs(pairs_dir, 0.0, 0.5, likelihood="sum", min_margin=1.0, max_tokens=4)
+    assert list(steps_sum) == ["west_of_n_pairs", "confidence_filter", "likelihood_filter", "margin_filter",
+                               "max_tokens_filter"]
     counts = list(steps_sum.values())
     assert counts == sorted(counts, reverse=True) and counts[-1] == kept_sum.num_rows
     funnel = pairs.pair_funnel(pairs_dir, 0.5, 0.0, strategy="random_pair", pair_seed=3)

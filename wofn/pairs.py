@@ -164,7 +164,12 @@ def pair_funnel(pairs: Path | pa.Table, confidence_quantile: float, logprob_quan
 
 def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: float, likelihood: str = "mean",
                  min_margin: float | None = None, max_tokens: int | None = None) -> tuple[pa.Table, dict]:
-    """Pairs kept by the filters (sql/filter_pairs.sql), and {step: pairs kept} from sql/pair_funnel.sql."""
+    """Pairs kept by the filters (sql/filter_pairs.sql), and how many each step kept (sql/pair_funnel.sql).
+
+    The counts: {"west_of_n_pairs", "confidence_filter", "likelihood_filter"}, then
+    "margin_filter" and "max_tokens_filter" when those filters are on (the keys bench/run.py and
+    the rounds' logs have always read); the pair_funnel table has every step.
+    """
     params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens)
     con = catalog.connect()
     try:
@@ -173,10 +178,16 @@ def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: 
     finally:
         con.close()
     funnel = pair_funnel(pairs_dir, **params)
-    steps = dict(zip(funnel.column("step").to_pylist(), funnel.column("pairs_kept").to_pylist()))
-    if steps["max_tokens"] != table.num_rows:  # the two files compute the same thresholds
-        raise RuntimeError(f"sql/pair_funnel.sql kept {steps['max_tokens']} pairs but sql/filter_pairs.sql "
+    kept = dict(zip(funnel.column("step").to_pylist(), funnel.column("pairs_kept").to_pylist()))
+    if kept["max_tokens"] != table.num_rows:  # the two files compute the same thresholds
+        raise RuntimeError(f"sql/pair_funnel.sql kept {kept['max_tokens']} pairs but sql/filter_pairs.sql "
                            f"kept {table.num_rows}; the two files disagree")
+    steps = {"west_of_n_pairs": kept["selected"], "confidence_filter": kept["confidence"],
+             "likelihood_filter": kept["likelihood"]}
+    if min_margin is not None:
+        steps["margin_filter"] = kept["margin"]
+    if max_tokens is not None:
+        steps["max_tokens_filter"] = kept["max_tokens"]
     return table, steps
 
 
