@@ -6,7 +6,7 @@
 --   pair_funnel            (wofn.schemas.PAIR_FUNNEL)       every column
 --
 -- Produces: one row per stage, in order, with columns
---   stage, count, share_of_prompts, setting, chosen_longer_share, chosen_shorter_share,
+--   step, stage, count, share_of_prompts, setting, chosen_longer_share, chosen_shorter_share,
 --   mean_length_gap
 --
 -- Parameters: none.
@@ -70,18 +70,18 @@ stages as (
 final as (
 
     select
+        cast(row_number() over (order by stages.stage_order) as integer) as step,
         stages.stage,
         stages.count,
         round(stages.count / nullif(prompts.n, 0), 3) as share_of_prompts,
         stages.setting,
         round(stages.chosen_longer_share, 3) as chosen_longer_share,
         round(stages.chosen_shorter_share, 3) as chosen_shorter_share,
-        round(stages.mean_length_gap, 2) as mean_length_gap,
-        stages.stage_order
+        round(stages.mean_length_gap, 2) as mean_length_gap
     from stages
     cross join prompts
 
 )
 
-select * exclude (stage_order) from final
-order by stage_order
+select * from final
+order by step

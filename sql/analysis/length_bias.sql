@@ -86,8 +86,7 @@ final as (
         round(avg(pair_sets.chosen_num_tokens - pair_sets.rejected_num_tokens), 2) as mean_length_gap,
         round(avg(case when pair_sets.chosen_chars > pair_sets.rejected_chars then 1.0
                        when pair_sets.chosen_chars is not null then 0.0 end), 3) as chosen_longer_share_chars,
-        round(avg(pair_sets.chosen_chars - pair_sets.rejected_chars), 1) as mean_length_gap_chars,
-        set_names.set_order
+        round(avg(pair_sets.chosen_chars - pair_sets.rejected_chars), 1) as mean_length_gap_chars
     from set_names
     left join pair_sets
         on set_names.set_order = pair_sets.set_order
@@ -95,5 +94,5 @@ final as (
 
 )
 
-select * exclude (set_order) from final
-order by set_order
+select * from final
+order by list_position(['west_of_n_pairs', 'filtered_pairs', 'dropped_by_filters', 'human_preferences'], pair_set)

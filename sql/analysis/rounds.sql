@@ -2,8 +2,9 @@
 -- selected and the filters kept, their confidence and length balance, and how much the pairs
 -- changed from the round before.
 --
--- Reads (views that `wofn sql` adds over every round's tables, each with a leading `round`
--- column: round 1 = $WOFN_HOME/tables/<table>, round k >= 2 = $WOFN_HOME/rounds/round_k/<table>):
+-- Reads:
+--   (views that `wofn sql` adds over every round's tables, each with a leading `round` column:
+--   round 1 = $WOFN_HOME/tables/<table>, round k >= 2 = $WOFN_HOME/rounds/round_k/<table>)
 --   rounds_west_of_n_pairs  (round + wofn.schemas.PAIRS)  round, prompt_id, chosen_idx,
 --                           rejected_idx, reward_model
 --   rounds_filtered_pairs   (round + wofn.schemas.PAIRS)  round, prompt_id, confidence,

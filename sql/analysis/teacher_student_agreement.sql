@@ -91,8 +91,7 @@ final as (
             filter (where pair_sets.student_margin is not null), 3) as student_ties,
         round(avg(pair_sets.teacher_margin), 4) as mean_teacher_margin,
         round(avg(pair_sets.student_margin), 4) as mean_student_margin,
-        round(corr(pair_sets.teacher_margin, pair_sets.student_margin), 3) as margin_correlation,
-        set_names.set_order
+        round(corr(pair_sets.teacher_margin, pair_sets.student_margin), 3) as margin_correlation
     from set_names
     left join pair_sets
         on set_names.set_order = pair_sets.set_order
@@ -100,5 +99,5 @@ final as (
 
 )
 
-select * exclude (set_order) from final
-order by set_order
+select * from final
+order by list_position(['west_of_n_pairs', 'filtered_pairs', 'dropped_by_filters'], pair_set)

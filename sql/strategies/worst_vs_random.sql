@@ -67,24 +67,20 @@ draw_params as (
 
 candidate_rows as (
 
-    -- one candidate = one (prompt_id, candidate_idx); copies = how many rows it has
+    -- one candidate = one (prompt_id, candidate_idx), however many rows it has; its copies
+    -- agree when they have the same response (then min() of each column is that copy's value)
     select
         prompt_id,
         candidate_idx,
-        prompt,
-        response,
-        num_tokens,
-        logprob_sum,
-        logprob_mean,
-        policy,
-        row_number() over candidate_key as copy_rank,
-        min(response) over candidate_key = max(response) over candidate_key as copies_agree
+        min(prompt) as prompt,
+        min(response) as response,
+        min(num_tokens) as num_tokens,
+        min(logprob_sum) as logprob_sum,
+        min(logprob_mean) as logprob_mean,
+        min(policy) as policy,
+        min(response) = max(response) as copies_agree
     from candidates
-    window candidate_key as (
-        partition by prompt_id, candidate_idx
-        order by response, num_tokens, logprob_sum, policy
-        rows between unbounded preceding and unbounded following
-    )
+    group by prompt_id, candidate_idx
 
 ),
 
@@ -94,23 +90,17 @@ score_rows as (
     select
         prompt_id,
         candidate_idx,
-        reward,
-        reward_model,
-        row_number() over candidate_key as copy_rank,
-        count(reward) over candidate_key = 0
-            or (count(reward) over candidate_key = count(*) over candidate_key
-                and min(reward) over candidate_key = max(reward) over candidate_key) as copies_agree
+        min(reward) as reward,
+        min(reward_model) as reward_model,
+        count(reward) = 0 or (count(reward) = count(*) and min(reward) = max(reward)) as copies_agree
     from candidate_scores
-    window candidate_key as (
-        partition by prompt_id, candidate_idx
-        order by reward_model, reward
-        rows between unbounded preceding and unbounded following
-    )
+    group by prompt_id, candidate_idx
 
 ),
 
 pool as (
 
+    -- valid = its copies agree, it has a score row, and its reward is not NULL and finite
     select
         candidate_rows.prompt_id,
         candidate_rows.candidate_idx,
@@ -122,14 +112,16 @@ pool as (
         candidate_rows.policy,
         score_rows.reward,
         score_rows.reward_model,
-        candidate_rows.copies_agree and coalesce(score_rows.copies_agree, true) as copies_agree,
-        score_rows.prompt_id is not null as scored
+        coalesce(
+            candidate_rows.copies_agree
+                and score_rows.copies_agree
+                and isfinite(score_rows.reward),
+            false
+        ) as is_valid
     from candidate_rows
     left join score_rows
         on candidate_rows.prompt_id = score_rows.prompt_id
         and candidate_rows.candidate_idx = score_rows.candidate_idx
-        and score_rows.copy_rank = 1
-    where candidate_rows.copy_rank = 1
 
 ),
 
@@ -146,10 +138,7 @@ valid_candidates as (
         reward,
         reward_model
     from pool
-    where copies_agree
-        and scored
-        and reward is not null
-        and isfinite(reward)
+    where is_valid
 
 ),
 
@@ -157,16 +146,13 @@ prompt_summary as (
 
     -- every prompt that has candidate rows, with its valid candidates' count and reward range
     select
-        pool.prompt_id,
-        min(pool.prompt) as prompt,
-        count(valid_candidates.candidate_idx) as n_valid,
-        min(valid_candidates.reward) as min_reward,
-        max(valid_candidates.reward) as max_reward
+        prompt_id,
+        min(prompt) as prompt,
+        count(*) filter (where is_valid) as n_valid,
+        min(reward) filter (where is_valid) as min_reward,
+        max(reward) filter (where is_valid) as max_reward
     from pool
-    left join valid_candidates
-        on pool.prompt_id = valid_candidates.prompt_id
-        and pool.candidate_idx = valid_candidates.candidate_idx
-    group by pool.prompt_id
+    group by prompt_id
 
 ),
 
