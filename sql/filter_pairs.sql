@@ -1,9 +1,10 @@
--- filtered_pairs: the West-of-N pairs kept by the confidence and likelihood quantile filters.
+-- filtered_pairs: the selected pairs kept by the confidence and likelihood quantile filters,
+-- and by the optional minimum-margin and maximum-length filters.
 --
 -- Reads:
 --   west_of_n_pairs  (wofn.schemas.PAIRS)
---                    all columns; filters on confidence, chosen_logprob_mean,
---                    rejected_logprob_mean
+--                    all columns; filters on confidence, margin, chosen_/rejected_logprob_mean
+--                    (or _logprob_sum), chosen_/rejected_num_tokens
 --
 -- Produces (wofn.schemas.PAIRS, same columns and order as the input):
 --   prompt_id, prompt, chosen, rejected, chosen_idx, rejected_idx,
@@ -11,19 +12,27 @@
 --   chosen_logprob_sum, rejected_logprob_sum, chosen_logprob_mean, rejected_logprob_mean,
 --   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model
 --
--- Parameters (DuckDB named parameters, bound from Python, e.g.
---   con.execute(sql, {"confidence_quantile": 0.5, "logprob_quantile": 0.1})):
+-- Parameters (DuckDB named parameters, bound from Python, e.g. {"confidence_quantile": 0.5,
+--   "logprob_quantile": 0.1, "likelihood": "mean", "min_margin": None, "max_tokens": None}):
 --   $confidence_quantile  DOUBLE in [0, 1]: keep pairs whose confidence is >= the
 --                         quantile_cont of confidence over all pairs.
---   $logprob_quantile     DOUBLE in [0, 1]: keep pairs whose chosen_logprob_mean AND
---                         rejected_logprob_mean are both >= the quantile_cont of the pooled
---                         chosen + rejected logprob_mean values of all pairs.
---   q = 0 keeps every pair (the threshold is the minimum). A value outside [0, 1] is an error
---   (DuckDB itself would read a negative quantile as "from the top", so it is checked here).
+--   $logprob_quantile     DOUBLE in [0, 1]: keep pairs whose chosen AND rejected likelihood are
+--                         both >= the quantile_cont of the pooled chosen + rejected likelihoods
+--                         of all pairs.
+--   $likelihood           VARCHAR: the likelihood measure, 'mean' = logprob_mean (mean log-prob
+--                         per token; the default) or 'sum' = logprob_sum (summed log-prob, which
+--                         penalises long responses).
+--   $min_margin           DOUBLE >= 0 or NULL: keep pairs with margin >= it; NULL = off.
+--   $max_tokens           INTEGER >= 1 or NULL: keep pairs whose chosen AND rejected have at most
+--                         this many tokens; NULL = off.
+--   q = 0 keeps every pair (the threshold is the minimum). A value out of range, or of the
+--   wrong type, is an error (DuckDB itself would read a negative quantile as "from the top", so
+--   it is checked here). Every threshold is computed over all input pairs, so the filters
+--   commute; sql/pair_funnel.sql counts what each one keeps.
 --
 -- Units: confidence = sigmoid(chosen_reward - rejected_reward), a probability in (0.5, 1];
--- logprob_mean is the mean log-probability per generated token, in nats, under the policy at
--- temperature 1 (<= 0; closer to 0 = more likely).
+-- margin in reward-model units; log-probabilities in nats under the policy at temperature 1
+-- (<= 0; closer to 0 = more likely); num_tokens = generated tokens, EOS included.
 -- Ordered by prompt_id.
 
 with
@@ -40,69 +49,107 @@ checked_params as (
         case
             when $confidence_quantile >= 0 and $confidence_quantile <= 1 then true
             else error('filter_pairs: confidence_quantile must be in [0, 1], got '
-                || cast($confidence_quantile as varchar))
+                || coalesce(cast($confidence_quantile as varchar), 'NULL'))
         end as confidence_quantile_ok,
         case
             when $logprob_quantile >= 0 and $logprob_quantile <= 1 then true
             else error('filter_pairs: logprob_quantile must be in [0, 1], got '
-                || cast($logprob_quantile as varchar))
-        end as logprob_quantile_ok
+                || coalesce(cast($logprob_quantile as varchar), 'NULL'))
+        end as logprob_quantile_ok,
+        case
+            when $likelihood in ('mean', 'sum') then true
+            else error('filter_pairs: likelihood must be ''mean'' or ''sum'', got '
+                || coalesce(cast($likelihood as varchar), 'NULL'))
+        end as likelihood_ok,
+        case
+            when $min_margin is null or $min_margin >= 0 then true
+            else error('filter_pairs: min_margin must be >= 0 or NULL (off), got '
+                || cast($min_margin as varchar))
+        end as min_margin_ok,
+        case
+            when $max_tokens is null or $max_tokens >= 1 then true
+            else error('filter_pairs: max_tokens must be >= 1 or NULL (off), got '
+                || cast($max_tokens as varchar))
+        end as max_tokens_ok
+
+),
+
+pair_likelihoods as (
+
+    -- each pair with its two responses' likelihood under the chosen measure
+    select
+        *,
+        case when $likelihood = 'sum' then chosen_logprob_sum else chosen_logprob_mean end
+            as chosen_likelihood,
+        case when $likelihood = 'sum' then rejected_logprob_sum else rejected_logprob_mean end
+            as rejected_likelihood
+    from pairs
 
 ),
 
 confidence_threshold as (
 
-    select quantile_cont(confidence, $confidence_quantile) as min_confidence
+    -- clamped so that DuckDB's own range check does not pre-empt checked_params' clearer error
+    select quantile_cont(confidence, least(greatest(coalesce($confidence_quantile, 0), 0), 1))
+        as min_confidence
     from pairs
 
 ),
 
-pooled_logprob_means as (
+pooled_likelihoods as (
 
-    select chosen_logprob_mean as logprob_mean from pairs
+    select chosen_likelihood as likelihood from pair_likelihoods
     union all
-    select rejected_logprob_mean as logprob_mean from pairs
+    select rejected_likelihood as likelihood from pair_likelihoods
 
 ),
 
-logprob_threshold as (
+likelihood_threshold as (
 
-    select quantile_cont(logprob_mean, $logprob_quantile) as min_logprob_mean
-    from pooled_logprob_means
+    select quantile_cont(likelihood, least(greatest(coalesce($logprob_quantile, 0), 0), 1))
+        as min_likelihood
+    from pooled_likelihoods
 
 ),
 
 final as (
 
     select
-        pairs.prompt_id,
-        pairs.prompt,
-        pairs.chosen,
-        pairs.rejected,
-        pairs.chosen_idx,
-        pairs.rejected_idx,
-        pairs.chosen_reward,
-        pairs.rejected_reward,
-        pairs.margin,
-        pairs.confidence,
-        pairs.chosen_logprob_sum,
-        pairs.rejected_logprob_sum,
-        pairs.chosen_logprob_mean,
-        pairs.rejected_logprob_mean,
-        pairs.chosen_num_tokens,
-        pairs.rejected_num_tokens,
-        pairs.n_candidates,
-        pairs.policy,
-        pairs.reward_model
-    from pairs
+        pair_likelihoods.prompt_id,
+        pair_likelihoods.prompt,
+        pair_likelihoods.chosen,
+        pair_likelihoods.rejected,
+        pair_likelihoods.chosen_idx,
+        pair_likelihoods.rejected_idx,
+        pair_likelihoods.chosen_reward,
+        pair_likelihoods.rejected_reward,
+        pair_likelihoods.margin,
+        pair_likelihoods.confidence,
+        pair_likelihoods.chosen_logprob_sum,
+        pair_likelihoods.rejected_logprob_sum,
+        pair_likelihoods.chosen_logprob_mean,
+        pair_likelihoods.rejected_logprob_mean,
+        pair_likelihoods.chosen_num_tokens,
+        pair_likelihoods.rejected_num_tokens,
+        pair_likelihoods.n_candidates,
+        pair_likelihoods.policy,
+        pair_likelihoods.reward_model
+    from pair_likelihoods
     cross join checked_params
     cross join confidence_threshold
-    cross join logprob_threshold
+    cross join likelihood_threshold
     where checked_params.confidence_quantile_ok
         and checked_params.logprob_quantile_ok
-        and pairs.confidence >= confidence_threshold.min_confidence
-        and pairs.chosen_logprob_mean >= logprob_threshold.min_logprob_mean
-        and pairs.rejected_logprob_mean >= logprob_threshold.min_logprob_mean
+        and checked_params.likelihood_ok
+        and checked_params.min_margin_ok
+        and checked_params.max_tokens_ok
+        and pair_likelihoods.confidence >= confidence_threshold.min_confidence
+        and pair_likelihoods.chosen_likelihood >= likelihood_threshold.min_likelihood
+        and pair_likelihoods.rejected_likelihood >= likelihood_threshold.min_likelihood
+        and ($min_margin is null or pair_likelihoods.margin >= $min_margin)
+        and ($max_tokens is null
+            or (pair_likelihoods.chosen_num_tokens <= $max_tokens
+                and pair_likelihoods.rejected_num_tokens <= $max_tokens))
 
 )
 

@@ -30,11 +30,15 @@
 -- logprob_* and num_tokens are the policy's (temperature 1, nats) for each response;
 -- n_candidates = the tournament's number of candidates; policy comes from the chosen
 -- candidate's row, reward_model from the tournament row.
+-- Duplicate rows (the same (prompt_id, candidate_idx) in candidates, the same prompt_id in
+-- tournament_pairs) count once, so a prompt never gets two pairs: the first row is kept,
+-- ordered by its columns. Pairs only come from west_of_n with a pairwise teacher; why the other
+-- prompts have none is counted by sql/selection_report_pairwise.sql.
 -- Ordered by prompt_id.
 
 with
 
-source_candidates as (
+candidate_rows as (
 
     select
         prompt_id,
@@ -44,12 +48,23 @@ source_candidates as (
         num_tokens,
         logprob_sum,
         logprob_mean,
-        policy
+        policy,
+        row_number() over (
+            partition by prompt_id, candidate_idx
+            order by response, num_tokens, logprob_sum, policy
+        ) as copy_rank
     from candidates
 
 ),
 
-source_tournaments as (
+source_candidates as (
+
+    -- duplicate rows of a (prompt_id, candidate_idx) count once
+    select * exclude (copy_rank) from candidate_rows where copy_rank = 1
+
+),
+
+tournament_rows as (
 
     select
         prompt_id,
@@ -57,8 +72,19 @@ source_tournaments as (
         rejected_idx,
         logit,
         n_candidates,
-        reward_model
+        reward_model,
+        row_number() over (
+            partition by prompt_id
+            order by chosen_idx, rejected_idx, logit, reward_model
+        ) as copy_rank
     from tournament_pairs
+
+),
+
+source_tournaments as (
+
+    -- duplicate rows of a prompt_id count once
+    select * exclude (copy_rank) from tournament_rows where copy_rank = 1
 
 ),
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -11,22 +12,45 @@ from wofn import schemas
 from wofn.paths import SQL_DIR
 
 
-def _documented_output(sql_file: str) -> list[str]:
+def _header(sql_file: Path) -> str:
     header = []
-    for line in (SQL_DIR / sql_file).read_text().splitlines():
+    for line in sql_file.read_text().splitlines():
         if not line.startswith("--"):
             break
         header.append(line[2:].strip())
-    text = "\n".join(header)
-    block = re.search(r"Produces \(wofn\.schemas\.(\w+)[^)]*\):\n(.*?)\n\n", text, re.S)
+    return "\n".join(header)
+
+
+def _documented_output(sql_file: Path) -> tuple[str, list[str]]:
+    block = re.search(r"Produces \(wofn\.schemas\.(\w+)[^)]*\):\n(.*?)\n\n", _header(sql_file), re.S)
     assert block, f"{sql_file}: no 'Produces (wofn.schemas.X ...):' block in the header"
-    assert block.group(1) == "PAIRS"
-    return [c.strip() for c in block.group(2).replace("\n", " ").split(",") if c.strip()]
+    return block.group(1), [c.strip() for c in block.group(2).replace("\n", " ").split(",") if c.strip()]
 
 
-@pytest.mark.parametrize("sql_file", ["west_of_n_pairs.sql", "west_of_n_pairs_pairwise.sql", "filter_pairs.sql"])
+# every SQL file that writes a wofn table (the analysis queries document free-form outputs)
+TABLE_SQL = sorted(p.relative_to(SQL_DIR).as_posix() for p in SQL_DIR.rglob("*.sql")
+                   if not p.relative_to(SQL_DIR).as_posix().startswith("analysis/"))
+
+
+def test_the_table_sql_files_are_the_expected_ones():
+    assert TABLE_SQL == ["filter_pairs.sql", "pair_funnel.sql", "selection_report.sql",
+                         "selection_report_pairwise.sql", "strategies/best_vs_random.sql",
+                         "strategies/random_pair.sql", "strategies/west_of_n.sql",
+                         "strategies/worst_vs_random.sql", "west_of_n_pairs.sql", "west_of_n_pairs_pairwise.sql"]
+
+
+@pytest.mark.parametrize("sql_file", TABLE_SQL)
 def test_sql_headers_list_the_schema_columns_in_order(sql_file):
-    assert _documented_output(sql_file) == schemas.PAIRS.names
+    name, columns = _documented_output(SQL_DIR / sql_file)
+    assert columns == getattr(schemas, name).names
+
+
+@pytest.mark.parametrize("sql_file", sorted(p.relative_to(SQL_DIR).as_posix() for p in SQL_DIR.rglob("*.sql")))
+def test_every_sql_file_states_reads_and_parameters(sql_file):
+    header = _header(SQL_DIR / sql_file)
+    assert "Reads:" in header and "Parameters" in header, sql_file
+    assert "Produces" in header, sql_file
+    assert "select * from final" in (SQL_DIR / sql_file).read_text(), sql_file
 
 
 def test_conform_names_the_column_and_row():
@@ -40,4 +64,5 @@ def test_conform_names_the_column_and_row():
 def test_every_table_has_a_schema():
     assert set(schemas.TABLES) == {"human_preferences", "eval_preferences", "prompts", "candidates",
                                    "candidate_scores", "west_of_n_pairs", "filtered_pairs", "tournament_pairs",
+                                   "pair_draws", "pair_selection_report", "pair_funnel",
                                    "reward_model_evaluations"}

@@ -14,119 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pair_tables import (EXPECTED_NO_PAIR, EXPECTED_PAIRS, PROMPTS, candidates_table, crafted_rows,
+                         prompt_text, scores_table, sigmoid, view_over)
 from wofn import catalog, schemas
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-# --- builders -----------------------------------------------------------------------------------
-
-
-def candidates_table(rows: list[tuple]) -> pa.Table:
-    """rows: (prompt_id, candidate_idx, response, num_tokens, logprob_sum)."""
-    out = {f.name: [] for f in schemas.CANDIDATES}
-    for prompt_id, idx, response, num_tokens, logprob_sum in rows:
-        out["prompt_id"].append(prompt_id)
-        out["candidate_idx"].append(idx)
-        out["prompt"].append(f"\n\nHuman: question {prompt_id}\n\nAssistant:")
-        out["response"].append(response)
-        out["num_tokens"].append(num_tokens)
-        out["logprob_sum"].append(logprob_sum)
-        out["logprob_mean"].append(logprob_sum / num_tokens)
-        out["finish_reason"].append("stop")
-        out["temperature"].append(1.0)
-        out["top_p"].append(1.0)
-        out["max_new_tokens"].append(64)
-        out["seed"].append(1000 + idx)
-        out["policy"].append(f"pi@{idx}")  # per row, to check which row the pair takes it from
-        out["policy_revision"].append("abc123")
-    return pa.Table.from_pydict(out, schema=schemas.CANDIDATES)
-
-
-# Scores may carry NULL rewards in these tests (the SQL must drop them), so the reward field is
-# made nullable here; everything else is schemas.CANDIDATE_SCORES.
-SCORES_WITH_NULLS = schemas.CANDIDATE_SCORES.set(
-    schemas.CANDIDATE_SCORES.get_field_index("reward"), pa.field("reward", pa.float64())
-)
-
-
-def scores_table(rows: list[tuple]) -> pa.Table:
-    """rows: (prompt_id, candidate_idx, reward)."""
-    return pa.Table.from_pydict(
-        {
-            "prompt_id": [r[0] for r in rows],
-            "candidate_idx": [r[1] for r in rows],
-            "reward": [r[2] for r in rows],
-            "reward_model": [f"rm@{r[1]}" for r in rows],
-            "reward_model_revision": ["def456"] * len(rows),
-        },
-        schema=SCORES_WITH_NULLS,
-    )
-
-
-def view_over(con, tmp_path: Path, name: str, table: pa.Table) -> Path:
-    table_dir = tmp_path / "tables" / name
-    catalog.write_parquet(table, table_dir)
-    catalog.create_view(con, name, table_dir, temporary=True)
-    return table_dir
-
-
-NAN, INF = float("nan"), float("inf")
-
-# prompt_id -> list of (candidate_idx, response, num_tokens, logprob_sum, reward or "missing")
-PROMPTS: dict[str, list[tuple]] = {
-    # normal: best 1 (2.0), worst 2 (-1.0); idx 4 has no score row, so it is not a candidate.
-    "p01_normal": [
-        (0, "zero", 4, -2.0, 0.5),
-        (1, "one", 5, -2.5, 2.0),
-        (2, "two", 8, -12.0, -1.0),
-        (3, "three", 2, -0.5, 1.0),
-        (4, "four", 3, -0.3, "missing"),
-    ],
-    # tie on the max (idx 1 and 2 at 3.0): the lowest idx (1) is chosen.
-    "p02_tie_max": [
-        (0, "a", 3, -3.0, 1.0),
-        (1, "b", 3, -3.0, 3.0),
-        (2, "c", 3, -3.0, 3.0),
-        (3, "d", 3, -3.0, 0.0),
-    ],
-    # tie on the min (idx 0 and 2 at -2.0): the highest idx (2) is rejected.
-    "p03_tie_min": [
-        (0, "a", 3, -3.0, -2.0),
-        (1, "b", 3, -3.0, 1.5),
-        (2, "c", 3, -3.0, -2.0),
-        (3, "d", 3, -3.0, 0.0),
-    ],
-    # one candidate: no pair.
-    "p04_single": [(0, "only", 3, -1.0, 5.0)],
-    # all rewards equal: no pair.
-    "p05_all_equal": [(0, "x", 3, -1.0, 0.7), (1, "y", 3, -1.0, 0.7), (2, "z", 3, -1.0, 0.7)],
-    # a NaN reward is dropped; the other two still pair (n_candidates = 2).
-    "p06_nan": [(0, "a", 2, -1.0, 1.0), (1, "b", 2, -1.0, NAN), (2, "c", 2, -1.0, -0.5)],
-    # a NULL reward is dropped; the other two still pair.
-    "p07_null": [(0, "a", 2, -1.0, None), (1, "b", 2, -1.0, 0.1), (2, "c", 2, -1.0, 0.4)],
-    # only one finite reward (NULL, NaN, +inf, -inf dropped): no pair.
-    "p08_one_finite": [
-        (0, "a", 2, -1.0, None),
-        (1, "b", 2, -1.0, 2.0),
-        (2, "c", 2, -1.0, NAN),
-        (3, "d", 2, -1.0, INF),
-        (4, "e", 2, -1.0, -INF),
-    ],
-    # best and worst are the same text: no pair.
-    "p09_same_text": [(0, "same", 2, -1.0, 1.0), (1, "same", 2, -1.0, 0.0)],
-}
-
-# prompt_id -> (chosen_idx, rejected_idx, chosen_reward, rejected_reward, n_candidates)
-EXPECTED_PAIRS = {
-    "p01_normal": (1, 2, 2.0, -1.0, 4),
-    "p02_tie_max": (1, 3, 3.0, 0.0, 4),
-    "p03_tie_min": (1, 2, 1.5, -2.0, 4),
-    "p06_nan": (0, 2, 1.0, -0.5, 2),
-    "p07_null": (2, 1, 0.4, 0.1, 2),
-}
 
 
 @pytest.fixture
@@ -138,24 +28,31 @@ def con():
 
 @pytest.fixture
 def pairs_con(con, tmp_path):
-    cand_rows, score_rows = [], []
-    # Written in shuffled order so nothing depends on the input order.
-    for prompt_id in sorted(PROMPTS, reverse=True):
-        for idx, response, num_tokens, logprob_sum, reward in reversed(PROMPTS[prompt_id]):
-            cand_rows.append((prompt_id, idx, response, num_tokens, logprob_sum))
-            if reward != "missing":
-                score_rows.append((prompt_id, idx, reward))
+    cand_rows, score_rows = crafted_rows()
     view_over(con, tmp_path, "candidates", candidates_table(cand_rows))
     view_over(con, tmp_path, "candidate_scores", scores_table(score_rows))
     return con
 
 
-# --- west_of_n_pairs ----------------------------------------------------------------------------
+# --- strategies/west_of_n.sql + west_of_n_pairs.sql ----------------------------------------------
+
+
+def draws(con, strategy: str = "west_of_n", seed: int | None = None) -> pa.Table:
+    params = None if strategy == "west_of_n" else {"seed": seed}
+    return catalog.run_sql_file(con, f"strategies/{strategy}", params, schema=schemas.PAIR_DRAWS)
+
+
+def select(con, strategy: str = "west_of_n", seed: int | None = None) -> pa.Table:
+    """Draws of `strategy`, registered as pair_draws, then sql/west_of_n_pairs.sql."""
+    con.register("pair_draws", draws(con, strategy, seed))
+    try:
+        return catalog.run_sql_file(con, "west_of_n_pairs", {"strategy": strategy}, schema=schemas.PAIRS)
+    finally:
+        con.unregister("pair_draws")
 
 
 def test_west_of_n_pairs_exact(pairs_con):
-    table = catalog.run_sql_file(pairs_con, "west_of_n_pairs", schema=schemas.PAIRS)
-    rows = table.to_pylist()
+    rows = select(pairs_con).to_pylist()
     assert [r["prompt_id"] for r in rows] == sorted(EXPECTED_PAIRS)
     for row in rows:
         chosen_idx, rejected_idx, chosen_reward, rejected_reward, n = EXPECTED_PAIRS[row["prompt_id"]]
@@ -179,11 +76,28 @@ def test_west_of_n_pairs_exact(pairs_con):
         )
         assert row["policy"] == f"pi@{chosen_idx}"
         assert row["reward_model"] == f"rm@{chosen_idx}"
-        assert row["prompt"] == f"\n\nHuman: question {row['prompt_id']}\n\nAssistant:"
+        assert row["prompt"] == prompt_text(row["prompt_id"])
+
+
+def test_west_of_n_draws_give_every_prompt_an_outcome(pairs_con):
+    rows = draws(pairs_con).to_pylist()
+    assert [r["prompt_id"] for r in rows] == sorted(PROMPTS)  # one row per prompt_id, duplicates or not
+    outcomes = {r["prompt_id"]: r["outcome"] for r in rows}
+    assert outcomes == {**{p: "pair" for p in EXPECTED_PAIRS}, **EXPECTED_NO_PAIR}
+    by_id = {r["prompt_id"]: r for r in rows}
+    assert {r["strategy"] for r in rows} == {"west_of_n"} and {r["pair_seed"] for r in rows} == {None}
+    # fewer than 2 valid: no pair columns at all
+    assert by_id["p04_single"]["chosen"] is None and by_id["p04_single"]["n_candidates"] == 1
+    assert by_id["p08_one_finite"]["chosen_idx"] is None and by_id["p08_one_finite"]["n_candidates"] == 1
+    # all equal: the picks are shown, with margin 0, but never chosen == rejected
+    equal = by_id["p05_all_equal"]
+    assert (equal["chosen_idx"], equal["rejected_idx"], equal["margin"], equal["confidence"]) == (0, 2, 0.0, 0.5)
+    same = by_id["p09_same_text"]
+    assert (same["chosen_idx"], same["rejected_idx"], same["chosen"], same["rejected"]) == (0, 1, "same", "same")
 
 
 def test_west_of_n_pairs_normal_prompt_values(pairs_con):
-    rows = catalog.run_sql_file(pairs_con, "west_of_n_pairs").to_pylist()
+    rows = select(pairs_con).to_pylist()
     normal = next(r for r in rows if r["prompt_id"] == "p01_normal")
     assert normal["chosen"] == "one" and normal["rejected"] == "two"
     assert abs(normal["margin"] - 3.0) < 1e-9
@@ -193,45 +107,58 @@ def test_west_of_n_pairs_normal_prompt_values(pairs_con):
 
 
 def test_west_of_n_pairs_invariants(pairs_con):
-    rows = catalog.run_sql_file(pairs_con, "west_of_n_pairs").to_pylist()
+    rows = select(pairs_con).to_pylist()
     for row in rows:
         assert row["chosen_idx"] != row["rejected_idx"]
         assert row["margin"] > 0
         assert 0.5 < row["confidence"] <= 1.0
         assert row["chosen"] != row["rejected"]
+    assert len({r["prompt_id"] for r in rows}) == len(rows)
 
 
-def test_west_of_n_pairs_conforms_to_schema(pairs_con):
-    raw = catalog.run_sql_file(pairs_con, "west_of_n_pairs")
-    assert raw.column_names == schemas.PAIRS.names
-    assert [f.type for f in raw.schema] == [f.type for f in schemas.PAIRS]
-    conformed = catalog.run_sql_file(pairs_con, "west_of_n_pairs", schema=schemas.PAIRS)
-    assert conformed.schema.equals(schemas.PAIRS)
+def test_strategy_and_pair_sql_conform_to_schema(pairs_con):
+    raw = catalog.run_sql_file(pairs_con, "strategies/west_of_n")
+    assert raw.column_names == schemas.PAIR_DRAWS.names
+    pairs_con.register("pair_draws", raw)
+    pairs = catalog.run_sql_file(pairs_con, "west_of_n_pairs", {"strategy": "west_of_n"})
+    assert pairs.column_names == schemas.PAIRS.names
+    assert [f.type for f in pairs.schema] == [f.type for f in schemas.PAIRS]
+    conformed = schemas.conform(pairs, schemas.PAIRS, where="test")
     assert conformed.num_rows == len(EXPECTED_PAIRS)
 
 
 def test_west_of_n_pairs_empty_input(con, tmp_path):
     view_over(con, tmp_path, "candidates", candidates_table([]))
     view_over(con, tmp_path, "candidate_scores", scores_table([]))
-    table = catalog.run_sql_file(con, "west_of_n_pairs", schema=schemas.PAIRS)
+    assert draws(con).num_rows == 0
+    table = select(con)
     assert table.num_rows == 0
     assert table.schema.equals(schemas.PAIRS)
 
 
+@pytest.mark.parametrize("bad", ["west_of_n'; drop view candidates; --", "West_of_N", None])
+def test_west_of_n_pairs_rejects_unknown_strategy(pairs_con, bad):
+    pairs_con.register("pair_draws", draws(pairs_con))
+    with pytest.raises(duckdb.Error, match="strategy must be one of"):
+        catalog.run_sql_file(pairs_con, "west_of_n_pairs", {"strategy": bad})
+    assert catalog.scalar(pairs_con, "select count(*) from candidates") > 0
+
+
 # --- filter_pairs -------------------------------------------------------------------------------
 
-# prompt_id -> (confidence, chosen_logprob_mean, rejected_logprob_mean)
+# prompt_id -> (confidence, chosen_logprob_mean, rejected_logprob_mean, chosen_tokens, rejected_tokens)
 FILTER_INPUT = {
-    "a": (0.6, -0.5, -0.6),
-    "b": (0.7, -0.4, -0.7),
-    "c": (0.8, -0.3, -3.0),  # the rejected response is very unlikely under the policy
-    "d": (0.9, -0.2, -0.5),
+    "a": (0.6, -0.5, -0.6, 10, 10),
+    "b": (0.7, -0.4, -0.7, 4, 20),
+    "c": (0.8, -0.3, -3.0, 10, 2),  # the rejected response is very unlikely under the policy
+    "d": (0.9, -0.2, -0.5, 30, 10),
 }
+OFF = {"likelihood": "mean", "min_margin": None, "max_tokens": None}
 
 
 def pairs_table(spec: dict[str, tuple]) -> pa.Table:
     rows = []
-    for prompt_id, (confidence, chosen_lpm, rejected_lpm) in spec.items():
+    for prompt_id, (confidence, chosen_lpm, rejected_lpm, chosen_tokens, rejected_tokens) in spec.items():
         margin = math.log(confidence / (1 - confidence))
         rows.append(
             {
@@ -245,12 +172,12 @@ def pairs_table(spec: dict[str, tuple]) -> pa.Table:
                 "rejected_reward": 0.0,
                 "margin": margin,
                 "confidence": confidence,
-                "chosen_logprob_sum": chosen_lpm * 10,
-                "rejected_logprob_sum": rejected_lpm * 10,
+                "chosen_logprob_sum": chosen_lpm * chosen_tokens,
+                "rejected_logprob_sum": rejected_lpm * rejected_tokens,
                 "chosen_logprob_mean": chosen_lpm,
                 "rejected_logprob_mean": rejected_lpm,
-                "chosen_num_tokens": 10,
-                "rejected_num_tokens": 10,
+                "chosen_num_tokens": chosen_tokens,
+                "rejected_num_tokens": rejected_tokens,
                 "n_candidates": 8,
                 "policy": "pi",
                 "reward_model": "rm",
@@ -266,19 +193,22 @@ def filter_con(con, tmp_path):
     return con
 
 
-def kept(con, confidence_quantile, logprob_quantile) -> list[str]:
-    table = catalog.run_sql_file(
-        con,
-        "filter_pairs",
-        {"confidence_quantile": confidence_quantile, "logprob_quantile": logprob_quantile},
-        schema=schemas.PAIRS,
-    )
+def kept(con, confidence_quantile, logprob_quantile, **options) -> list[str]:
+    params = {"confidence_quantile": confidence_quantile, "logprob_quantile": logprob_quantile, **OFF, **options}
+    table = catalog.run_sql_file(con, "filter_pairs", params, schema=schemas.PAIRS)
     return table.column("prompt_id").to_pylist()
+
+
+def funnel(con, confidence_quantile, logprob_quantile, strategy="west_of_n", pair_seed=None, **options) -> list[dict]:
+    params = {"confidence_quantile": confidence_quantile, "logprob_quantile": logprob_quantile, **OFF, **options,
+              "strategy": strategy, "pair_seed": pair_seed}
+    return catalog.run_sql_file(con, "pair_funnel", params, schema=schemas.PAIR_FUNNEL).to_pylist()
 
 
 def test_filter_q0_keeps_all(filter_con):
     assert kept(filter_con, 0.0, 0.0) == ["a", "b", "c", "d"]
     assert kept(filter_con, 0, 0) == ["a", "b", "c", "d"]  # ints bind too
+    assert kept(filter_con, 0.0, 0.0, min_margin=0.0) == ["a", "b", "c", "d"]  # margin > 0 always
 
 
 def test_filter_confidence_median(filter_con):
@@ -296,9 +226,29 @@ def test_filter_logprob_drops_low_likelihood_response(filter_con):
     assert kept(filter_con, 0.5, 0.1) == ["d"]
 
 
+def test_filter_likelihood_sum_penalises_length(filter_con):
+    # sums: a -5.0/-6.0, b -1.6/-14.0, c -3.0/-6.0, d -6.0/-5.0; pooled sorted:
+    # -14 -6 -6 -6 -5 -5 -3 -1.6; q=0.5 -> -5.5: a (-6.0), b (-14.0), c (-6.0) and d (-6.0) fall below.
+    assert kept(filter_con, 0.0, 0.5, likelihood="sum") == []
+    # q=0.2 -> -6 + 0.4 * 0 = -6.0: only b (its long rejected sums to -14.0) falls below. By the
+    # mean (q=0.2 -> -0.7 + 0.4 * 0.1 = -0.66), c's short but unlikely rejected (-3.0 per token)
+    # falls below too.
+    assert kept(filter_con, 0.0, 0.2, likelihood="sum") == ["a", "c", "d"]
+    assert kept(filter_con, 0.0, 0.2, likelihood="mean") == ["a", "d"]
+
+
+def test_filter_min_margin_and_max_tokens(filter_con):
+    # margins: logit(0.6) = 0.405, logit(0.7) = 0.847, logit(0.8) = 1.386, logit(0.9) = 2.197
+    assert kept(filter_con, 0.0, 0.0, min_margin=1.0) == ["c", "d"]
+    assert kept(filter_con, 0.0, 0.0, min_margin=0.847) == ["b", "c", "d"]  # logit(0.7) = 0.8473 >= 0.847
+    assert kept(filter_con, 0.0, 0.0, max_tokens=20) == ["a", "b", "c"]
+    assert kept(filter_con, 0.0, 0.0, max_tokens=10) == ["a", "c"]
+    assert kept(filter_con, 0.0, 0.0, min_margin=1.0, max_tokens=10) == ["c"]
+
+
 def test_filter_output_matches_input_rows(filter_con):
     table = catalog.run_sql_file(
-        filter_con, "filter_pairs", {"confidence_quantile": 0.0, "logprob_quantile": 0.0}
+        filter_con, "filter_pairs", {"confidence_quantile": 0.0, "logprob_quantile": 0.0, **OFF}
     )
     assert table.column_names == schemas.PAIRS.names
     expected = pairs_table(FILTER_INPUT)
@@ -307,51 +257,120 @@ def test_filter_output_matches_input_rows(filter_con):
 
 def test_filter_binds_with_con_execute(filter_con):
     sql = catalog.read_sql("filter_pairs")
-    rows = filter_con.execute(sql, {"confidence_quantile": 0.5, "logprob_quantile": 0.0}).fetchall()
+    rows = filter_con.execute(sql, {"confidence_quantile": 0.5, "logprob_quantile": 0.0, **OFF}).fetchall()
     assert [r[0] for r in rows] == ["c", "d"]
 
 
-@pytest.mark.parametrize(
-    "params",
-    [
-        {"confidence_quantile": "0.5; drop view west_of_n_pairs", "logprob_quantile": 0.0},
-        {"confidence_quantile": 0.5, "logprob_quantile": "0; drop table west_of_n_pairs"},
-    ],
-)
-def test_filter_rejects_sql_text_parameter(filter_con, params):
+INJECTIONS = [
+    {"confidence_quantile": "0.5; drop view west_of_n_pairs"},
+    {"logprob_quantile": "0; drop table west_of_n_pairs"},
+    {"likelihood": "mean'; drop view west_of_n_pairs; --"},
+    {"min_margin": "0; drop view west_of_n_pairs"},
+    {"max_tokens": "5; drop view west_of_n_pairs"},
+]
+
+
+@pytest.mark.parametrize("bad", INJECTIONS)
+@pytest.mark.parametrize("sql", ["filter_pairs", "pair_funnel"])
+def test_filter_rejects_sql_text_parameter(filter_con, bad, sql):
+    params = {"confidence_quantile": 0.5, "logprob_quantile": 0.0, **OFF, **bad}
+    if sql == "pair_funnel":
+        params.update(strategy="west_of_n", pair_seed=None)
     with pytest.raises(duckdb.Error):
-        catalog.run_sql_file(filter_con, "filter_pairs", params)
+        catalog.run_sql_file(filter_con, sql, params)
     with pytest.raises(duckdb.Error):
-        filter_con.execute(catalog.read_sql("filter_pairs"), params).fetchall()
+        filter_con.execute(catalog.read_sql(sql), params).fetchall()
     # The view is still there and intact.
     assert filter_con.execute("select count(*) from west_of_n_pairs").fetchall() == [(4,)]
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, None])
 def test_filter_rejects_out_of_range_quantile(filter_con, bad):
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(duckdb.Error, match="must be in"):
         kept(filter_con, bad, 0.0)
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(duckdb.Error, match="must be in"):
         kept(filter_con, 0.0, bad)
 
 
-def test_filter_requires_both_parameters(filter_con):
+@pytest.mark.parametrize("options, message", [
+    ({"likelihood": "median"}, "likelihood must be"),
+    ({"likelihood": None}, "likelihood must be"),
+    ({"min_margin": -1.0}, "min_margin must be"),
+    ({"max_tokens": 0}, "max_tokens must be"),
+])
+def test_filter_rejects_bad_options(filter_con, options, message):
+    with pytest.raises(duckdb.Error, match=message):
+        kept(filter_con, 0.0, 0.0, **options)
+    with pytest.raises(duckdb.Error, match=message):
+        funnel(filter_con, 0.0, 0.0, **options)
+
+
+def test_filter_requires_every_parameter(filter_con):
     with pytest.raises(duckdb.Error):
-        catalog.run_sql_file(filter_con, "filter_pairs", {"confidence_quantile": 0.5})
+        catalog.run_sql_file(filter_con, "filter_pairs", {"confidence_quantile": 0.5, "logprob_quantile": 0.0})
+
+
+# --- pair_funnel --------------------------------------------------------------------------------
+
+
+def test_funnel_exact(filter_con):
+    rows = funnel(filter_con, 0.5, 0.1, strategy="best_vs_random", pair_seed=7, max_tokens=20)
+    # selected a b c d; confidence >= 0.75 keeps c d; likelihood >= -1.39 drops c; margin off;
+    # max_tokens 20 drops d (30 tokens).
+    assert [(r["step"], r["pairs_in"], r["pairs_kept"]) for r in rows] == [
+        ("selected", 4, 4), ("confidence", 4, 2), ("likelihood", 2, 1), ("margin", 1, 1), ("max_tokens", 1, 0)]
+    assert [r["setting"] for r in rows] == ["all pairs", "q=0.5", "q=0.1 of logprob_mean", "off", "<= 20"]
+    assert [r["threshold"] for r in rows] == pytest.approx([None, 0.75, -1.39, None, 20.0], nan_ok=True)
+    assert rows[0]["threshold"] is None and rows[3]["threshold"] is None
+    assert {(r["strategy"], r["pair_seed"]) for r in rows} == {("best_vs_random", 7)}
+    assert [r["step_order"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["kept_share"] for r in rows] == [1.0, 0.5, 0.5, 1.0, 0.0]
+    # lengths (chosen - rejected): a 0, b -16, c +8, d +20
+    selected, confidence, likelihood, _, last = rows
+    assert (selected["chosen_longer_share"], selected["chosen_shorter_share"], selected["mean_length_gap"]) == (
+        0.5, 0.25, 3.0)
+    assert (confidence["chosen_longer_share"], confidence["mean_length_gap"]) == (1.0, 14.0)
+    assert (likelihood["chosen_longer_share"], likelihood["mean_length_gap"]) == (1.0, 20.0)
+    assert selected["mean_confidence"] == pytest.approx(0.75)
+    assert likelihood["mean_confidence"] == pytest.approx(0.9)
+    assert (last["chosen_longer_share"], last["mean_length_gap"], last["mean_confidence"]) == (None, None, None)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"likelihood": "sum"}, {"min_margin": 1.0}, {"max_tokens": 10}, {"likelihood": "sum", "max_tokens": 20}])
+@pytest.mark.parametrize("quantiles", [(0.0, 0.0), (0.5, 0.1), (0.25, 0.5), (1.0, 1.0)])
+def test_funnel_last_step_is_filter_pairs(filter_con, quantiles, options):
+    rows = funnel(filter_con, *quantiles, **options)
+    assert rows[-1]["pairs_kept"] == len(kept(filter_con, *quantiles, **options))
+
+
+def test_funnel_on_no_pairs(con, tmp_path):
+    view_over(con, tmp_path, "west_of_n_pairs", pairs_table({}))
+    rows = funnel(con, 0.5, 0.1)
+    assert [(r["step"], r["pairs_in"], r["pairs_kept"], r["kept_share"]) for r in rows] == [
+        ("selected", 0, 0, None), ("confidence", 0, 0, None), ("likelihood", 0, 0, None),
+        ("margin", 0, 0, None), ("max_tokens", 0, 0, None)]
+
+
+def test_funnel_rejects_unknown_strategy_label(filter_con):
+    with pytest.raises(duckdb.Error, match="strategy must be one of"):
+        funnel(filter_con, 0.0, 0.0, strategy="0.5; drop table x")
 
 
 def test_pairs_then_filter_chain(pairs_con, tmp_path):
-    pairs = catalog.run_sql_file(pairs_con, "west_of_n_pairs", schema=schemas.PAIRS)
+    pairs = select(pairs_con)
     view_over(pairs_con, tmp_path / "chain", "west_of_n_pairs", pairs)
     everything = catalog.run_sql_file(
-        pairs_con, "filter_pairs", {"confidence_quantile": 0.0, "logprob_quantile": 0.0}
+        pairs_con, "filter_pairs", {"confidence_quantile": 0.0, "logprob_quantile": 0.0, **OFF}
     )
     assert everything.column("prompt_id").to_pylist() == sorted(EXPECTED_PAIRS)
-    # margins 3.0, 3.0, 3.5, 1.5, 0.3 -> quantile_cont(conf, 0.5) = sigmoid(3.0)
+    # margins 3.0, 3.0, 3.5, 1.5, 0.3, 1, 1, 1, 1 -> quantile_cont(conf, 0.5) = sigmoid(1.0)
     top = catalog.run_sql_file(
-        pairs_con, "filter_pairs", {"confidence_quantile": 0.5, "logprob_quantile": 0.0}
+        pairs_con, "filter_pairs", {"confidence_quantile": 0.5, "logprob_quantile": 0.0, **OFF}
     )
-    assert top.column("prompt_id").to_pylist() == ["p01_normal", "p02_tie_max", "p03_tie_min"]
+    assert top.column("prompt_id").to_pylist() == [
+        "p01_normal", "p02_tie_max", "p03_tie_min", "p06_nan", "p10_dup_rows", "p11_conflicting_text",
+        "p12_conflicting_reward", "p13_text_twin"]
 
 
 # --- catalog helpers ----------------------------------------------------------------------------
@@ -459,6 +478,7 @@ def test_write_parquet_atomic_roundtrip(tmp_path):
 def test_read_sql_by_name_and_path():
     text = catalog.read_sql("west_of_n_pairs")
     assert "select * from final" in text
+    assert "select * from final" in catalog.read_sql("strategies/random_pair")
     assert catalog.read_sql(str(catalog.paths.SQL_DIR / "filter_pairs.sql")).startswith("--")
     with pytest.raises(FileNotFoundError):
         catalog.read_sql("no_such_query")

@@ -2,7 +2,10 @@
 
     wofn evaluate --model DIR [--model DIR ...] --pairs FILE [--pairs FILE ...] [--format table]
                                                                one JSON line per (model, pairs file)
-    wofn sql QUERY_OR_FILE [--param name=value ...]             a table, from the catalog
+    wofn sql QUERY_OR_FILE [--param name=value ...] [--view name=PATH ...]
+                                                               a table, from the catalog
+    wofn export --output FILE.parquet|FILE.jsonl [--table filtered_pairs] [--format trl]
+                                                               pairs in TRL's preference format
 """
 
 from __future__ import annotations
@@ -10,23 +13,108 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
-from wofn import catalog, data, evaluation, models
+import duckdb
+
+from wofn import catalog, data, evaluation, export, models, schemas
 from wofn.paths import WofnHome
 
 
 def _param(text: str) -> tuple[str, object]:
+    """name=value; the value binds as an int, else a float, else text; `null` binds SQL NULL."""
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"--param takes name=value, got {text!r}")
+    if value.lower() == "null":
+        return name, None
     for cast in (int, float):
         try:
             return name, cast(value)
         except ValueError:
             pass
     return name, value
+
+
+def _view(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name.isidentifier() or not path:
+        raise argparse.ArgumentTypeError(f"--view takes name=PATH (a Parquet file or folder), got {text!r}")
+    return name, Path(path)
+
+
+# Comments and quoted text hide "$name" from the parameter scan.
+_COMMENT_OR_QUOTED = re.compile(r"--[^\n]*|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_PARAMETER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def query_parameters(sql: str) -> list[str]:
+    """The named parameters ($name) a query binds, sorted."""
+    return sorted(set(_PARAMETER.findall(_COMMENT_OR_QUOTED.sub(" ", sql))))
+
+
+# Views `wofn sql` adds over every round's tables: round 1 is $WOFN_HOME/tables, round k >= 2
+# is $WOFN_HOME/rounds/round_k. Each has the table's columns after a `round` column.
+ROUND_TABLES = ("candidate_scores", "west_of_n_pairs", "filtered_pairs")
+
+_MISSING_HINTS = {
+    "student_scores": "the student's reward per candidate (wofn.schemas.CANDIDATE_SCORES); make it with "
+                      "`python -m beam_jobs.score_candidates --candidates $WOFN_HOME/tables/candidates "
+                      "--output /tmp/student_scores --reward-model $WOFN_HOME/models/student_reward_model` and "
+                      "pass --view student_scores=/tmp/student_scores (in a run with rounds >= 2, "
+                      "$WOFN_HOME/rounds/round_2/candidate_scores are round 1's student's)",
+    "pair_draws": "written by the west_of_n_pairs asset (pointwise teachers only); materialize it again",
+    "pair_selection_report": "written by the west_of_n_pairs asset; materialize it again",
+    "pair_funnel": "written by the filtered_pairs asset; materialize it again",
+}
+
+
+def _parquet_files(path: Path) -> list[str]:
+    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    return [str(f) for f in files]
+
+
+def _register_views(con, home: WofnHome, extra: list[tuple[str, Path]]) -> None:
+    """Temporary views for this query: rounds_<table> over every round, and each --view."""
+    round_dirs = sorted((home.root / "rounds").glob("round_*"), key=lambda p: int(p.name.split("_")[1])) \
+        if (home.root / "rounds").is_dir() else []
+    for table in ROUND_TABLES:
+        sources = [(1, home.table_dir(table))] + [(int(d.name.split("_")[1]), d / table) for d in round_dirs]
+        relation = None
+        for k, folder in sources:
+            files = _parquet_files(folder) if folder.exists() else []
+            if not files:
+                continue
+            part = con.read_parquet(files).select(duckdb.ConstantExpression(k).alias("round"),
+                                                  duckdb.StarExpression())
+            relation = part if relation is None else relation.union(part)
+        if relation is not None:
+            con.register(f"rounds_{table}", relation)
+    for name, path in extra:
+        files = _parquet_files(path) if path.exists() else []
+        if not files:
+            raise FileNotFoundError(f"--view {name}={path}: no such Parquet file, or no *.parquet in that folder")
+        con.register(name, con.read_parquet(files))
+
+
+def _missing_table_message(exc: duckdb.CatalogException, con, home: WofnHome) -> str | None:
+    match = re.search(r"Table with name (\w+) does not exist", str(exc))
+    if not match:
+        return None
+    name = match.group(1)
+    have = sorted(r[0] for r in con.sql("select view_name from duckdb_views() where not internal").fetchall())
+    if name.startswith("rounds_") and name[len("rounds_"):] in ROUND_TABLES:
+        hint = f"`wofn sql` makes it from the {name[len('rounds_'):]} tables of every round; this run has none"
+    elif name in _MISSING_HINTS:
+        hint = _MISSING_HINTS[name]
+    elif name in schemas.TABLES:
+        hint = f"materialize the asset that writes {name}"
+    else:
+        hint = "give it with --view NAME=PATH"
+    return (f"the query reads {name!r}, which is not in this run ({home.catalog_path} has: {', '.join(have)}); "
+            f"{hint}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -63,8 +151,24 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _sql(args: argparse.Namespace) -> int:
     text = args.query
-    if text.endswith(".sql") and Path(text).is_file():
+    if text.endswith(".sql"):
+        if not Path(text).is_file():
+            print(f"wofn sql: no SQL file {text}", file=sys.stderr)
+            return 2
         text = Path(text).read_text(encoding="utf-8")
+    params = dict(args.param)
+    wanted = query_parameters(text)
+    missing = [n for n in wanted if n not in params]
+    unknown = [n for n in params if n not in wanted]
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append("missing " + ", ".join(f"--param {n}=..." for n in missing))
+        if unknown:
+            problems.append("unknown " + ", ".join(f"--param {n}" for n in unknown))
+        takes = ", ".join(f"${n}" for n in wanted) or "no parameters"
+        print(f"wofn sql: {'; '.join(problems)}; the query takes {takes} (see its header)", file=sys.stderr)
+        return 2
     home = WofnHome(Path(args.home).resolve()) if args.home else WofnHome.from_env()
     if not home.catalog_path.exists():
         print(f"wofn sql: no catalog at {home.catalog_path}; materialize the pipeline first (make run) "
@@ -72,18 +176,34 @@ def _sql(args: argparse.Namespace) -> int:
         return 2
     con = catalog.connect(home.catalog_path, read_only=True)
     try:
-        relation = con.sql(text, params=dict(args.param) or None)
-        if relation is None:
-            return 0
-        if args.format == "json":
-            for row in relation.to_arrow_table().to_pylist():
-                print(json.dumps(row, default=str))
-        elif args.format == "csv":
-            _print_csv(relation)
-        else:
-            relation.show(max_rows=args.max_rows, max_width=args.max_width)
+        _register_views(con, home, args.view)
+        try:
+            relation = con.sql(text, params=params or None)
+            if relation is None:
+                return 0
+            if args.format == "json":
+                for row in relation.to_arrow_table().to_pylist():
+                    print(json.dumps(row, default=str))
+            elif args.format == "csv":
+                _print_csv(relation)
+            else:
+                relation.show(max_rows=args.max_rows, max_width=args.max_width)
+        except duckdb.CatalogException as exc:
+            print(f"wofn sql: {_missing_table_message(exc, con, home) or exc}", file=sys.stderr)
+            return 2
+        except duckdb.Error as exc:
+            print(f"wofn sql: {exc}", file=sys.stderr)
+            return 2
     finally:
         con.close()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    home = WofnHome(Path(args.home).resolve()) if args.home else WofnHome.from_env()
+    result = export.export_pairs(home, Path(args.output), table=args.table, round_k=args.round, fmt=args.format,
+                                 force=args.force, strategy=args.strategy, seed=args.seed)
+    print(json.dumps(result))
     return 0
 
 
@@ -116,13 +236,29 @@ def main(argv: list[str] | None = None) -> int:
     ev.set_defaults(func=_evaluate)
 
     sq = commands.add_parser("sql", help="run a query or .sql file against the catalog ($WOFN_HOME/wofn.duckdb)")
-    sq.add_argument("query", help="SQL text or a path to a .sql file")
-    sq.add_argument("--param", type=_param, action="append", default=[], help="bound parameter name=value ($name in SQL)")
+    sq.add_argument("query", help="SQL text or a path to a .sql file (e.g. sql/analysis/funnel.sql)")
+    sq.add_argument("--param", type=_param, action="append", default=[],
+                    help="bound parameter name=value ($name in SQL; int, float or text; null = SQL NULL)")
+    sq.add_argument("--view", type=_view, action="append", default=[],
+                    help="name=PATH: a Parquet file or folder as a view for this query (e.g. student_scores=DIR)")
     sq.add_argument("--home", default=None, help="data root (default $WOFN_HOME or .wofn)")
     sq.add_argument("--format", choices=["table", "json", "csv"], default="table")
     sq.add_argument("--max-rows", type=int, default=40)
     sq.add_argument("--max-width", type=int, default=160)
     sq.set_defaults(func=_sql)
+
+    ex = commands.add_parser("export", help="write pairs in TRL's preference format (prompt, chosen, rejected)")
+    ex.add_argument("--output", required=True, help="FILE.parquet or FILE.jsonl")
+    ex.add_argument("--table", default="filtered_pairs", help=f"one of {', '.join(export.PAIR_TABLES)}")
+    ex.add_argument("--round", type=int, default=1, help="West-of-N round: 1 = the main assets, k >= 2 = rounds/round_k")
+    ex.add_argument("--format", default="trl", choices=sorted(export.FORMATS),
+                    help="trl: text columns; trl-conversational: message lists ([{role, content}])")
+    ex.add_argument("--force", action="store_true", help="replace an existing output file")
+    ex.add_argument("--home", default=None, help="data root (default $WOFN_HOME or .wofn)")
+    ex.add_argument("--strategy", default=None,
+                    help="state the pairs' strategy where the run does not record it (rounds >= 2, older runs)")
+    ex.add_argument("--seed", type=int, default=None, help="with --strategy: its pair_seed (random strategies)")
+    ex.set_defaults(func=_export)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

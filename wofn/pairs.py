@@ -1,63 +1,209 @@
-"""Selecting and filtering West-of-N pairs with the SQL in `sql/`, over Parquet table folders.
+"""Selecting and filtering synthetic pairs with the SQL in `sql/`, over Parquet table folders.
 
 Used by the pair assets and by iterative rounds alike; each call opens its own in-memory DuckDB
 with temporary views, so it never waits on the shared catalog file.
+
+    sql/strategies/<strategy>.sql   candidates + candidate_scores -> pair_draws (one row per prompt)
+    sql/west_of_n_pairs.sql         pair_draws -> the pairs of one strategy (wofn.schemas.PAIRS)
+    sql/selection_report.sql        why prompts and candidates were left out, per strategy
+    sql/filter_pairs.sql            pairs -> the pairs kept by the filters
+    sql/pair_funnel.sql             how many pairs each filter step kept
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pyarrow as pa
 
 from wofn import catalog, schemas
 
+STRATEGIES = schemas.STRATEGIES
+RANDOM_STRATEGIES = tuple(s for s in STRATEGIES if s != "west_of_n")  # the ones that take $seed
+LIKELIHOOD_MEASURES = ("mean", "sum")
 
-def select_pairs(candidates_dir: Path, judged_dir: Path, pairwise: bool = False) -> tuple[pa.Table, int]:
-    """Best vs worst candidate per prompt; also the number of prompts with candidates.
 
-    Pointwise teacher: `judged_dir` holds candidate_scores and sql/west_of_n_pairs.sql picks the
-    extremes. Pairwise teacher: it holds tournament_pairs (the knockout winners and losers) and
-    sql/west_of_n_pairs_pairwise.sql joins them to the candidates.
+def check_strategy(strategy: str, pairwise: bool = False) -> None:
+    """Raise ValueError unless `strategy` is known (and, with a pairwise teacher, west_of_n)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    if pairwise and strategy != "west_of_n":
+        raise ValueError(
+            f"strategy {strategy!r} needs a reward per candidate, but the teacher is pairwise (it only finds "
+            "the best and worst of N by knockout tournaments); use strategy 'west_of_n' or a pointwise teacher")
+
+
+def seed_for(strategy: str, seed: int) -> int | None:
+    """The pair_seed a strategy records: `seed` for the random strategies, None for west_of_n."""
+    return seed if strategy in RANDOM_STRATEGIES else None
+
+
+def check_filters(confidence_quantile: float, logprob_quantile: float, likelihood: str = "mean",
+                  min_margin: float | None = None, max_tokens: int | None = None) -> None:
+    """Raise ValueError naming the setting when a filter parameter is out of range.
+
+    The SQL checks the same (sql/filter_pairs.sql); checking here first gives the setting's name.
     """
+    for name, q in (("confidence_quantile", confidence_quantile), ("logprob_quantile", logprob_quantile)):
+        if not isinstance(q, (int, float)) or isinstance(q, bool) or not 0 <= q <= 1:
+            raise ValueError(f"{name} must be a number in [0, 1], got {q!r}")
+    if likelihood not in LIKELIHOOD_MEASURES:
+        raise ValueError(f"likelihood must be 'mean' (per-token log-prob) or 'sum', got {likelihood!r}")
+    if min_margin is not None and (not isinstance(min_margin, (int, float)) or isinstance(min_margin, bool)
+                                   or math.isnan(min_margin) or min_margin < 0):
+        raise ValueError(f"min_margin must be a number >= 0, or None (off), got {min_margin!r}")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be an integer >= 1, or None (off), got {max_tokens!r}")
+
+
+def _strategy_params(strategy: str, seed: int) -> dict | None:
+    return {"seed": seed} if strategy in RANDOM_STRATEGIES else None
+
+
+def _view(con, name: str, source: Path | pa.Table) -> None:
+    if isinstance(source, pa.Table):
+        con.register(name, source)
+    else:
+        catalog.create_view(con, name, source, temporary=True)
+
+
+def draw_pairs(candidates_dir: Path, scores_dir: Path, seed: int = 0,
+               strategies: tuple[str, ...] = STRATEGIES) -> pa.Table:
+    """Every strategy's draw for every prompt (wofn.schemas.PAIR_DRAWS), strategies stacked in order."""
+    for strategy in strategies:
+        check_strategy(strategy)
     con = catalog.connect()
     try:
         catalog.create_view(con, "candidates", candidates_dir, temporary=True)
-        judged = "tournament_pairs" if pairwise else "candidate_scores"
-        catalog.create_view(con, judged, judged_dir, temporary=True)
-        sql = "west_of_n_pairs_pairwise" if pairwise else "west_of_n_pairs"
-        table = catalog.run_sql_file(con, sql, schema=schemas.PAIRS)
-        n_prompts = catalog.scalar(con, "select count(distinct prompt_id) from candidates")
+        catalog.create_view(con, "candidate_scores", scores_dir, temporary=True)
+        tables = [catalog.run_sql_file(con, f"strategies/{s}", _strategy_params(s, seed), schema=schemas.PAIR_DRAWS)
+                  for s in strategies]
     finally:
         con.close()
-    return table, n_prompts
+    return pa.concat_tables(tables) if tables else schemas.PAIR_DRAWS.empty_table()
 
 
-def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: float) -> tuple[pa.Table, dict]:
-    """Pairs kept by both quantile filters (sql/filter_pairs.sql), and the funnel of counts."""
+def pairs_from_draws(draws: Path | pa.Table, strategy: str) -> pa.Table:
+    """The pairs (wofn.schemas.PAIRS) of one strategy in a pair_draws table or folder."""
+    check_strategy(strategy)
+    con = catalog.connect()
+    try:
+        _view(con, "pair_draws", draws)
+        return catalog.run_sql_file(con, "west_of_n_pairs", {"strategy": strategy}, schema=schemas.PAIRS)
+    finally:
+        con.close()
+
+
+def selection_report(candidates_dir: Path, judged_dir: Path, draws: Path | pa.Table | None, strategy: str,
+                     pairwise: bool = False) -> pa.Table:
+    """Per strategy and reason, what selection left out (wofn.schemas.SELECTION_REPORT).
+
+    Pointwise: `judged_dir` holds candidate_scores and `draws` the pair_draws of every strategy
+    (sql/selection_report.sql). Pairwise: `judged_dir` holds tournament_pairs, `draws` is unused
+    (sql/selection_report_pairwise.sql).
+    """
+    check_strategy(strategy, pairwise)
+    con = catalog.connect()
+    try:
+        catalog.create_view(con, "candidates", candidates_dir, temporary=True)
+        if pairwise:
+            catalog.create_view(con, "tournament_pairs", judged_dir, temporary=True)
+            return catalog.run_sql_file(con, "selection_report_pairwise", schema=schemas.SELECTION_REPORT)
+        catalog.create_view(con, "candidate_scores", judged_dir, temporary=True)
+        _view(con, "pair_draws", draws)
+        return catalog.run_sql_file(con, "selection_report", {"strategy": strategy}, schema=schemas.SELECTION_REPORT)
+    finally:
+        con.close()
+
+
+def select_pairs(candidates_dir: Path, judged_dir: Path, pairwise: bool = False, strategy: str = "west_of_n",
+                 seed: int = 0) -> tuple[pa.Table, int]:
+    """One strategy's pairs (default west_of_n: best vs worst); also the number of prompts with candidates.
+
+    Pointwise teacher: `judged_dir` holds candidate_scores; sql/strategies/<strategy>.sql draws
+    and sql/west_of_n_pairs.sql keeps the pairs. Pairwise teacher (west_of_n only): it holds
+    tournament_pairs (the knockout winners and losers) and sql/west_of_n_pairs_pairwise.sql joins
+    them to the candidates.
+    """
+    check_strategy(strategy, pairwise)
+    if pairwise:
+        con = catalog.connect()
+        try:
+            catalog.create_view(con, "candidates", candidates_dir, temporary=True)
+            catalog.create_view(con, "tournament_pairs", judged_dir, temporary=True)
+            table = catalog.run_sql_file(con, "west_of_n_pairs_pairwise", schema=schemas.PAIRS)
+            n_prompts = catalog.scalar(con, "select count(distinct prompt_id) from candidates")
+        finally:
+            con.close()
+        return table, n_prompts
+    draws = draw_pairs(candidates_dir, judged_dir, seed, strategies=(strategy,))
+    return pairs_from_draws(draws, strategy), draws.num_rows
+
+
+def _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens) -> dict:
+    check_filters(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens)
+    return {"confidence_quantile": confidence_quantile, "logprob_quantile": logprob_quantile,
+            "likelihood": likelihood, "min_margin": min_margin, "max_tokens": max_tokens}
+
+
+def pair_funnel(pairs: Path | pa.Table, confidence_quantile: float, logprob_quantile: float,
+                likelihood: str = "mean", min_margin: float | None = None, max_tokens: int | None = None,
+                strategy: str = "west_of_n", pair_seed: int | None = None) -> pa.Table:
+    """How many pairs each filter step keeps, with length balance (wofn.schemas.PAIR_FUNNEL)."""
+    params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens)
+    check_strategy(strategy)
+    con = catalog.connect()
+    try:
+        _view(con, "west_of_n_pairs", pairs)
+        return catalog.run_sql_file(con, "pair_funnel", {**params, "strategy": strategy, "pair_seed": pair_seed},
+                                    schema=schemas.PAIR_FUNNEL)
+    finally:
+        con.close()
+
+
+def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: float, likelihood: str = "mean",
+                 min_margin: float | None = None, max_tokens: int | None = None) -> tuple[pa.Table, dict]:
+    """Pairs kept by the filters (sql/filter_pairs.sql), and how many each step kept (sql/pair_funnel.sql).
+
+    The counts: {"west_of_n_pairs", "confidence_filter", "likelihood_filter"}, then
+    "margin_filter" and "max_tokens_filter" when those filters are on (the keys bench/run.py and
+    the rounds' logs have always read); the pair_funnel table has every step.
+    """
+    params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens)
     con = catalog.connect()
     try:
         catalog.create_view(con, "west_of_n_pairs", pairs_dir, temporary=True)
-        total = catalog.scalar(con, "select count(*) from west_of_n_pairs")
-        after_confidence = catalog.run_sql_file(
-            con, "filter_pairs", {"confidence_quantile": confidence_quantile, "logprob_quantile": 0.0}).num_rows
-        table = catalog.run_sql_file(
-            con, "filter_pairs",
-            {"confidence_quantile": confidence_quantile, "logprob_quantile": logprob_quantile},
-            schema=schemas.PAIRS)
+        table = catalog.run_sql_file(con, "filter_pairs", params, schema=schemas.PAIRS)
     finally:
         con.close()
-    funnel = {"west_of_n_pairs": total, "confidence_filter": after_confidence, "likelihood_filter": table.num_rows}
-    return table, funnel
+    funnel = pair_funnel(pairs_dir, **params)
+    kept = dict(zip(funnel.column("step").to_pylist(), funnel.column("pairs_kept").to_pylist()))
+    if kept["max_tokens"] != table.num_rows:  # the two files compute the same thresholds
+        raise RuntimeError(f"sql/pair_funnel.sql kept {kept['max_tokens']} pairs but sql/filter_pairs.sql "
+                           f"kept {table.num_rows}; the two files disagree")
+    steps = {"west_of_n_pairs": kept["selected"], "confidence_filter": kept["confidence"],
+             "likelihood_filter": kept["likelihood"]}
+    if min_margin is not None:
+        steps["margin_filter"] = kept["margin"]
+    if max_tokens is not None:
+        steps["max_tokens_filter"] = kept["max_tokens"]
+    return table, steps
 
 
 def pair_stats(table: pa.Table) -> dict:
-    """Length and confidence summaries of a pair set (the length prior shows up here first)."""
+    """Length and confidence summaries of a pair set (the length prior shows up here first).
+
+    Lengths are policy tokens; "longer"/"shorter" compare chosen with rejected, equal counts in neither.
+    """
     rows = table.to_pylist()
     n = len(rows)
+    gaps = [r["chosen_num_tokens"] - r["rejected_num_tokens"] for r in rows]
     return {
         "pairs": n,
-        "chosen_shorter_share": sum(len(r["chosen"]) < len(r["rejected"]) for r in rows) / n if n else 0.0,
+        "chosen_longer_share": sum(g > 0 for g in gaps) / n if n else 0.0,
+        "chosen_shorter_share": sum(g < 0 for g in gaps) / n if n else 0.0,
+        "mean_length_gap": sum(gaps) / n if n else 0.0,
         "mean_chosen_tokens": sum(r["chosen_num_tokens"] for r in rows) / n if n else 0.0,
         "mean_rejected_tokens": sum(r["rejected_num_tokens"] for r in rows) / n if n else 0.0,
         "mean_confidence": sum(r["confidence"] for r in rows) / n if n else 0.0,

@@ -59,8 +59,10 @@ CANDIDATE_SCORES = pa.schema(
     ]
 )
 
-# One synthetic pair per prompt (west_of_n_pairs) and the subset kept by the filters
-# (filtered_pairs). Same columns for both.
+# At most one synthetic pair per prompt, from the configured strategy (west_of_n_pairs; the
+# pair_draws rows with outcome "pair"), and the subset kept by the filters (filtered_pairs).
+# Same columns for both. The strategy and its seed are recorded in pair_selection_report and
+# pair_funnel, not per row.
 PAIRS = pa.schema(
     [
         pa.field("prompt_id", pa.string(), nullable=False),
@@ -82,6 +84,77 @@ PAIRS = pa.schema(
         pa.field("n_candidates", pa.int32(), nullable=False),  # valid candidates of the prompt
         pa.field("policy", pa.string(), nullable=False),
         pa.field("reward_model", pa.string(), nullable=False),
+    ]
+)
+
+# Pair selection strategies (sql/strategies/<name>.sql): west_of_n is the method, the other three
+# are the paper's ablation baselines. Only west_of_n works with a pairwise teacher.
+STRATEGIES = ("west_of_n", "random_pair", "best_vs_random", "worst_vs_random")
+
+# Why a prompt does or does not yield a pair (pair_draws.outcome), checked in this order.
+OUTCOMES = ("fewer_than_2_valid", "all_rewards_equal", "tied_rewards", "identical_texts", "pair")
+
+# Every strategy's draw for every prompt that has candidate rows (written for pointwise teachers):
+# the two candidates it picked, labelled by the teacher (chosen = the higher reward), and whether
+# they make a pair. The pair columns are null when the prompt has fewer than 2 valid candidates.
+PAIR_DRAWS = pa.schema(
+    [
+        pa.field("strategy", pa.string(), nullable=False),  # one of STRATEGIES
+        pa.field("pair_seed", pa.int64()),  # seed of the random draw; null for west_of_n (no randomness)
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("outcome", pa.string(), nullable=False),  # one of OUTCOMES; "pair" = kept
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string()),
+        pa.field("rejected", pa.string()),
+        pa.field("chosen_idx", pa.int32()),
+        pa.field("rejected_idx", pa.int32()),
+        pa.field("chosen_reward", pa.float64()),
+        pa.field("rejected_reward", pa.float64()),
+        pa.field("margin", pa.float64()),  # >= 0; > 0 for pairs
+        pa.field("confidence", pa.float64()),  # sigmoid(margin)
+        pa.field("chosen_logprob_sum", pa.float64()),
+        pa.field("rejected_logprob_sum", pa.float64()),
+        pa.field("chosen_logprob_mean", pa.float64()),
+        pa.field("rejected_logprob_mean", pa.float64()),
+        pa.field("chosen_num_tokens", pa.int32()),
+        pa.field("rejected_num_tokens", pa.int32()),
+        pa.field("n_candidates", pa.int32(), nullable=False),  # valid candidates of the prompt
+        pa.field("policy", pa.string()),
+        pa.field("reward_model", pa.string()),
+    ]
+)
+
+# How selection went, per strategy: one row per reason, zeros included, in a fixed order. Rows
+# count table rows, candidates (distinct prompt_id, candidate_idx) or prompts (see `unit`).
+SELECTION_REPORT = pa.schema(
+    [
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("pair_seed", pa.int64()),  # null for west_of_n
+        pa.field("selected", pa.bool_(), nullable=False),  # this strategy's pairs are west_of_n_pairs
+        pa.field("step", pa.int32(), nullable=False),  # order of the reasons
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("unit", pa.string(), nullable=False),  # "rows", "candidates" or "prompts"
+        pa.field("count", pa.int64(), nullable=False),
+    ]
+)
+
+# How many pairs each filter step kept (sql/pair_funnel.sql). Steps are cumulative; every
+# threshold is computed over all selected pairs. Lengths are policy tokens (EOS included).
+PAIR_FUNNEL = pa.schema(
+    [
+        pa.field("strategy", pa.string(), nullable=False),  # of the selected pairs
+        pa.field("pair_seed", pa.int64()),
+        pa.field("step_order", pa.int32(), nullable=False),
+        pa.field("step", pa.string(), nullable=False),  # selected, confidence, likelihood, margin, max_tokens
+        pa.field("setting", pa.string(), nullable=False),  # the configured value, as text ("off" = no-op)
+        pa.field("threshold", pa.float64()),  # the value applied (e.g. the confidence quantile); null = off
+        pa.field("pairs_in", pa.int64(), nullable=False),
+        pa.field("pairs_kept", pa.int64(), nullable=False),
+        pa.field("kept_share", pa.float64()),  # pairs_kept / pairs_in; null when pairs_in = 0
+        pa.field("chosen_longer_share", pa.float64()),  # of kept pairs: chosen has more tokens
+        pa.field("chosen_shorter_share", pa.float64()),  # of kept pairs: chosen has fewer tokens
+        pa.field("mean_length_gap", pa.float64()),  # of kept pairs: mean chosen - rejected tokens
+        pa.field("mean_confidence", pa.float64()),  # of kept pairs
     ]
 )
 
@@ -122,8 +195,42 @@ EVALUATIONS = pa.schema(
     ]
 )
 
-# Table name -> schema. Each name is an asset key, except tournament_pairs, which the
-# candidate_scores asset writes instead of per-candidate scores when the teacher is pairwise.
+# `wofn export`: pairs in TRL's preference format, standard (text) or conversational (message
+# lists), with wofn's measurements and provenance as extra columns. Files, not catalog tables.
+_MESSAGES = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
+_EXPORT_EXTRAS = [
+    pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("margin", pa.float64(), nullable=False),  # teacher reward of chosen - rejected
+    pa.field("confidence", pa.float64(), nullable=False),  # sigmoid(margin)
+    pa.field("chosen_reward", pa.float64(), nullable=False),
+    pa.field("rejected_reward", pa.float64(), nullable=False),
+    pa.field("chosen_logprob_sum", pa.float64(), nullable=False),  # under the policy, nats
+    pa.field("rejected_logprob_sum", pa.float64(), nullable=False),
+    pa.field("chosen_logprob_mean", pa.float64(), nullable=False),
+    pa.field("rejected_logprob_mean", pa.float64(), nullable=False),
+    pa.field("chosen_num_tokens", pa.int32(), nullable=False),
+    pa.field("rejected_num_tokens", pa.int32(), nullable=False),
+    pa.field("policy", pa.string(), nullable=False),  # the policy that sampled both responses
+    pa.field("teacher", pa.string(), nullable=False),  # the reward model that labelled the pair
+    pa.field("round", pa.int32(), nullable=False),  # West-of-N round (1 = the main assets)
+    pa.field("strategy", pa.string(), nullable=False),  # pair selection strategy
+    pa.field("seed", pa.int64()),  # the strategy's pair_seed; null for west_of_n (no randomness)
+]
+# prompt: the HH transcript ending in "\n\nAssistant:"; chosen / rejected: " " + the response,
+# so that prompt + chosen is exactly the text wofn's reward models score (wofn.rm_format).
+TRL_PAIRS = pa.schema([pa.field("prompt", pa.string(), nullable=False),
+                       pa.field("chosen", pa.string(), nullable=False),
+                       pa.field("rejected", pa.string(), nullable=False), *_EXPORT_EXTRAS])
+# prompt: the conversation as [{"role": "user" | "assistant", "content"}]; chosen / rejected:
+# one assistant message each (wofn.generation.prompt_to_messages, as the policy saw it).
+TRL_CONVERSATIONAL_PAIRS = pa.schema([pa.field("prompt", _MESSAGES, nullable=False),
+                                      pa.field("chosen", _MESSAGES, nullable=False),
+                                      pa.field("rejected", _MESSAGES, nullable=False), *_EXPORT_EXTRAS])
+
+# Table name -> schema. Each name is an asset key, except: tournament_pairs, which the
+# candidate_scores asset writes instead of per-candidate scores when the teacher is pairwise;
+# pair_draws and pair_selection_report, which the west_of_n_pairs asset writes beside its pairs
+# (pair_draws for pointwise teachers only); and pair_funnel, which filtered_pairs writes.
 TABLES: dict[str, pa.Schema] = {
     "human_preferences": PREFERENCES,
     "eval_preferences": PREFERENCES,
@@ -133,6 +240,9 @@ TABLES: dict[str, pa.Schema] = {
     "west_of_n_pairs": PAIRS,
     "filtered_pairs": PAIRS,
     "tournament_pairs": TOURNAMENT_PAIRS,
+    "pair_draws": PAIR_DRAWS,
+    "pair_selection_report": SELECTION_REPORT,
+    "pair_funnel": PAIR_FUNNEL,
     "reward_model_evaluations": EVALUATIONS,
 }
 

@@ -1,9 +1,17 @@
-"""Pair assets, computed by DuckDB over the Parquet tables: West-of-N pairs and the filtered set."""
+"""Pair assets, computed by DuckDB over the Parquet tables: the selected pairs and the filtered set.
+
+Beside its pairs, `west_of_n_pairs` writes `pair_draws` (every strategy's draw per prompt, so the
+strategies can be compared on the same candidates; pointwise teachers only) and
+`pair_selection_report` (why prompts and candidates were left out); `filtered_pairs` writes
+`pair_funnel` (what each filter step kept). Each gets its own catalog view.
+"""
+
+import shutil
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from wofn import pairs, pairwise
-from wofn_dagster.assets.common import publish_table, quantiles
+from wofn import catalog, pairs, pairwise
+from wofn_dagster.assets.common import publish_table, quantiles, read_table
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
 
@@ -12,38 +20,101 @@ def _pair_metadata(table) -> dict:
     return {
         "confidence_quantiles": MetadataValue.json(quantiles(table.column("confidence").to_pylist())),
         "margin_quantiles": MetadataValue.json(quantiles(table.column("margin").to_pylist())),
+        "chosen_longer_share": MetadataValue.float(stats["chosen_longer_share"]),
         "chosen_shorter_share": MetadataValue.float(stats["chosen_shorter_share"]),
+        "mean_length_gap": MetadataValue.float(stats["mean_length_gap"]),
         "mean_chosen_tokens": MetadataValue.float(stats["mean_chosen_tokens"]),
         "mean_rejected_tokens": MetadataValue.float(stats["mean_rejected_tokens"]),
     }
 
 
+def _markdown(table, columns: list[str]) -> MetadataValue:
+    rows = table.select(columns).to_pylist()
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return MetadataValue.md("\n".join(lines))
+
+
+def _drop_pair_draws(h) -> None:
+    """Remove pair_draws (folder and catalog view): a pointwise run's draws describe other rewards."""
+    shutil.rmtree(h.table_dir("pair_draws"), ignore_errors=True)
+    if h.catalog_path.exists():
+        con = catalog.connect(h.catalog_path)
+        try:
+            con.execute("drop view if exists pair_draws")
+        finally:
+            con.close()
+
+
 @asset(group_name="pairs", deps=["candidates", "candidate_scores"], kinds={"duckdb", "parquet"})
-def west_of_n_pairs(context: AssetExecutionContext, home: WofnHomeResource) -> MaterializeResult:
-    """Per prompt: the best- and worst-scored candidates as one synthetic pair (sql/west_of_n_pairs.sql)."""
+def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
+    """Per prompt, the configured strategy's synthetic pair (default west_of_n: best vs worst; sql/strategies/)."""
     h = home.home
     is_pairwise = pairwise.is_pairwise(str(h.model_dir("base_reward_model")))
-    judged = h.table_dir("tournament_pairs" if is_pairwise else "candidate_scores")
-    table, n_prompts = pairs.select_pairs(h.table_dir("candidates"), judged, pairwise=is_pairwise)
-    context.log.info("%d pairs from %d prompts", table.num_rows, n_prompts)
+    pairs.check_strategy(settings.strategy, pairwise=is_pairwise)
+    pair_seed = pairs.seed_for(settings.strategy, settings.pair_seed)
+    candidates_dir = h.table_dir("candidates")
+    if is_pairwise:
+        judged = h.table_dir("tournament_pairs")
+        table, _ = pairs.select_pairs(candidates_dir, judged, pairwise=True)
+        report = pairs.selection_report(candidates_dir, judged, None, settings.strategy, pairwise=True)
+        _drop_pair_draws(h)
+        per_strategy = {}
+    else:
+        judged = h.table_dir("candidate_scores")
+        publish_table(h, "pair_draws", pairs.draw_pairs(candidates_dir, judged, settings.pair_seed))
+        report = pairs.selection_report(candidates_dir, judged, h.table_dir("pair_draws"), settings.strategy)
+        table = pairs.pairs_from_draws(h.table_dir("pair_draws"), settings.strategy)
+        per_strategy = {r["strategy"]: r["count"] for r in report.to_pylist() if r["reason"] == "pairs"}
+    publish_table(h, "pair_selection_report", report)
+    reasons = {r["reason"]: r["count"] for r in report.to_pylist() if r["selected"]}
+    n_prompts = reasons.get("prompts", 0)
+    context.log.info("%s: %d pairs from %d prompts; %s", settings.strategy, table.num_rows, n_prompts, reasons)
     return publish_table(h, "west_of_n_pairs", table, {
+        "strategy": MetadataValue.text(settings.strategy),
+        "pair_seed": MetadataValue.null() if pair_seed is None else MetadataValue.int(pair_seed),
         "teacher": MetadataValue.text("pairwise" if is_pairwise else "pointwise"),
         "prompts_with_candidates": MetadataValue.int(n_prompts),
         "prompts_without_pair": MetadataValue.int(n_prompts - table.num_rows),
+        "selection_report": MetadataValue.json(reasons),
+        "pairs_per_strategy": MetadataValue.json(per_strategy),
         **_pair_metadata(table),
     })
 
 
 @asset(group_name="pairs", deps=["west_of_n_pairs"], kinds={"duckdb", "parquet"})
 def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
-    """West-of-N pairs kept by the confidence- and likelihood-quantile filters (sql/filter_pairs.sql)."""
+    """Selected pairs kept by the confidence, likelihood, margin and length filters (sql/filter_pairs.sql)."""
     h = home.home
-    table, funnel = pairs.filter_pairs(h.table_dir("west_of_n_pairs"), settings.confidence_quantile,
-                                       settings.logprob_quantile)
-    context.log.info("filter funnel: %s", funnel)
+    filters = {"confidence_quantile": settings.confidence_quantile, "logprob_quantile": settings.logprob_quantile,
+               "likelihood": settings.likelihood, "min_margin": settings.min_margin,
+               "max_tokens": settings.max_pair_tokens}
+    strategy, pair_seed = _selected_strategy(context, h, settings)
+    table, steps = pairs.filter_pairs(h.table_dir("west_of_n_pairs"), **filters)
+    funnel = pairs.pair_funnel(h.table_dir("west_of_n_pairs"), **filters, strategy=strategy, pair_seed=pair_seed)
+    publish_table(h, "pair_funnel", funnel)
+    context.log.info("filter funnel: %s", steps)
     return publish_table(h, "filtered_pairs", table, {
-        "funnel": MetadataValue.json(funnel),
-        "confidence_quantile": MetadataValue.float(settings.confidence_quantile),
-        "logprob_quantile": MetadataValue.float(settings.logprob_quantile),
+        "strategy": MetadataValue.text(strategy),
+        "funnel": MetadataValue.json(steps),
+        "funnel_table": _markdown(funnel, ["step", "setting", "pairs_in", "pairs_kept", "chosen_longer_share",
+                                           "chosen_shorter_share", "mean_length_gap"]),
+        "filters": MetadataValue.json(filters),
         **_pair_metadata(table),
     })
+
+
+def _selected_strategy(context: AssetExecutionContext, h, settings: WofnSettings) -> tuple[str, object]:
+    """The strategy (and seed) whose pairs are in west_of_n_pairs, as its selection report says."""
+    try:
+        report = read_table(h, "pair_selection_report").to_pylist()
+    except FileNotFoundError:
+        report = []
+    selected = {(r["strategy"], r["pair_seed"]) for r in report if r["selected"]}
+    if len(selected) == 1:
+        return selected.pop()
+    context.log.warning("no pair_selection_report beside west_of_n_pairs (made by an older wofn?); "
+                        "labelling the funnel with the settings' strategy %r", settings.strategy)
+    return settings.strategy, pairs.seed_for(settings.strategy, settings.pair_seed)
