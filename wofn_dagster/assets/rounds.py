@@ -24,15 +24,22 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
     records = [_record(1, h.model_dir("student_reward_model"), h.model_dir("base_reward_model"),
                        evaluate_model(h, h.model_dir("student_reward_model"), settings))]
     teacher = h.model_dir("student_reward_model")
+    filters = {"confidence_quantile": settings.confidence_quantile, "logprob_quantile": settings.logprob_quantile,
+               "likelihood": settings.likelihood, "min_margin": settings.min_margin,
+               "max_tokens": settings.max_pair_tokens}
     for k in range(2, settings.rounds + 1):
         rdir = h.round_dir(k)
         context.log.info(f"round {k}: scoring candidates with {teacher}")
         score_with(context, settings, beam_runner, h.table_dir("candidates"), teacher, rdir / "candidate_scores")
-        selected, _ = pairs.select_pairs(h.table_dir("candidates"), rdir / "candidate_scores")
+        selected, _ = pairs.select_pairs(h.table_dir("candidates"), rdir / "candidate_scores",
+                                         strategy=settings.strategy, seed=settings.pair_seed)
         write_table(rdir / "west_of_n_pairs", selected, schemas.PAIRS, where=f"round {k} west_of_n_pairs")
-        kept, funnel = pairs.filter_pairs(rdir / "west_of_n_pairs", settings.confidence_quantile,
-                                          settings.logprob_quantile)
+        kept, funnel = pairs.filter_pairs(rdir / "west_of_n_pairs", **filters)
         write_table(rdir / "filtered_pairs", kept, schemas.PAIRS, where=f"round {k} filtered_pairs")
+        write_table(rdir / "pair_funnel", pairs.pair_funnel(
+            rdir / "west_of_n_pairs", **filters, strategy=settings.strategy,
+            pair_seed=pairs.seed_for(settings.strategy, settings.pair_seed)),
+            schemas.PAIR_FUNNEL, where=f"round {k} pair_funnel")
         context.log.info(f"round {k}: funnel {funnel}")
         result = train_student(context, settings, h, teacher_dir=teacher, synthetic=kept.to_pylist(),
                                synthetic_version=content_hash(rdir / "filtered_pairs"),
