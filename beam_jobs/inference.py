@@ -21,9 +21,10 @@ class Runtime:
     trust_remote_code: bool = False
 
 
-def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int, batch_help: str) -> None:
+def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int, batch_help: str,
+                     num_shards: int | None = 4, shards_help: str = "output Parquet shards") -> None:
     parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
-    parser.add_argument("--num-shards", type=int, default=4, help="output Parquet shards")
+    parser.add_argument("--num-shards", type=int, default=num_shards, help=shards_help)
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--torch-threads", type=int, default=0,

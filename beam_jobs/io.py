@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import uuid
 
 import apache_beam as beam
@@ -21,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_jobs import dask_compat
+from beam_jobs import dask_compat, failpoints
 
 
 def input_pattern(path: str) -> str:
@@ -58,6 +59,53 @@ def _key_by_shard(row: dict, num_shards: int) -> tuple[int, dict]:
     return shard_of(row["prompt_id"], num_shards), row
 
 
+_SHARD = re.compile(r"part-(\d{5})-of-(\d{5})\.parquet$")
+
+
+def write_shard(output_dir: str, shard: int, num_shards: int, table: pa.Table) -> str:
+    """Write `table` as shard `shard` of `output_dir`: to a temporary name, then renamed, so a
+    reader (or a resumed run) never sees a partial file. Returns the final path."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    name = shard_name(shard, num_shards)
+    final = FileSystems.join(output_dir, name)
+    temp = FileSystems.join(output_dir, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    with FileSystems.create(temp) as fh:
+        fh.write(buffer.getvalue())
+    failpoints.hit("before_rename")
+    if FileSystems.exists(final):
+        FileSystems.delete([final])
+    FileSystems.rename([temp], [final])
+    failpoints.hit("after_rename")
+    return final
+
+
+def _listing(output_dir: str) -> list[str]:
+    if not FileSystems.exists(output_dir):
+        return []
+    pattern = FileSystems.join(output_dir, "*")
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def completed_shards(output_dir: str, num_shards: int) -> set[int]:
+    """Shards of `output_dir` already written for this layout. Leftover temporary files of a
+    killed run are deleted; shards of another layout (another shard count) are an error, since
+    mixing them would duplicate or drop rows."""
+    done, other = set(), set()
+    for path in _listing(output_dir):
+        base = path.rstrip("/").rsplit("/", 1)[-1]
+        if base.startswith(".") and base.endswith(".tmp"):
+            FileSystems.delete([path])
+            continue
+        match = _SHARD.search(base)
+        if match:
+            (done if int(match.group(2)) == num_shards else other).add(int(match.group(1)))
+    if other:
+        raise ValueError(f"{output_dir} holds shards of another layout (not -of-{num_shards:05d}); "
+                         f"write to an empty folder, or rerun with the shard count it was written with")
+    return done
+
+
 class _WriteShardFn(beam.DoFn):
     def __init__(self, output_dir: str, schema: pa.Schema, num_shards: int, sort_keys: tuple[str, ...]):
         self._output_dir = output_dir
@@ -69,15 +117,7 @@ class _WriteShardFn(beam.DoFn):
         shard, rows = element
         rows = sorted(rows, key=lambda r: tuple(r[k] for k in self._sort_keys))
         table = pa.Table.from_pylist(rows, schema=self._schema)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        final = FileSystems.join(self._output_dir, shard_name(shard, self._num_shards))
-        temp = FileSystems.join(self._output_dir, f".{shard_name(shard, self._num_shards)}.{uuid.uuid4().hex[:8]}.tmp")
-        with FileSystems.create(temp) as fh:
-            fh.write(buffer.getvalue())
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        FileSystems.rename([temp], [final])
+        final = write_shard(self._output_dir, shard, self._num_shards, table)
         beam.metrics.Metrics.counter("wofn", "rows_written").inc(table.num_rows)
         beam.metrics.Metrics.counter("wofn", "shards_written").inc()
         yield final

@@ -2,39 +2,69 @@
 
     python -m beam_jobs.sample_candidates --prompts PATH --output DIR --policy MODEL --n N \
         --max-new-tokens M [--temperature T] [--seed S] [--engine torch|vllm] [--device cuda --dtype bfloat16]
-        [Beam pipeline options such as --runner]
+        [--errors DIR] [--prompts-per-shard K | --num-shards S] [Beam pipeline options such as --runner]
 
 PATH is a Parquet file or folder with columns `prompt_id, prompt` (wofn.schemas.PROMPTS).
-Writes wofn.schemas.CANDIDATES shards to DIR.
+Writes wofn.schemas.CANDIDATES shards to DIR, and the prompts or candidates that failed to
+wofn.schemas.ERRORS shards in the errors folder (default DIR + "_errors"): every input prompt
+ends up with its candidates or with a row there.
 
-Prompts are batched by length: they are grouped into length classes (prompt characters, classes
-a factor sqrt(2) apart; `--length-groups-per-class` spreads each over several groups), sorted by length inside a
-group and cut into batches of `--batch-size`, so a batch's prompts pad to nearly the same width.
-On the HH prompts this cuts the prefill tokens of 8-prompt batches from 2.4x the real tokens
-to 1.1x. A batch depends only on the input, not on how the runner bundles elements, so every
-runner forms the same batches.
+Work is cut into shards by a hash of prompt_id (`--prompts-per-shard`, default 64 prompts per
+shard, or `--num-shards`). A shard is sampled and then written at once (temporary name, then
+renamed), so a job that is killed keeps the shards it finished. Run it again with the same
+arguments and it samples only the missing shards: seeds are per (prompt, sample), so a redone
+shard has the same rows, and nothing is duplicated. The output folder records the settings it
+was written with (`_sampling_job.json`); a rerun with other settings is refused.
+
+Inside a shard, prompts are sorted by length and cut into batches of `--batch-size`, so a
+batch's prompts pad to nearly the same width. A batch that fails is retried one prompt at a
+time, so one bad prompt (an out-of-memory, a tokenizer error) fails alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
+from beam_jobs import failpoints
 from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
-from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, run_to_completion, shard_of
+from beam_jobs.io import (completed_shards, count_rows, input_pattern, new_pipeline, run_to_completion, shard_of,
+                          write_shard)
 from wofn import generation, models, schemas, vllm_sampling
 
 log = logging.getLogger(__name__)
 ENGINES = ("torch", "vllm")
+JOB_RECORD = "_sampling_job.json"
+
+
+def length_sorted_batches(rows: list[dict], batch_size: int) -> list[list[dict]]:
+    """Prompt rows sorted by length (then prompt_id), cut into batches of `batch_size`."""
+    rows = sorted(rows, key=lambda r: (len(r["prompt"]), r["prompt_id"]))
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+def error_row(stage: str, reason: str, detail: str, prompt_id: str | None = None,
+              candidate_idx: int | None = None) -> dict:
+    return {"stage": stage, "reason": reason, "prompt_id": prompt_id, "candidate_idx": candidate_idx,
+            "source": None, "row": None, "detail": detail[:2000]}
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
+        return "out_of_memory"
+    return "sampling_error"
 
 
 class PolicyHandler(WofnModelHandler):
-    """A length-sorted batch of prompt rows in (one element), a list of N candidate rows per prompt out."""
+    """(shard, prompt rows) in; (shard, candidate rows, error rows) out, one element at a time."""
 
     label = "sample_candidates"
     unit = "prompts"
@@ -54,112 +84,123 @@ class PolicyHandler(WofnModelHandler):
         return models.load_policy(self._model, device=rt.device, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code)
 
     def batch_elements_kwargs(self) -> dict:
-        return {"min_batch_size": 1, "max_batch_size": 1}  # each element already is a batch
+        return {"min_batch_size": 1, "max_batch_size": 1}  # one shard per call; it batches inside
 
-    def run_inference(self, batch: Sequence[list[dict]], model: models.LoadedModel,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[list]:
-        prompt_rows = [row for group in batch for row in group]
+    def run_inference(self, batch: Sequence[tuple[int, list[dict]]], model,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[tuple[int, list, list]]:
+        return [(shard, *self._sample_shard(model, prompt_rows)) for shard, prompt_rows in batch]
+
+    def _sample_shard(self, model, prompt_rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        failpoints.hit("before_sample")
         sampler = vllm_sampling.sample if self._engine == "vllm" else generation.sample
-        rows = sampler(model, [(r["prompt_id"], r["prompt"]) for r in prompt_rows], self._params)
-        tokens = sum(r["num_tokens"] for r in rows)
-        beam.metrics.Metrics.counter("wofn", "prompts_sampled").inc(len(prompt_rows))
+        rows, errors, usable = [], [], []
+        for row in _unique(prompt_rows, errors):
+            problem = self._check_prompt(model, row)
+            if problem:
+                errors.append(problem)
+            else:
+                usable.append(row)
+        for chunk in length_sorted_batches(usable, self._runtime.batch_size):
+            try:
+                got = sampler(model, [(r["prompt_id"], r["prompt"]) for r in chunk], self._params)
+            except Exception:  # noqa: BLE001 - retried one prompt at a time; failures become error rows
+                log.warning("a batch of %d prompts failed; retrying them one at a time", len(chunk), exc_info=True)
+                got = []
+                for r in chunk:
+                    try:
+                        got.extend(sampler(model, [(r["prompt_id"], r["prompt"])], self._params))
+                    except Exception as exc:  # noqa: BLE001 - recorded in the errors table, with the message
+                        errors.append(error_row("sampling", _failure_reason(exc), f"{type(exc).__name__}: {exc}",
+                                                r["prompt_id"]))
+            for candidate in got:
+                if math.isfinite(candidate["logprob_sum"]):
+                    rows.append(candidate)
+                else:
+                    errors.append(error_row("sampling", "non_finite_logprob",
+                                            f"log-probability {candidate['logprob_sum']}",
+                                            candidate["prompt_id"], candidate["candidate_idx"]))
+            tokens = sum(c["num_tokens"] for c in got)
+            beam.metrics.Metrics.counter("wofn", "prompts_sampled").inc(len(chunk))
+            beam.metrics.Metrics.counter("wofn", "generated_tokens").inc(tokens)
+            self._report(len(chunk), tokens)
         beam.metrics.Metrics.counter("wofn", "candidates").inc(len(rows))
-        beam.metrics.Metrics.counter("wofn", "generated_tokens").inc(tokens)
-        beam.metrics.Metrics.counter("wofn", "generation_batches").inc()
-        self._report(len(prompt_rows), tokens)
-        per_group, start = [], 0
-        for group in batch:  # one result (a list of candidate rows) per element
-            end = start + len(group) * self._params.n
-            per_group.append(rows[start:end])
-            start = end
-        return per_group
+        beam.metrics.Metrics.counter("wofn", "errors").inc(len(errors))
+        return rows, errors
+
+    def _check_prompt(self, model, row: dict) -> dict | None:
+        if not row["prompt"] or not row["prompt"].strip():
+            return error_row("sampling", "empty_prompt", "the prompt is empty", row["prompt_id"])
+        if "\x00" in row["prompt"]:
+            return error_row("sampling", "nul_bytes", "the prompt holds a NUL byte", row["prompt_id"])
+        try:
+            generation.encode_prompt(model.tokenizer, row["prompt"], self._params.max_prompt_tokens)
+        except Exception as exc:  # noqa: BLE001 - recorded in the errors table, with the message
+            return error_row("sampling", "tokenizer_error", f"{type(exc).__name__}: {exc}", row["prompt_id"])
+        return None
 
 
-def length_class(prompt: str) -> int:
-    """Classes a factor sqrt(2) apart in prompt characters (a tokenizer-free proxy for tokens)."""
-    return int(2 * math.log2(max(1, len(prompt))))
+def _unique(prompt_rows: list[dict], errors: list[dict]) -> list[dict]:
+    """One row per prompt_id (the first by prompt text); repeats become error rows."""
+    seen: dict[str, dict] = {}
+    for row in sorted(prompt_rows, key=lambda r: (r["prompt_id"], r["prompt"] or "")):
+        if row["prompt_id"] in seen:
+            errors.append(error_row("sampling", "duplicate_prompt", "prompt_id appears more than once in the input",
+                                    row["prompt_id"]))
+        else:
+            seen[row["prompt_id"]] = row
+    return list(seen.values())
 
 
-def _key_by_length(row: dict, spread: int) -> tuple[tuple[int, int], dict]:
-    return (length_class(row["prompt"]), shard_of(row["prompt_id"], spread)), row
+def _not_done(row: dict, num_shards: int, done: frozenset) -> bool:
+    return shard_of(row["prompt_id"], num_shards) not in done
 
 
-def _length_sorted_batches(element: tuple[tuple[int, int], Iterable[dict]], batch_size: int) -> list[list[dict]]:
-    _, rows = element
-    rows = sorted(rows, key=lambda r: (len(r["prompt"]), r["prompt_id"]))
-    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+def _key_by_shard(row: dict, num_shards: int) -> tuple[int, dict]:
+    return shard_of(row["prompt_id"], num_shards), row
 
 
-def _candidates(rows: list) -> list:
-    return rows
+def _as_list(element: tuple[int, Iterable[dict]]) -> tuple[int, list[dict]]:
+    return element[0], list(element[1])
 
 
-class LengthBatches(beam.PTransform):
-    """Prompt rows in; lists of at most `batch_size` prompt rows of similar length out.
+class _WriteSampledShard(beam.DoFn):
+    """Errors shard first, then the candidates shard: the candidates file marks the shard done."""
 
-    `groups_per_class` > 1 spreads each length class over that many groups (by prompt_id), for
-    inputs so large that one class should not be sorted on one worker; batches then fill a little
-    less evenly."""
+    def __init__(self, output: str, errors: str, num_shards: int):
+        self._output, self._errors, self._num_shards = output, errors, num_shards
 
-    def __init__(self, batch_size: int, groups_per_class: int = 1):
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if groups_per_class < 1:
-            raise ValueError(f"groups_per_class must be >= 1, got {groups_per_class}")
-        self._batch_size = batch_size
-        self._groups_per_class = groups_per_class
-
-    def expand(self, prompt_rows):
-        return (
-            prompt_rows
-            | "KeyByLength" >> beam.Map(_key_by_length, self._groups_per_class)
-            | "GroupByLength" >> beam.GroupByKey()
-            | "LengthSortedBatches" >> beam.FlatMap(_length_sorted_batches, self._batch_size)
-        )
-
-
-def _key_by_first_prompt(batch: list[dict], keys: int) -> tuple[int, list[dict]]:
-    return shard_of(batch[0]["prompt_id"], keys), batch
-
-
-def _values(element: tuple[int, Iterable[list[dict]]]) -> Iterable[list[dict]]:
-    return element[1]
-
-
-class SpreadBatches(beam.PTransform):
-    """Batches in, the same batches out, spread over workers by a hash key (a deterministic
-    Reshuffle): the batches of one length class come out of one GroupByKey group, and would
-    otherwise all run on the worker that formed them."""
-
-    def __init__(self, keys: int = 1024):
-        super().__init__()
-        self._keys = keys
-
-    def expand(self, batches):
-        return (
-            batches
-            | "KeyByFirstPrompt" >> beam.Map(_key_by_first_prompt, self._keys)
-            | "GroupByKey" >> beam.GroupByKey()
-            | "Values" >> beam.FlatMap(_values)
-        )
+    def process(self, element):
+        shard, rows, errors = element
+        rows = sorted(rows, key=lambda r: (r["prompt_id"], r["candidate_idx"]))
+        errors = sorted(errors, key=lambda r: (r["prompt_id"] or "", r["candidate_idx"] or -1, r["reason"]))
+        write_shard(self._errors, shard, self._num_shards, pa.Table.from_pylist(errors, schema=schemas.ERRORS))
+        final = write_shard(self._output, shard, self._num_shards, pa.Table.from_pylist(rows, schema=schemas.CANDIDATES))
+        beam.metrics.Metrics.counter("wofn", "rows_written").inc(len(rows))
+        beam.metrics.Metrics.counter("wofn", "shards_written").inc()
+        yield final
 
 
 class SampleCandidates(beam.PTransform):
-    """Prompt rows (prompt_id, prompt) in; N candidate rows (wofn.schemas.CANDIDATES) per prompt out."""
+    """Prompt rows (prompt_id, prompt) in; per shard one (shard, candidate rows, error rows) out.
 
-    def __init__(self, handler: PolicyHandler, batch_size: int, groups_per_class: int = 1):
+    `done`: shards to skip (already written by an earlier run)."""
+
+    def __init__(self, handler: PolicyHandler, num_shards: int, done: Iterable[int] = ()):
         super().__init__()
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
         self._handler = handler
-        self._batches = LengthBatches(batch_size, groups_per_class)
+        self._num_shards = num_shards
+        self._done = frozenset(done)
 
     def expand(self, prompt_rows):
         return (
             prompt_rows
-            | "LengthBatches" >> self._batches
-            | "SpreadBatches" >> SpreadBatches()  # one length class must not stay on one worker
+            | "SkipWrittenShards" >> beam.Filter(_not_done, self._num_shards, self._done)
+            | "KeyByShard" >> beam.Map(_key_by_shard, self._num_shards)
+            | "GroupByShard" >> beam.GroupByKey()
+            | "ShardLists" >> beam.Map(_as_list)
             | "RunPolicy" >> RunInference(self._handler)
-            | "FlattenCandidates" >> beam.FlatMap(_candidates)
         )
 
 
@@ -167,6 +208,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", required=True, help="Parquet file or folder of prompts")
     parser.add_argument("--output", required=True, help="folder for the candidate shards")
+    parser.add_argument("--errors", default=None, help="folder for the error shards (default: OUTPUT + '_errors')")
     parser.add_argument("--policy", required=True, help="shipped name, local folder or HF model id")
     parser.add_argument("--n", type=int, required=True, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, required=True)
@@ -176,10 +218,38 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are cut from the left")
     parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="torch: wofn's batched sampler (CPU or GPU); vllm: vLLM on GPU workers (pip install vllm)")
-    parser.add_argument("--length-groups-per-class", type=int, default=1,
-                        help="spread each prompt-length class over this many groups (for very large inputs)")
-    add_runtime_args(parser, batch_size=8, batch_help="prompts per generation batch (formed by prompt length)")
+    parser.add_argument("--prompts-per-shard", type=int, default=64,
+                        help="shard size when --num-shards is not given: the unit of resuming and of parallelism")
+    parser.add_argument("--max-error-fraction", type=float, default=0.5,
+                        help="fail the job when more than this share of the prompts ends in the errors table")
+    add_runtime_args(parser, batch_size=8, batch_help="prompts per generation batch (sorted by length in a shard)",
+                     num_shards=None, shards_help="output shards (default: from --prompts-per-shard)")
     return parser.parse_known_args(argv)
+
+
+def job_record(known: argparse.Namespace, num_shards: int) -> dict:
+    """What a shard's rows depend on; a resumed run must match it."""
+    return {"prompts": known.prompts, "policy": known.policy, "engine": known.engine, "n": known.n,
+            "max_new_tokens": known.max_new_tokens, "temperature": known.temperature, "top_p": known.top_p,
+            "seed": known.seed, "max_prompt_tokens": known.max_prompt_tokens, "num_shards": num_shards,
+            "dtype": known.dtype}
+
+
+def check_job_record(output: str, record: dict) -> None:
+    """Write the record into a new output folder, or check that an existing one matches."""
+    path = FileSystems.join(output, JOB_RECORD)
+    if FileSystems.exists(path):
+        with FileSystems.open(path) as fh:
+            earlier = json.loads(fh.read().decode("utf-8"))
+        changed = {k: (earlier.get(k), v) for k, v in record.items() if earlier.get(k) != v}
+        if changed:
+            raise ValueError(f"{output} was written by a run with other settings {changed} (earlier, now); "
+                             f"write to a new folder, or empty this one")
+        return
+    if not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
+    with FileSystems.create(path) as fh:
+        fh.write(json.dumps(record, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
@@ -190,15 +260,36 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     )
     if known.engine == "vllm":
         vllm_sampling.require_vllm()  # fail before the pipeline starts, with the install hint
-    handler = PolicyHandler(known.policy, params, runtime_from_args(known), count_rows(known.prompts), known.engine)
+    if known.prompts_per_shard < 1:
+        raise ValueError(f"--prompts-per-shard must be >= 1, got {known.prompts_per_shard}")
+    n_prompts = count_rows(known.prompts)
+    num_shards = known.num_shards or max(1, math.ceil((n_prompts or 1) / known.prompts_per_shard))
+    errors_dir = known.errors or known.output.rstrip("/") + "_errors"
+    check_job_record(known.output, job_record(known, num_shards))
+    done = completed_shards(known.output, num_shards)
+    completed_shards(errors_dir, num_shards)  # clears temporary files a killed run left there
+    if done:
+        log.info("resuming: %d of %d shards already written in %s", len(done), num_shards, known.output)
+    expected = None if n_prompts is None else round(n_prompts * (num_shards - len(done)) / num_shards)
+    handler = PolicyHandler(known.policy, params, runtime_from_args(known), expected, known.engine)
     pipeline = new_pipeline(pipeline_args, save_main_session)
     _ = (
         pipeline
         | "ReadPrompts" >> beam.io.ReadFromParquet(input_pattern(known.prompts), columns=["prompt_id", "prompt"])
-        | "SampleCandidates" >> SampleCandidates(handler, known.batch_size, known.length_groups_per_class)
-        | "WriteCandidates" >> WriteShards(known.output, schemas.CANDIDATES, known.num_shards)
+        | "SampleCandidates" >> SampleCandidates(handler, num_shards, done)
+        | "WriteShards" >> beam.ParDo(_WriteSampledShard(known.output, errors_dir, num_shards))
     )
-    return run_to_completion(pipeline, log)
+    stats = run_to_completion(pipeline, log)
+    stats["shards_skipped"] = len(done)
+    _check_error_share(errors_dir, n_prompts, known.max_error_fraction)
+    return stats
+
+
+def _check_error_share(errors_dir: str, n_prompts: int | None, max_fraction: float) -> None:
+    failed = count_rows(errors_dir) or 0
+    if n_prompts and failed / n_prompts > max_fraction:
+        raise RuntimeError(f"{failed} of {n_prompts} prompts or candidates failed (> {max_fraction:.0%}); "
+                           f"see the errors table in {errors_dir}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ folder, a HF sequence-classification model, or a backbone name (an untrained sca
 smoke tests and benchmarks).
 
 Pointwise teacher (a scalar reward model): writes wofn.schemas.CANDIDATE_SCORES shards to DIR,
-one row per candidate.
+one row per candidate with a finite reward; a candidate that could not be scored (a non-finite
+reward, an error in its batch that recurs when it is scored alone) gets a wofn.schemas.ERRORS
+row in the errors folder (`--errors`, default DIR + "_errors") instead.
 
 Pairwise teacher (a preference model, `wofn.pairwise`): candidates are grouped by prompt_id and
 the best and worst of each prompt are found by knockout tournaments (`wofn.tournament`, every
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -63,8 +66,12 @@ class RewardHandler(_TeacherHandler):
     def run_inference(self, batch: Sequence[dict], model: models.LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
         max_length = self._length(model)
-        rewards = scoring.score(model, [r["prompt"] for r in batch], [r["response"] for r in batch],
-                                max_length, self._token_budget)
+        try:
+            rewards = scoring.score(model, [r["prompt"] for r in batch], [r["response"] for r in batch],
+                                    max_length, self._token_budget)
+        except Exception:  # noqa: BLE001 - retried one candidate at a time; failures become error rows
+            log.warning("a batch of %d candidates failed; retrying them one at a time", len(batch), exc_info=True)
+            rewards = [self._score_one(model, r, max_length) for r in batch]
         beam.metrics.Metrics.counter("wofn", "candidates_scored").inc(len(batch))
         self._report(len(batch))
         return [
@@ -73,16 +80,47 @@ class RewardHandler(_TeacherHandler):
             for r, reward in zip(batch, rewards)
         ]
 
+    def _score_one(self, model: models.LoadedModel, row: dict, max_length: int) -> float | BaseException:
+        try:
+            return scoring.score(model, [row["prompt"]], [row["response"]], max_length, self._token_budget)[0]
+        except Exception as exc:  # noqa: BLE001 - becomes an error row, with the message
+            return exc
+
+
+class _SplitFailures(beam.DoFn):
+    """Score rows with a finite reward to the main output; the rest, as wofn.schemas.ERRORS rows,
+    to the `errors` output."""
+
+    def process(self, row: dict):
+        reward = row["reward"]
+        if isinstance(reward, BaseException):
+            reason = "out_of_memory" if "out of memory" in str(reward).lower() else "scoring_error"
+            detail = f"{type(reward).__name__}: {reward}"
+        elif reward is None or not math.isfinite(reward):
+            reason, detail = "non_finite_reward", f"reward {reward}"
+        else:
+            yield row
+            return
+        beam.metrics.Metrics.counter("wofn", "errors").inc()
+        yield beam.pvalue.TaggedOutput("errors", {
+            "stage": "scoring", "reason": reason, "prompt_id": row["prompt_id"],
+            "candidate_idx": row["candidate_idx"], "source": None, "row": None, "detail": detail[:2000]})
+
 
 class ScoreCandidates(beam.PTransform):
-    """Candidate rows in; one score row (wofn.schemas.CANDIDATE_SCORES) per candidate out."""
+    """Candidate rows in; a score row (wofn.schemas.CANDIDATE_SCORES) per candidate with a finite
+    reward on the main output, a wofn.schemas.ERRORS row per other candidate on `errors`."""
 
     def __init__(self, handler: RewardHandler):
         super().__init__()
         self._handler = handler
 
     def expand(self, candidate_rows):
-        return candidate_rows | "RunRewardModel" >> RunInference(self._handler)
+        return (
+            candidate_rows
+            | "RunRewardModel" >> RunInference(self._handler)
+            | "SplitFailures" >> beam.ParDo(_SplitFailures()).with_outputs("errors", main="scores")
+        )
 
 
 class TournamentHandler(_TeacherHandler):
@@ -178,6 +216,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--candidates", required=True, help="Parquet file or folder of candidates")
     parser.add_argument("--output", required=True, help="folder for the score shards")
     parser.add_argument("--reward-model", required=True, help="RM folder, HF id, or backbone name")
+    parser.add_argument("--errors", default=None,
+                        help="pointwise: folder for candidates that could not be scored (default: OUTPUT + '_errors')")
     parser.add_argument("--max-length", type=int, default=None, help="default: the RM manifest's, else 256")
     parser.add_argument("--token-budget", type=int, default=None,
                         help="padded tokens per forward pass (default: 2048 on CPU, 16384 on GPU)")
@@ -203,11 +243,10 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     handler = RewardHandler(known.reward_model, runtime_from_args(known), known.max_length,
                             known.token_budget, count_rows(known.candidates))
     pipeline = new_pipeline(pipeline_args, save_main_session)
-    _ = (
-        _read_candidates(pipeline, known.candidates)
-        | "ScoreCandidates" >> ScoreCandidates(handler)
-        | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES, known.num_shards)
-    )
+    scored = _read_candidates(pipeline, known.candidates) | "ScoreCandidates" >> ScoreCandidates(handler)
+    _ = scored.scores | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES, known.num_shards)
+    _ = scored.errors | "WriteErrors" >> WriteShards(known.errors or known.output.rstrip("/") + "_errors",
+                                                     schemas.ERRORS, known.num_shards)
     return run_to_completion(pipeline, log)
 
 

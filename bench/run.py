@@ -181,14 +181,12 @@ def load_warm_policy(dtype: str, prompts):
 
 
 def length_batches(prompts: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-    """The batches the sampling job forms (beam_jobs.sample_candidates.LengthBatches), without Beam."""
+    """The batches the sampling job forms for one shard (beam_jobs.sample_candidates), without Beam."""
     from beam_jobs import sample_candidates
 
-    classes = defaultdict(list)
-    for prompt_id, text in prompts:
-        classes[sample_candidates.length_class(text)].append({"prompt_id": prompt_id, "prompt": text})
-    return [[(r["prompt_id"], r["prompt"]) for r in batch] for key in sorted(classes)
-            for batch in sample_candidates._length_sorted_batches((key, classes[key]), SAMPLE_BATCH)]
+    rows = [{"prompt_id": prompt_id, "prompt": text} for prompt_id, text in prompts]
+    return [[(r["prompt_id"], r["prompt"]) for r in batch]
+            for batch in sample_candidates.length_sorted_batches(rows, SAMPLE_BATCH)]
 
 
 def padded_prefill_tokens(encoded_by_id: dict[str, list[int]], batches) -> int:

@@ -33,7 +33,9 @@ def test_sample_transform_gives_n_valid_candidates_per_prompt():
     params = generation.SamplingParams(n=3, max_new_tokens=5, seed=7)
     handler = sample_candidates.PolicyHandler("tiny-llama", params, Runtime(batch_size=2))
     with test_pipeline.TestPipeline() as p:
-        rows = p | beam.Create(prompts) | sample_candidates.SampleCandidates(handler, batch_size=2)
+        shards = p | beam.Create(prompts) | sample_candidates.SampleCandidates(handler, num_shards=2)
+        assert_that(shards | "Errors" >> beam.FlatMap(lambda s: s[2]), equal_to([]), label="NoErrors")
+        rows = shards | "Rows" >> beam.FlatMap(lambda s: s[1])
         assert_that(rows | "Key" >> beam.Map(lambda r: (r["prompt_id"], 1)) | beam.CombinePerKey(sum),
                     equal_to([("p0", 3), ("p1", 3), ("p2", 3)]), label="ThreePerPrompt")
         assert_that(rows | "Idx" >> beam.Map(lambda r: (r["prompt_id"], r["candidate_idx"])),
@@ -52,10 +54,9 @@ def test_prompts_are_batched_with_prompts_of_similar_length():
     long = [{"prompt_id": f"l{i}", "prompt": f"\n\nHuman: {'a long question ' * 20}{i}\n\nAssistant:"}
             for i in range(3)]
     interleaved = [row for pair in zip(short, long) for row in pair] + short[3:]
-    with test_pipeline.TestPipeline() as p:
-        batches = p | beam.Create(interleaved) | sample_candidates.LengthBatches(batch_size=2)
-        assert_that(batches | beam.Map(lambda b: tuple(r["prompt_id"] for r in b)),
-                    equal_to([("s0", "s1"), ("s2", "s3"), ("s4",), ("l0", "l1"), ("l2",)]))
+    batches = sample_candidates.length_sorted_batches(interleaved, batch_size=2)
+    assert [tuple(r["prompt_id"] for r in b) for b in batches] == \
+        [("s0", "s1"), ("s2", "s3"), ("s4", "l0"), ("l1", "l2")]
 
 
 def test_sample_job_writes_schema_conforming_shards(tmp_path, prompts_file):
@@ -67,7 +68,7 @@ def test_sample_job_writes_schema_conforming_shards(tmp_path, prompts_file):
     rows = _read_dir(out)
     assert stats["candidates"] == 10 and stats["rows_written"] == 10
     assert [c for _, c in _counts_per_prompt(rows)] == [2] * 5
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != sample_candidates.JOB_RECORD)
     assert all(n.startswith("part-") and n.endswith("-of-00003.parquet") for n in names), names
     for f in out.glob("*.parquet"):
         assert pq.read_schema(f).remove_metadata().equals(schemas.CANDIDATES, check_metadata=False)
@@ -87,7 +88,9 @@ def test_score_transform_and_job(tmp_path, prompts_file):
     rows = _read_dir(cands)
     handler = score_candidates.RewardHandler("tiny-bert", Runtime(batch_size=4), max_length=64)
     with test_pipeline.TestPipeline() as p:
-        scores = p | beam.Create(rows) | score_candidates.ScoreCandidates(handler)
+        scored_rows = p | beam.Create(rows) | score_candidates.ScoreCandidates(handler)
+        scores = scored_rows.scores
+        assert_that(scored_rows.errors, equal_to([]), label="NoErrors")
         assert_that(scores | beam.Map(lambda s: (s["prompt_id"], s["candidate_idx"], math.isfinite(s["reward"]))),
                     equal_to([(r["prompt_id"], r["candidate_idx"], True) for r in rows]))
     out = tmp_path / "scores"

@@ -33,7 +33,8 @@ def _shards(path) -> dict[str, list[dict]]:
         rows = pq.read_table(f).to_pylist()
         assert rows, f"shard without rows {f}"
         out[f.name] = sorted(rows, key=lambda r: sorted(r.items()))
-    assert not [p.name for p in path.iterdir() if not p.name.endswith(".parquet")], "leftover temp files"
+    assert not [p.name for p in path.iterdir() if not p.name.endswith(".parquet") and not p.name.startswith("_")], \
+        "leftover temp files"
     return out
 
 
@@ -63,7 +64,7 @@ def test_jobs_on_dask_runner_match_direct_runner(tmp_path, dask_address):
     pq.write_table(data.load_prompts(DATA_DIR / "prompts_unlabeled.parquet", limit=8), prompts)
     candidates, workers = _run_both(sample_candidates.run, [
         "--prompts", str(prompts), "--policy", "tiny-llama", "--n", "2", "--max-new-tokens", "16",
-        "--seed", "5", "--torch-threads", "1", "--batch-size", "1",
+        "--seed", "5", "--torch-threads", "1", "--batch-size", "1", "--prompts-per-shard", "2",
     ], tmp_path, "candidates", dask_address)
     assert sum(len(rows) for rows in _shards(candidates).values()) == 16
     assert len(workers) == 2, f"sampling ran on {workers}; --dask_npartitions=2 should spread it"

@@ -31,6 +31,7 @@ def tiny_run(tmp_path_factory):
 
 
 POINTWISE_VIEWS = set(schemas.TABLES) - {"tournament_pairs"}  # that one is the pairwise teacher's
+ERROR_VIEWS = {"prompt_errors", "candidate_errors", "score_errors"}  # dead letters: none on the shipped data
 
 
 def test_every_catalog_view_returns_rows(tiny_run):
@@ -38,7 +39,7 @@ def test_every_catalog_view_returns_rows(tiny_run):
     con = duckdb.connect(str(home / "wofn.duckdb"), read_only=True)
     for view in POINTWISE_VIEWS:
         count = con.sql(f'select count(*) from "{view}"').fetchall()[0][0]
-        assert count > 0, view
+        assert (count == 0) if view in ERROR_VIEWS else (count > 0), view
     # the views are over the Parquet files, not copies
     kinds = dict(con.sql("select view_name, sql from duckdb_views() where not internal").fetchall())
     assert set(kinds) == POINTWISE_VIEWS and all("read_parquet" in sql for sql in kinds.values())

@@ -29,6 +29,9 @@ def prompt_id(text: str) -> str:
     return hashlib.sha256(normalize_prompt(text).encode("utf-8")).hexdigest()[:16]
 
 
+MAX_PROMPT_CHARS = 65_536  # longer prompts go to the errors table (a 1 MB "prompt" is a bad row, not a prompt)
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".parquet", ".jsonl") and not p.name.startswith("."))
@@ -37,39 +40,48 @@ def _files(path: Path) -> list[Path]:
         return files
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.suffix not in (".parquet", ".jsonl"):
+        raise InputError(f"{path}: expected a .parquet or .jsonl file (or a folder of them)")
     return [path]
 
 
-def read_rows_table(path: str | Path) -> pa.Table:
-    """A Parquet file, a JSONL file, or a folder of them, as one Arrow table."""
-    tables = []
-    for file in _files(Path(path)):
-        if file.suffix == ".jsonl":
-            rows = []
-            with file.open(encoding="utf-8") as fh:
-                for line_no, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise InputError(f"{file}: line {line_no} is not JSON: {exc}") from exc
-            table = pa.Table.from_pylist(rows)
-        else:
+def _read_jsonl(file: Path) -> pa.Table:
+    rows = []
+    with file.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
             try:
-                table = pq.read_table(file)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise InputError(f"{file}: not a readable Parquet file: {exc}") from exc
-        if table.num_rows == 0:
-            raise InputError(f"{file}: no rows")
-        tables.append(table)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{file}: line {line_no} is not valid UTF-8 (byte {exc.start}): {exc.reason}") from exc
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{file}: line {line_no} is not JSON: {exc}") from exc
+            if not isinstance(row, dict):
+                raise InputError(f"{file}: line {line_no} is JSON but not an object: {line[:80]!r}")
+            rows.append(row)
     try:
-        return pa.concat_tables(tables, promote_options="default")
-    except pa.ArrowInvalid as exc:
-        raise InputError(f"{path}: files have incompatible schemas: {exc}") from exc
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"{file}: lines disagree on a column's type: {exc}") from exc
 
 
-def _require(table: pa.Table, columns: list[str], where: str) -> None:
+def _read_parquet(file: Path) -> pa.Table:
+    try:
+        table = pq.read_table(file)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{file}: not a readable Parquet file: {exc}") from exc
+    for name in table.column_names:
+        try:
+            table.column(name).validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise InputError(f"{file}: column {name!r} holds invalid data (e.g. text that is not UTF-8): {exc}") from exc
+    return table
+
+
+def _check_columns(table: pa.Table, columns: list[str], where: str) -> None:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise InputError(f"{where}: missing column(s) {missing}; found {table.column_names}")
@@ -82,40 +94,93 @@ def _require(table: pa.Table, columns: list[str], where: str) -> None:
             raise InputError(f"{where}: column {column!r} is empty (null) at row {row}")
 
 
+def read_rows_table(path: str | Path, required: list[str] | None = None) -> pa.Table:
+    """A Parquet file, a JSONL file, or a folder of them, as one Arrow table with a `_source`
+    (file name) and `_row` (0-based row in that file) column. Each file is checked on its own
+    (readable, not empty, `required` text columns present), so an error names the file; files
+    of a folder must agree on the required columns' types."""
+    tables = []
+    for file in _files(Path(path)):
+        table = _read_jsonl(file) if file.suffix == ".jsonl" else _read_parquet(file)
+        if table.num_rows == 0:
+            raise InputError(f"{file}: no rows")
+        _check_columns(table, required or [], str(file))
+        table = table.append_column("_source", pa.array([file.name] * table.num_rows, pa.string()))
+        tables.append(table.append_column("_row", pa.array(range(table.num_rows), pa.int64())))
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        shapes = "; ".join(f"{f.name}: {t.schema.names}" for f, t in zip(_files(Path(path)), tables))
+        raise InputError(f"{path}: the folder mixes files of different schemas ({shapes}): {exc}") from exc
+
+
 def load_preferences(path: str | Path, limit: int | None = None) -> pa.Table:
-    """Human pairs `prompt, chosen, rejected` (+ optional `id`, `source`) as schemas.PREFERENCES."""
-    table = read_rows_table(path)
-    _require(table, ["prompt", "chosen", "rejected"], str(path))
+    """Human pairs `prompt, chosen, rejected` (+ optional `id`, `source`) as schemas.PREFERENCES.
+    Pairs are curated data: a bad row (an empty prompt, NUL bytes, a duplicate id) stops the read
+    with its file and row. Empty responses are allowed (HH has pairs where silence was preferred)."""
+    table = read_rows_table(path, ["prompt", "chosen", "rejected"])
     if limit is not None:
         table = table.slice(0, limit)
-    rows = table.to_pylist()
-    out = []
-    for row in rows:
+    out, seen = [], {}
+    for row in table.to_pylist():
+        where = f"{Path(path) / row['_source'] if Path(path).is_dir() else path}: row {row['_row']}"
+        for column in ("prompt", "chosen", "rejected"):
+            if "\x00" in row[column]:
+                raise InputError(f"{where}: column {column!r} holds a NUL byte")
+        if not row["prompt"].strip():  # an empty response is a real answer in HH (silence preferred)
+            raise InputError(f"{where}: column 'prompt' is empty")
         pair_id = row.get("id") or hashlib.sha256(
             "\x00".join((row["prompt"], row["chosen"], row["rejected"])).encode()
         ).hexdigest()[:16]
-        out.append({"pair_id": str(pair_id), "prompt": row["prompt"], "chosen": row["chosen"],
-                    "rejected": row["rejected"], "source": row.get("source") or str(Path(path).name)})
+        pair_id = str(pair_id)
+        if pair_id in seen:
+            raise InputError(f"{where}: pair id {pair_id!r} repeats {seen[pair_id]}")
+        seen[pair_id] = where
+        out.append({"pair_id": pair_id, "prompt": row["prompt"], "chosen": row["chosen"],
+                    "rejected": row["rejected"], "source": row.get("source") or row["_source"]})
     return pa.Table.from_pylist(out, schema=schemas.PREFERENCES)
 
 
-def load_prompts(path: str | Path, limit: int | None = None) -> pa.Table:
-    """Unlabeled prompts with a stable prompt_id, deduplicated (first occurrence kept), as schemas.PROMPTS.
+def read_prompts(path: str | Path, limit: int | None = None,
+                 max_chars: int = MAX_PROMPT_CHARS) -> tuple[pa.Table, pa.Table]:
+    """Unlabeled prompts with a stable prompt_id, as schemas.PROMPTS, and the rows left out, as
+    schemas.ERRORS (stage "prompts"): empty, NUL bytes, longer than `max_chars`, or a repeat of an
+    earlier prompt (same prompt_id; the first is kept). File-level problems raise InputError.
 
     `limit` keeps the first `limit` prompts in prompt_id order: a stable pseudo-random sample that
     does not depend on the file's row order.
     """
-    table = read_rows_table(path)
-    _require(table, ["prompt"], str(path))
+    table = read_rows_table(path, ["prompt"])
     seen: dict[str, dict] = {}
+    errors = []
+
+    def reject(row: dict, reason: str, detail: str, pid: str | None = None) -> None:
+        errors.append({"stage": "prompts", "reason": reason, "prompt_id": pid, "candidate_idx": None,
+                       "source": row["_source"], "row": row["_row"], "detail": detail})
+
     for row in table.to_pylist():
-        if not row["prompt"].strip():
-            continue
-        pid = prompt_id(row["prompt"])
-        if pid not in seen:
-            seen[pid] = {"prompt_id": pid, "prompt": row["prompt"],
-                         "source": row.get("source") or str(Path(path).name)}
+        text = row["prompt"]
+        if "\x00" in text:
+            reject(row, "nul_bytes", "the prompt holds a NUL byte")
+        elif not text.strip():
+            reject(row, "empty_prompt", "the prompt is empty")
+        elif len(text) > max_chars:
+            reject(row, "prompt_too_long", f"{len(text):,} characters > the limit of {max_chars:,}")
+        else:
+            pid = prompt_id(text)
+            if pid in seen:
+                first = seen[pid]
+                reject(row, "duplicate_prompt", f"same prompt as {first['_source']} row {first['_row']}", pid)
+            else:
+                seen[pid] = {"prompt_id": pid, "prompt": text, "source": row.get("source") or row["_source"],
+                             "_source": row["_source"], "_row": row["_row"]}
     kept = sorted(seen.values(), key=lambda r: r["prompt_id"])
     if limit is not None:
         kept = kept[:limit]
-    return pa.Table.from_pylist(kept, schema=schemas.PROMPTS)
+    return (pa.Table.from_pylist(kept, schema=schemas.PROMPTS),
+            pa.Table.from_pylist(errors, schema=schemas.ERRORS))
+
+
+def load_prompts(path: str | Path, limit: int | None = None) -> pa.Table:
+    """`read_prompts` without the errors table (for tests and tools that only need the prompts)."""
+    return read_prompts(path, limit)[0]

@@ -227,10 +227,32 @@ TRL_CONVERSATIONAL_PAIRS = pa.schema([pa.field("prompt", _MESSAGES, nullable=Fal
                                       pa.field("chosen", _MESSAGES, nullable=False),
                                       pa.field("rejected", _MESSAGES, nullable=False), *_EXPORT_EXTRAS])
 
+# Dead letters: an input row, prompt or candidate that a stage could not use, with why. Every
+# input prompt ends up either with its candidates or here. stage: "prompts" (reading the input
+# file), "sampling" or "scoring"; reason: a short code (ERROR_REASONS); detail: the message.
+ERRORS = pa.schema(
+    [
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string()),  # null where the row never got one
+        pa.field("candidate_idx", pa.int32()),  # scoring and per-candidate sampling errors
+        pa.field("source", pa.string()),  # input file (stage "prompts")
+        pa.field("row", pa.int64()),  # 0-based row in that file (JSONL: line number - 1)
+        pa.field("detail", pa.string(), nullable=False),
+    ]
+)
+ERROR_REASONS = (
+    "empty_prompt", "nul_bytes", "prompt_too_long", "duplicate_prompt",  # stage prompts
+    "tokenizer_error", "out_of_memory", "sampling_error", "non_finite_logprob",  # stage sampling
+    "non_finite_reward", "scoring_error",  # stage scoring
+)
+
 # Table name -> schema. Each name is an asset key, except: tournament_pairs, which the
 # candidate_scores asset writes instead of per-candidate scores when the teacher is pairwise;
 # pair_draws and pair_selection_report, which the west_of_n_pairs asset writes beside its pairs
-# (pair_draws for pointwise teachers only); and pair_funnel, which filtered_pairs writes.
+# (pair_draws for pointwise teachers only); pair_funnel, which filtered_pairs writes; and the
+# dead-letter tables prompt_errors, candidate_errors and score_errors, which prompts, candidates
+# and candidate_scores write beside their tables.
 TABLES: dict[str, pa.Schema] = {
     "human_preferences": PREFERENCES,
     "eval_preferences": PREFERENCES,
@@ -244,6 +266,9 @@ TABLES: dict[str, pa.Schema] = {
     "pair_selection_report": SELECTION_REPORT,
     "pair_funnel": PAIR_FUNNEL,
     "reward_model_evaluations": EVALUATIONS,
+    "prompt_errors": ERRORS,
+    "candidate_errors": ERRORS,
+    "score_errors": ERRORS,
 }
 
 

@@ -89,6 +89,24 @@ def write_table(final: Path, table: pa.Table, schema: pa.Schema, where: str) -> 
         catalog.write_parquet(table, staging)
 
 
+def error_summary(home: WofnHome, table: str, folder: Path | None = None) -> dict:
+    """Give an errors table folder (wofn.schemas.ERRORS) its catalog view, and describe it as
+    metadata: how many rows, and how many per reason. A folder a job left without files gets one
+    empty file, so the view exists and reads zero rows."""
+    folder = folder or home.table_dir(table)
+    if not any(folder.glob("*.parquet")):
+        catalog.write_parquet(pa.Table.from_pylist([], schema=schemas.ERRORS), folder)
+    rows = pa.concat_tables(pq.read_table(f) for f in sorted(folder.glob("*.parquet")))
+    if folder == home.table_dir(table):
+        catalog.refresh_view(home.catalog_path, table, folder)
+    reasons: dict[str, int] = {}
+    for reason in rows.column("reason").to_pylist():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {f"{table}": MetadataValue.int(rows.num_rows),
+            f"{table}_by_reason": MetadataValue.json(reasons),
+            f"{table}_path": MetadataValue.path(str(folder))}
+
+
 def read_table(home: WofnHome, asset: str) -> pa.Table:
     table_dir = home.table_dir(asset)
     files = sorted(table_dir.glob("*.parquet"))

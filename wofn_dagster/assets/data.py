@@ -2,8 +2,8 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from wofn import data
-from wofn_dagster.assets.common import publish_table
+from wofn import data, schemas
+from wofn_dagster.assets.common import error_summary, publish_table, write_table
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
 
@@ -26,6 +26,11 @@ def eval_preferences(context: AssetExecutionContext, settings: WofnSettings, hom
 @asset(group_name="inputs", kinds={"parquet"})
 def prompts(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
     """D_U: unlabeled prompts, deduplicated, each with a stable prompt_id (hash of the normalized text)."""
-    table = data.load_prompts(settings.unlabeled_prompts, settings.max_prompts)
-    context.log.info("kept %d unique prompts from %s", table.num_rows, settings.unlabeled_prompts)
-    return publish_table(home.home, "prompts", table, {"source_file": MetadataValue.path(settings.unlabeled_prompts)})
+    table, errors = data.read_prompts(settings.unlabeled_prompts, settings.max_prompts)
+    context.log.info("kept %d unique prompts from %s; %d rows left out (table prompt_errors)",
+                     table.num_rows, settings.unlabeled_prompts, errors.num_rows)
+    write_table(home.home.table_dir("prompt_errors"), errors, schemas.ERRORS, where="prompt_errors")
+    return publish_table(home.home, "prompts", table, {
+        "source_file": MetadataValue.path(settings.unlabeled_prompts),
+        **error_summary(home.home, "prompt_errors"),
+    })

@@ -9,7 +9,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, Ret
 
 from beam_jobs import sample_candidates, score_candidates
 from wofn import pairwise
-from wofn_dagster.assets.common import forward_logs, png_markdown, quantiles, read_table, staged, table_result
+from wofn_dagster.assets.common import error_summary, forward_logs, png_markdown, quantiles, read_table, staged, table_result
 from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
 
 _RETRY = RetryPolicy(max_retries=1, delay=5)
@@ -23,9 +23,10 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
     n_prompts = len(read_table(h, "prompts"))
     context.log.info("sampling %d prompts x N=%d with %s (%s)", n_prompts, settings.n, settings.policy, beam_runner.runner)
     started = time.monotonic()
-    with forward_logs(context, "beam_jobs"), staged(h.table_dir("candidates")) as staging:
+    with forward_logs(context, "beam_jobs"), staged(h.table_dir("candidates")) as staging, \
+            staged(h.table_dir("candidate_errors")) as errors_staging:
         stats = sample_candidates.run([
-            "--prompts", str(h.table_dir("prompts")), "--output", str(staging),
+            "--prompts", str(h.table_dir("prompts")), "--output", str(staging), "--errors", str(errors_staging),
             "--policy", settings.policy, "--n", str(settings.n),
             "--max-new-tokens", str(settings.max_new_tokens), "--temperature", str(settings.temperature),
             "--top-p", str(settings.top_p), "--seed", str(settings.seed),
@@ -52,6 +53,7 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
         "candidates_per_s": MetadataValue.float(rows.num_rows / seconds),
         "tokens_per_s": MetadataValue.float(tokens / seconds),
         "beam_counters": MetadataValue.json(stats),
+        **error_summary(h, "candidate_errors"),
     })
 
 
@@ -59,9 +61,10 @@ def score_with(context: AssetExecutionContext, settings: WofnSettings, beam_runn
                candidates_dir: Path, model_dir: Path, out_dir: Path) -> tuple[dict, float]:
     """Run the scoring Beam job over `candidates_dir` with `model_dir` into `out_dir` (swapped in whole)."""
     started = time.monotonic()
-    with forward_logs(context, "beam_jobs"), staged(out_dir) as staging:
+    errors_dir = out_dir.parent / "score_errors"
+    with forward_logs(context, "beam_jobs"), staged(out_dir) as staging, staged(errors_dir) as errors_staging:
         stats = score_candidates.run([
-            "--candidates", str(candidates_dir), "--output", str(staging),
+            "--candidates", str(candidates_dir), "--output", str(staging), "--errors", str(errors_staging),
             "--reward-model", str(model_dir), "--batch-size", str(settings.score_batch_size),
             "--dtype", settings.score_dtype,
             "--device", settings.device, "--torch-threads", str(settings.threads()),
@@ -90,6 +93,7 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
             "confidence_quantiles": MetadataValue.json(quantiles(confidences)),
             "seconds": MetadataValue.float(seconds),
             "beam_counters": MetadataValue.json(stats),
+            **error_summary(h, "score_errors"),
         })
     rewards = [r for r in read_table(h, table).column("reward").to_pylist() if math.isfinite(r)]
     fig = Figure(figsize=(5, 3))
@@ -107,4 +111,5 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
         "candidates_per_s": MetadataValue.float(len(rewards) / seconds),
         "reward_histogram": png_markdown(fig),
         "beam_counters": MetadataValue.json(stats),
+        **error_summary(h, "score_errors"),
     })

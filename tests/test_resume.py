@@ -1,0 +1,85 @@
+"""The sampling job killed with SIGKILL at three points, then rerun: every prompt ends with
+exactly N candidates, no row twice, no partial file, and the same rows as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from beam_jobs import sample_candidates
+from wofn import data
+from wofn.paths import DATA_DIR, REPO_ROOT
+
+N = 2
+PROMPTS = 12
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.parquet"
+    pq.write_table(data.load_prompts(DATA_DIR / "prompts_unlabeled.parquet", limit=PROMPTS), path)
+    return path
+
+
+def _args(prompts: Path, output: Path) -> list[str]:
+    # 3 shards of 4 prompts; each shard writes its errors file, then its candidates file
+    return ["--prompts", str(prompts), "--output", str(output), "--policy", "tiny-llama", "--n", str(N),
+            "--max-new-tokens", "6", "--seed", "4", "--prompts-per-shard", "4", "--batch-size", "2"]
+
+
+def _rows(folder: Path) -> list[dict]:
+    return sorted((row for f in sorted(folder.glob("*.parquet")) for row in pq.read_table(f).to_pylist()),
+                  key=lambda r: (r["prompt_id"], r["candidate_idx"]))
+
+
+def _final_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".parquet"))
+
+
+@pytest.fixture(scope="module")
+def reference(prompts, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("reference") / "candidates"
+    sample_candidates.run(_args(prompts, out), save_main_session=False)
+    return _rows(out)
+
+
+@pytest.mark.parametrize("failpoint, shards_done_before_rerun", [
+    ("before_sample:1", 0),  # before the first shard
+    ("after_rename:2", 1),  # mid-run: the first shard complete (errors file, then candidates file)
+    ("before_rename:6", 2),  # during the last write: the last candidates file not yet renamed
+])
+def test_killed_sampling_job_resumes_without_loss_or_duplicates(prompts, reference, tmp_path, failpoint,
+                                                                shards_done_before_rerun):
+    out = tmp_path / "candidates"
+    env = {**os.environ, "WOFN_FAILPOINT": failpoint, "PYTHONPATH": str(REPO_ROOT)}
+    killed = subprocess.run([sys.executable, "-m", "beam_jobs.sample_candidates", *_args(prompts, out)],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(_final_files(out)) == shards_done_before_rerun  # only complete shards carry final names
+    for f in out.glob("*.parquet"):
+        assert pq.read_table(f).num_rows > 0  # complete files only
+
+    stats = sample_candidates.run(_args(prompts, out), save_main_session=False)
+
+    assert stats["shards_skipped"] == shards_done_before_rerun
+    rows = _rows(out)
+    keys = [(r["prompt_id"], r["candidate_idx"]) for r in rows]
+    assert len(keys) == len(set(keys)) == PROMPTS * N
+    assert rows == reference
+    assert _final_files(out) == [f"part-0000{i}-of-00003.parquet" for i in range(3)]
+    leftovers = [p.name for d in (out, Path(f"{out}_errors")) for p in d.iterdir() if p.name.endswith(".tmp")]
+    assert not leftovers
+    assert _rows(Path(f"{out}_errors")) == []
+
+
+def test_rerun_with_other_settings_is_refused(prompts, tmp_path):
+    out = tmp_path / "candidates"
+    sample_candidates.run(_args(prompts, out), save_main_session=False)
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        sample_candidates.run([*_args(prompts, out), "--seed", "5"], save_main_session=False)
