@@ -19,6 +19,7 @@ class Runtime:
     dtype: str = "float32"
     torch_threads: int = 0  # 0 = all cores; 1 per worker in multi_processing mode
     trust_remote_code: bool = False
+    allow_pickle: bool = False  # load pickle (*.bin) checkpoints; off: safetensors only
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int, batch_help: str,
@@ -31,10 +32,14 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int, batch_hel
                         help="0 = all cores; use 1 per worker in multi_processing mode")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the model folder/hub (off by default)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load pickle (*.bin) checkpoints, which can run code when loaded; only for files "
+                             "you trust (off by default: safetensors only)")
 
 
 def runtime_from_args(known: argparse.Namespace) -> Runtime:
-    return Runtime(known.batch_size, known.device, known.dtype, known.torch_threads, known.trust_remote_code)
+    return Runtime(known.batch_size, known.device, known.dtype, known.torch_threads, known.trust_remote_code,
+                   known.allow_pickle)
 
 
 class WofnModelHandler(ModelHandler):

@@ -81,7 +81,8 @@ class PolicyHandler(WofnModelHandler):
         rt = self._runtime
         if self._engine == "vllm":
             return vllm_sampling.load(self._model, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code)
-        return models.load_policy(self._model, device=rt.device, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code)
+        return models.load_policy(self._model, device=rt.device, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code,
+                                  allow_pickle=rt.allow_pickle)
 
     def batch_elements_kwargs(self) -> dict:
         return {"min_batch_size": 1, "max_batch_size": 1}  # one shard per call; it batches inside

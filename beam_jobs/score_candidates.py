@@ -50,7 +50,7 @@ class _TeacherHandler(WofnModelHandler):
     def _load(self) -> models.LoadedModel:
         rt = self._runtime
         return models.load_reward_model(self._model, device=rt.device, dtype=rt.dtype,
-                                        trust_remote_code=rt.trust_remote_code)
+                                        trust_remote_code=rt.trust_remote_code, allow_pickle=rt.allow_pickle)
 
     def _length(self, model: models.LoadedModel) -> int:
         """--max-length, else the model manifest's, else evaluation.DEFAULT_MAX_LENGTH."""
@@ -87,24 +87,29 @@ class RewardHandler(_TeacherHandler):
             return exc
 
 
-class _SplitFailures(beam.DoFn):
-    """Score rows with a finite reward to the main output; the rest, as wofn.schemas.ERRORS rows,
-    to the `errors` output."""
+def _failure(row: dict) -> dict | None:
+    """The wofn.schemas.ERRORS row for a score row without a finite reward, else None."""
+    reward = row["reward"]
+    if isinstance(reward, BaseException):
+        reason = "out_of_memory" if "out of memory" in str(reward).lower() else "scoring_error"
+        detail = f"{type(reward).__name__}: {reward}"
+    elif reward is None or not math.isfinite(reward):
+        reason, detail = "non_finite_reward", f"reward {reward}"
+    else:
+        return None
+    return {"stage": "scoring", "reason": reason, "prompt_id": row["prompt_id"],
+            "candidate_idx": row["candidate_idx"], "source": None, "row": None, "detail": detail[:2000]}
 
-    def process(self, row: dict):
-        reward = row["reward"]
-        if isinstance(reward, BaseException):
-            reason = "out_of_memory" if "out of memory" in str(reward).lower() else "scoring_error"
-            detail = f"{type(reward).__name__}: {reward}"
-        elif reward is None or not math.isfinite(reward):
-            reason, detail = "non_finite_reward", f"reward {reward}"
-        else:
-            yield row
-            return
+
+def _scored(row: dict) -> list[dict]:
+    return [] if _failure(row) else [row]
+
+
+def _failed(row: dict) -> list[dict]:
+    failure = _failure(row)
+    if failure:
         beam.metrics.Metrics.counter("wofn", "errors").inc()
-        yield beam.pvalue.TaggedOutput("errors", {
-            "stage": "scoring", "reason": reason, "prompt_id": row["prompt_id"],
-            "candidate_idx": row["candidate_idx"], "source": None, "row": None, "detail": detail[:2000]})
+    return [failure] if failure else []
 
 
 class ScoreCandidates(beam.PTransform):
@@ -116,11 +121,10 @@ class ScoreCandidates(beam.PTransform):
         self._handler = handler
 
     def expand(self, candidate_rows):
-        return (
-            candidate_rows
-            | "RunRewardModel" >> RunInference(self._handler)
-            | "SplitFailures" >> beam.ParDo(_SplitFailures()).with_outputs("errors", main="scores")
-        )
+        # two plain FlatMaps rather than tagged outputs: Beam's DaskRunner mixes tagged outputs up
+        results = candidate_rows | "RunRewardModel" >> RunInference(self._handler)
+        return {"scores": results | "Scored" >> beam.FlatMap(_scored),
+                "errors": results | "Failed" >> beam.FlatMap(_failed)}
 
 
 class TournamentHandler(_TeacherHandler):
@@ -244,9 +248,12 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
                             known.token_budget, count_rows(known.candidates))
     pipeline = new_pipeline(pipeline_args, save_main_session)
     scored = _read_candidates(pipeline, known.candidates) | "ScoreCandidates" >> ScoreCandidates(handler)
-    _ = scored.scores | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES, known.num_shards)
-    _ = scored.errors | "WriteErrors" >> WriteShards(known.errors or known.output.rstrip("/") + "_errors",
-                                                     schemas.ERRORS, known.num_shards)
+    written_scores = scored["scores"] | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES,
+                                                                      known.num_shards)
+    written_errors = scored["errors"] | "WriteErrors" >> WriteShards(
+        known.errors or known.output.rstrip("/") + "_errors", schemas.ERRORS, known.num_shards)
+    # one last step that depends on both writes: Beam's DaskRunner computes only the last step's graph
+    _ = (written_scores, written_errors) | "AllWritten" >> beam.Flatten()
     return run_to_completion(pipeline, log)
 
 

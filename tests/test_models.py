@@ -49,3 +49,33 @@ def test_unknown_local_path_is_a_clear_error(tmp_path):
         models.resolve(str(tmp_path / "missing"))
     with pytest.raises(models.ModelNotFoundError, match="config.json"):
         models.resolve(str(tmp_path))
+
+
+def test_real_pickle_checkpoint_is_refused_unless_the_user_opts_in(tmp_path):
+    from beam_jobs import score_candidates
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rm = models.load_reward_model(models.TINY_BERT)
+    folder = tmp_path / "pickled-rm"
+    folder.mkdir()
+    rm.model.config.save_pretrained(folder)
+    torch.save(rm.model.state_dict(), folder / "pytorch_model.bin")  # a pickle checkpoint
+    rm.tokenizer.save_pretrained(folder)
+    assert list(folder.glob("*.bin")) and not list(folder.glob("*.safetensors"))
+    with pytest.raises(models.ModelNotFoundError, match="--allow-pickle"):
+        models.load_reward_model(str(folder))
+    trusted = models.load_reward_model(str(folder), allow_pickle=True)
+    for (name, p), (_, q) in zip(rm.model.named_parameters(), trusted.model.named_parameters()):
+        assert torch.equal(p, q), name
+    assert trusted.revision.startswith("sha256:")
+
+    rows = [{"prompt_id": "p", "candidate_idx": 0, "prompt": "\n\nHuman: hi\n\nAssistant:", "response": "hello"}]
+    candidates = tmp_path / "candidates.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), candidates)
+    args = ["--candidates", str(candidates), "--output", str(tmp_path / "scores"), "--reward-model", str(folder),
+            "--max-length", "32"]
+    with pytest.raises(Exception, match="pickle"):
+        score_candidates.run(args, save_main_session=False)
+    score_candidates.run(args + ["--allow-pickle"], save_main_session=False)
+    assert pq.read_table(tmp_path / "scores").num_rows == 1

@@ -65,4 +65,4 @@ def test_every_table_has_a_schema():
     assert set(schemas.TABLES) == {"human_preferences", "eval_preferences", "prompts", "candidates",
                                    "candidate_scores", "west_of_n_pairs", "filtered_pairs", "tournament_pairs",
                                    "pair_draws", "pair_selection_report", "pair_funnel",
-                                   "reward_model_evaluations"}
+                                   "reward_model_evaluations", "prompt_errors", "candidate_errors", "score_errors"}

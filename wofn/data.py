@@ -116,7 +116,7 @@ def read_rows_table(path: str | Path, required: list[str] | None = None) -> pa.T
 
 def load_preferences(path: str | Path, limit: int | None = None) -> pa.Table:
     """Human pairs `prompt, chosen, rejected` (+ optional `id`, `source`) as schemas.PREFERENCES.
-    Pairs are curated data: a bad row (an empty prompt, NUL bytes, a duplicate id) stops the read
+    Pairs are curated data: a bad row (an empty prompt, NUL bytes, a repeated `id`) stops the read
     with its file and row. Empty responses are allowed (HH has pairs where silence was preferred)."""
     table = read_rows_table(path, ["prompt", "chosen", "rejected"])
     if limit is not None:
@@ -129,12 +129,16 @@ def load_preferences(path: str | Path, limit: int | None = None) -> pa.Table:
                 raise InputError(f"{where}: column {column!r} holds a NUL byte")
         if not row["prompt"].strip():  # an empty response is a real answer in HH (silence preferred)
             raise InputError(f"{where}: column 'prompt' is empty")
-        pair_id = row.get("id") or hashlib.sha256(
-            "\x00".join((row["prompt"], row["chosen"], row["rejected"])).encode()
-        ).hexdigest()[:16]
-        pair_id = str(pair_id)
-        if pair_id in seen:
-            raise InputError(f"{where}: pair id {pair_id!r} repeats {seen[pair_id]}")
+        if row.get("id") is not None:  # the file's own id: a repeat is an error
+            pair_id = str(row["id"])
+            if pair_id in seen:
+                raise InputError(f"{where}: pair id {pair_id!r} repeats {seen[pair_id]}")
+        else:  # a content hash; the same pair labelled twice is kept twice, as -2, -3, ...
+            base = hashlib.sha256("\x00".join((row["prompt"], row["chosen"], row["rejected"])).encode()).hexdigest()[:16]
+            pair_id, k = base, 1
+            while pair_id in seen:
+                k += 1
+                pair_id = f"{base}-{k}"
         seen[pair_id] = where
         out.append({"pair_id": pair_id, "prompt": row["prompt"], "chosen": row["chosen"],
                     "rejected": row["rejected"], "source": row.get("source") or row["_source"]})

@@ -156,7 +156,7 @@ def revision(resolved: str) -> str:
     """Content hash of a local model's weights, or the hub id's commit when that is all we have."""
     path = Path(resolved)
     if path.is_dir():
-        weights = sorted(path.glob("*.safetensors"))
+        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         if weights:
             return "sha256:" + "-".join(content_hash(w, 12) for w in weights)
         return "sha256:" + content_hash(path / "config.json", 12)
@@ -171,7 +171,9 @@ def check_safetensors(resolved: str, allow_pickle: bool = False) -> None:
     if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
         raise ModelNotFoundError(
             f"{path} holds only pickle checkpoints (*.bin); wofn loads safetensors by default. "
-            "Convert the weights to safetensors, or pass allow_pickle=True if you trust the files."
+            "Convert the weights to safetensors, or, only if you trust the files (loading a pickle can run "
+            "code), opt in: --allow-pickle for the Beam jobs, allow_pickle_weights: true in the settings, "
+            "allow_pickle=True in Python."
         )
 
 

@@ -76,6 +76,7 @@ class WofnSettings(ConfigurableResource):
     score_dtype: str = Field(description="reward-model weights dtype when scoring candidates: float32, bfloat16 (about 2.5x faster on CPUs with bf16 matmul) or float16")
     torch_threads: int = Field(description="torch threads per step; 0 = all cores")
     device: str = Field(description="torch device for sampling, scoring and training (cpu, cuda)")
+    allow_pickle_weights: bool = Field(default=False, description="load pickle (*.bin) checkpoints in the Beam jobs; they can run code when loaded, so only for files you trust (default: safetensors only)")
 
     @classmethod
     def from_profile(cls) -> "WofnSettings":

@@ -31,7 +31,7 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
             "--max-new-tokens", str(settings.max_new_tokens), "--temperature", str(settings.temperature),
             "--top-p", str(settings.top_p), "--seed", str(settings.seed),
             "--batch-size", str(settings.sample_batch_size), "--dtype", settings.policy_dtype,
-            "--engine", settings.sampling_engine,
+            "--engine", settings.sampling_engine, *(["--allow-pickle"] if settings.allow_pickle_weights else []),
             "--device", settings.device, "--torch-threads", str(settings.threads()),
             *beam_runner.args(),
         ], save_main_session=False)
@@ -66,7 +66,7 @@ def score_with(context: AssetExecutionContext, settings: WofnSettings, beam_runn
         stats = score_candidates.run([
             "--candidates", str(candidates_dir), "--output", str(staging), "--errors", str(errors_staging),
             "--reward-model", str(model_dir), "--batch-size", str(settings.score_batch_size),
-            "--dtype", settings.score_dtype,
+            "--dtype", settings.score_dtype, *(["--allow-pickle"] if settings.allow_pickle_weights else []),
             "--device", settings.device, "--torch-threads", str(settings.threads()),
             *beam_runner.args(),
         ], save_main_session=False)
