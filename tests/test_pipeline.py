@@ -23,9 +23,13 @@ def tiny_run(tmp_path_factory):
     env = {**os.environ, "WOFN_PROFILE": "tiny", "WOFN_HOME": str(root / "home"),
            "DAGSTER_HOME": str(root / "dagster")}
     (root / "dagster").mkdir()
+    # as `make run-tiny`: register the profile's prompt batch, then every asset in one run
+    key = subprocess.run([sys.executable, "-m", "wofn_dagster.partitions", "register-profile"],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert key == "prompts_unlabeled"
     proc = subprocess.run(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "wofn_dagster.definitions", "--select", "*"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "wofn_dagster.definitions", "--select", "*",
+         "--partition", key], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return root / "home", env, proc.stdout + proc.stderr
 

@@ -1,0 +1,38 @@
+"""The inbox sensor: each new prompt file in `$WOFN_HOME/inbox/` becomes a prompt batch, sampled and scored."""
+
+from dagster import (AssetSelection, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult,
+                     SkipReason, define_asset_job, sensor)
+
+from wofn_dagster.partitions import inbox_files, prompt_batches
+from wofn_dagster.resources import WofnHomeResource
+
+# Only the batch's own partitions: sampling and scoring never touch the other batches.
+sample_batch_job = define_asset_job(
+    "sample_batch",
+    selection=AssetSelection.assets("prompts", "candidates", "candidate_scores"),
+    description="one prompt batch: its prompts, their N candidates, and the base reward model's scores",
+)
+
+
+@sensor(job=sample_batch_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def prompt_inbox(context: SensorEvaluationContext, home: WofnHomeResource):
+    """Register each new .parquet / .jsonl file in $WOFN_HOME/inbox as a prompt batch and sample and score it.
+
+    A file is one batch, keyed by its name without suffix. Each (file, size, modification time)
+    is requested once (the run key), so a rewritten file is sampled again into the same batch.
+    Write files under a hidden name (.name.tmp) and rename them into place: hidden files are skipped.
+    """
+    files = inbox_files(home.home)
+    if not files:
+        return SkipReason(f"no prompt files in {home.home.inbox_dir}")
+    known = set(context.instance.get_dynamic_partitions(prompt_batches.name))
+    new = [key for key in files if key not in known]
+    requests = []
+    for key, path in files.items():
+        stat = path.stat()
+        requests.append(RunRequest(run_key=f"{key}:{stat.st_size}:{stat.st_mtime_ns}", partition_key=key,
+                                   tags={"wofn/batch_file": str(path)}))
+    if new:
+        context.log.info(f"new prompt batches: {new}")
+    return SensorResult(run_requests=requests,
+                        dynamic_partitions_requests=[prompt_batches.build_add_request(new)] if new else [])
