@@ -1,5 +1,7 @@
 """The inbox sensor: each new prompt file in `$WOFN_HOME/inbox/` becomes a prompt batch, sampled and scored."""
 
+import json
+
 from dagster import (AssetSelection, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult,
                      SkipReason, define_asset_job, sensor)
 
@@ -18,21 +20,22 @@ sample_batch_job = define_asset_job(
 def prompt_inbox(context: SensorEvaluationContext, home: WofnHomeResource):
     """Register each new .parquet / .jsonl file in $WOFN_HOME/inbox as a prompt batch and sample and score it.
 
-    A file is one batch, keyed by its name without suffix. Each (file, size, modification time)
-    is requested once (the run key), so a rewritten file is sampled again into the same batch.
-    Write files under a hidden name (.name.tmp) and rename them into place: hidden files are skipped.
+    A file is one batch, keyed by its name without suffix. The cursor remembers each file's size
+    and modification time, so a file is requested once, and again only when it is rewritten (into
+    the same batch); the run key says the same to the daemon. Write files under a hidden name
+    (.name.tmp) and rename them into place: hidden files are skipped.
     """
     files = inbox_files(home.home)
-    if not files:
-        return SkipReason(f"no prompt files in {home.home.inbox_dir}")
+    seen = json.loads(context.cursor) if context.cursor else {}
+    stamps = {key: f"{path.stat().st_size}:{path.stat().st_mtime_ns}" for key, path in files.items()}
+    changed = [key for key in files if seen.get(key) != stamps[key]]
+    if not changed:
+        return SkipReason(f"no new or changed prompt files in {home.home.inbox_dir}")
     known = set(context.instance.get_dynamic_partitions(prompt_batches.name))
-    new = [key for key in files if key not in known]
-    requests = []
-    for key, path in files.items():
-        stat = path.stat()
-        requests.append(RunRequest(run_key=f"{key}:{stat.st_size}:{stat.st_mtime_ns}", partition_key=key,
-                                   tags={"wofn/batch_file": str(path)}))
+    new = [key for key in changed if key not in known]
     if new:
         context.log.info(f"new prompt batches: {new}")
-    return SensorResult(run_requests=requests,
+    requests = [RunRequest(run_key=f"{key}:{stamps[key]}", partition_key=key, tags={"wofn/batch_file": str(files[key])})
+                for key in changed]
+    return SensorResult(run_requests=requests, cursor=json.dumps({**seen, **stamps}, sort_keys=True),
                         dynamic_partitions_requests=[prompt_batches.build_add_request(new)] if new else [])
