@@ -56,7 +56,7 @@ def test_checks_sensor_schedule_and_jobs():
                         ("candidate_scores", "rewards_finite"), ("west_of_n_pairs", "west_of_n_pairs_valid"),
                         ("filtered_pairs", "filtered_pairs_valid")}
     assert set(checks) - blocking == {("student_reward_model", "student_not_worse_than_base")}
-    assert [s.name for s in defs.sensors] == ["prompt_inbox"]
+    assert [s.name for s in defs.sensors] == ["prompt_inbox", "evaluations_follow_models"]
     assert [s.name for s in defs.schedules] == ["refresh_student"]
     assert defs.resolve_job_def("sample_batch") and defs.resolve_job_def("rebuild_student")
 

@@ -7,7 +7,7 @@ from wofn_dagster.assets import data, evaluations, generation, pairs, rounds, tr
 from wofn_dagster.checks import CHECKS
 from wofn_dagster.resources import wofn_resources
 from wofn_dagster.schedules import rebuild_student_job, refresh_student
-from wofn_dagster.sensors import prompt_inbox, sample_batch_job
+from wofn_dagster.sensors import evaluations_follow_models, prompt_inbox, sample_batch_job
 
 
 def make_defs(resources: dict) -> Definitions:
@@ -16,7 +16,7 @@ def make_defs(resources: dict) -> Definitions:
         assets=load_assets_from_modules([data, generation, pairs, training, rounds, evaluations]),
         asset_checks=CHECKS,
         jobs=[sample_batch_job, rebuild_student_job],
-        sensors=[prompt_inbox],
+        sensors=[prompt_inbox, evaluations_follow_models],
         schedules=[refresh_student],
         resources=resources,
         # One step at a time, each in its own process using every core: on a 2-core machine this

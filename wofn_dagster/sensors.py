@@ -1,9 +1,10 @@
-"""The inbox sensor: each new prompt file in `$WOFN_HOME/inbox/` becomes a prompt batch, sampled and scored."""
+"""Sensors: the inbox sensor turns each new prompt file in `$WOFN_HOME/inbox/` into a prompt batch and
+samples and scores it; the automation sensor runs the assets that declare an automation condition."""
 
 import json
 
-from dagster import (AssetSelection, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult,
-                     SkipReason, define_asset_job, sensor)
+from dagster import (AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus, RunRequest,
+                     SensorEvaluationContext, SensorResult, SkipReason, define_asset_job, sensor)
 
 from wofn_dagster.partitions import inbox_files, prompt_batches
 from wofn_dagster.resources import WofnHomeResource
@@ -39,3 +40,12 @@ def prompt_inbox(context: SensorEvaluationContext, home: WofnHomeResource):
                 for key in changed]
     return SensorResult(run_requests=requests, cursor=json.dumps({**seen, **stamps}, sort_keys=True),
                         dynamic_partitions_requests=[prompt_batches.build_add_request(new)] if new else [])
+
+
+# Declarative automation for the assets that declare a condition (reward_model_evaluations: eager,
+# so the table follows any reward model rematerialized by hand). Running by default, unlike
+# Dagster's own default automation sensor.
+evaluations_follow_models = AutomationConditionSensorDefinition(
+    "evaluations_follow_models", target=AssetSelection.assets("reward_model_evaluations"),
+    default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
+)
