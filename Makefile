@@ -47,7 +47,9 @@ test: setup
 bench: setup
 	@$(BIN)/python -m bench.run
 
+# the profile's prompt batch is registered, so "Materialize all" has a batch to run
 ui: setup $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m wofn_dagster.partitions register-profile >/dev/null
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 clean:

@@ -63,7 +63,7 @@ ROUND_TABLES = ("candidate_scores", "west_of_n_pairs", "filtered_pairs")
 
 _MISSING_HINTS = {
     "student_scores": "the student's reward per candidate (wofn.schemas.CANDIDATE_SCORES); make it with "
-                      "`python -m beam_jobs.score_candidates --candidates $WOFN_HOME/tables/candidates "
+                      "`python -m beam_jobs.score_candidates --candidates '$WOFN_HOME/tables/candidates/batch=*/*.parquet' "
                       "--output /tmp/student_scores --reward-model $WOFN_HOME/models/student_reward_model` and "
                       "pass --view student_scores=/tmp/student_scores (in a run with rounds >= 2, "
                       "$WOFN_HOME/rounds/round_2/candidate_scores are round 1's student's)",
