@@ -104,3 +104,12 @@ def test_two_inbox_files_two_batches_second_refresh_samples_only_the_new_one(tmp
     assert set(batches) == {"batch_a", "batch_b"}
     assert batches["batch_a"]["candidates"] == content_hash(home.partition_dir("candidates", "batch_a"))
     assert read_table(home, "candidates").num_rows == 4 * 6
+
+    # a rewritten file is sampled again into its batch, whose folder is replaced whole (no leftovers)
+    drop(home, "batch_a.jsonl", texts[:2])
+    third = tick(instance, resources, second.cursor)
+    assert [r.partition_key for r in third.run_requests] == ["batch_a"]
+    launch(defs, instance, "sample_batch", third.run_requests[0])
+    assert read_table(home, "candidates", "batch_a").num_rows == 4 * 2
+    assert read_table(home, "candidates").num_rows == 4 * 5
+    assert sorted(p.name for p in home.table_dir("candidates").iterdir()) == ["batch=batch_a", "batch=batch_b"]

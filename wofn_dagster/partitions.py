@@ -19,6 +19,7 @@ from pathlib import Path
 from dagster import DagsterInstance, DynamicPartitionsDefinition
 
 from wofn.paths import PROMPT_FILE_SUFFIXES, WofnHome, batch_key
+from wofn_dagster.resources import WofnSettings
 
 prompt_batches = DynamicPartitionsDefinition(name="prompt_batches")
 
@@ -61,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     instance = DagsterInstance.get()  # $DAGSTER_HOME
     if args.command == "register-profile":
-        from wofn_dagster.resources import WofnSettings
-
         key = batch_key(WofnSettings.from_profile().unlabeled_prompts)
         register(instance, [key])
         print(key)

@@ -5,7 +5,7 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from wofn import data
-from wofn.paths import content_hash
+from wofn.paths import content_hash, partition_keys
 from wofn_dagster.assets.common import code_version, publish_table, read_table
 from wofn_dagster.partitions import batch_source, prompt_batches
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
@@ -36,12 +36,11 @@ def eval_preferences(context: AssetExecutionContext, settings: WofnSettings, hom
 
 
 def _ids_in_other_batches(h, key: str) -> set[str]:
-    try:
-        ids = read_table(h, "prompts").column("prompt_id").to_pylist()
-        own = read_table(h, "prompts", key).column("prompt_id").to_pylist() if h.partition_dir("prompts", key).exists() else []
-    except FileNotFoundError:
-        return set()
-    return set(ids) - set(own)
+    ids: set[str] = set()
+    for other in partition_keys(h.table_dir("prompts")):
+        if other != key:
+            ids.update(read_table(h, "prompts", other).column("prompt_id").to_pylist())
+    return ids
 
 
 @asset(group_name="inputs", kinds={"parquet"}, partitions_def=prompt_batches, code_version=_CODE)

@@ -193,8 +193,7 @@ def _accuracy_bars(teacher_eval: dict, student_eval: dict) -> MetadataValue:
 
 def _synthetic_lineage(h: WofnHome) -> dict:
     """The versions behind round 1's synthetic pairs: selected pairs, and candidates and scores per batch."""
-    judged = "tournament_pairs" if batch_versions(h, "tournament_pairs") and not batch_versions(h, "candidate_scores") \
-        else "candidate_scores"
+    judged = "tournament_pairs" if pairwise.is_pairwise(str(h.model_dir("base_reward_model"))) else "candidate_scores"
     candidates, scores = batch_versions(h, "candidates"), batch_versions(h, judged)
     prompts = batch_versions(h, "prompts")
     return {
