@@ -10,7 +10,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from beam_jobs import sample_candidates, score_candidates
 from wofn import models, pairwise
 from wofn_dagster.assets.common import (INFERENCE_RETRY, code_version, forward_logs,
-                                        no_retry_on_bad_input, png_markdown, quantiles, read_table, staged,
+                                        no_retry_on_bad_input, png_markdown, quantiles, read_table,
                                         staged_partition, table_result)
 from wofn.paths import content_hash
 from wofn_dagster.partitions import prompt_batches
@@ -72,13 +72,11 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
 
 
 def score_with(context: AssetExecutionContext, settings: WofnSettings, reward_models: RewardModelResource,
-               beam_runner: BeamRunnerResource, candidates: Path | str, model_dir: Path, out_dir: Path,
-               staging_for=None) -> tuple[dict, float]:
-    """Run the scoring Beam job over `candidates` (a folder, file or glob) with `model_dir` into
-    `out_dir`, swapped in whole (or into the folder `staging_for` yields, for one prompt batch)."""
+               beam_runner: BeamRunnerResource, candidates: Path | str, model_dir: Path, into) -> tuple[dict, float]:
+    """Run the scoring Beam job over `candidates` (a folder, file or glob) with `model_dir`, writing into
+    the staging folder that `into` yields (`staged(folder)`, or `staged_partition(...)` for one batch)."""
     started = time.monotonic()
-    with no_retry_on_bad_input(), forward_logs(context, "beam_jobs"), \
-            (staging_for or staged(out_dir)) as staging:
+    with no_retry_on_bad_input(), forward_logs(context, "beam_jobs"), into as staging:
         stats = score_candidates.run([
             "--candidates", str(candidates), "--output", str(staging), *reward_models.args(model_dir),
             "--device", settings.device, "--torch-threads", str(settings.threads()),
@@ -109,8 +107,7 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
     table = "tournament_pairs" if pairwise.is_pairwise(str(model_dir)) else "candidate_scores"
     candidates_dir = h.partition_dir("candidates", key)
     stats, seconds = score_with(context, settings, reward_models, beam_runner, candidates_dir, model_dir,
-                                h.partition_dir(table, key),
-                                staging_for=staged_partition(h, table, key, context.log))
+                                into=staged_partition(h, table, key, context.log))
     teacher_revision = models.read_manifest(str(model_dir)).get("revision")
     lineage = {"context": context, "partition": key,
                "inputs": {"candidates": {key: content_hash(candidates_dir)},

@@ -3,11 +3,11 @@
 import shutil
 
 import pyarrow.parquet as pq
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from wofn import lineage, models, pairs, schemas
 from wofn.paths import PARTITION_PREFIX, content_hash, parquet_files
-from wofn_dagster.assets.common import INFERENCE_RETRY, batch_versions, code_version, write_table
+from wofn_dagster.assets.common import INFERENCE_RETRY, batch_versions, code_version, staged, write_table
 from wofn_dagster.assets.generation import score_with
 from wofn_dagster.assets.training import evaluate_model, train_student
 from wofn_dagster.resources import (BeamRunnerResource, PolicyResource, RewardModelResource, WofnHomeResource,
@@ -49,7 +49,8 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
     for k in range(2, settings.rounds + 1):
         rdir = h.round_dir(k)
         context.log.info(f"round {k}: scoring candidates of {len(candidate_versions)} prompt batches with {teacher}")
-        score_with(context, settings, reward_models, beam_runner, candidates_glob, teacher, rdir / "candidate_scores")
+        score_with(context, settings, reward_models, beam_runner, candidates_glob, teacher,
+                   into=staged(rdir / "candidate_scores"))
         teacher_revision = models.read_manifest(str(teacher)).get("revision")
         scores_version = _record_table(h, k, "candidate_scores", {"candidates": candidate_versions}, context,
                                  reward_model=str(teacher), reward_model_revision=teacher_revision)
@@ -80,11 +81,14 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
     for path in stale:  # rounds of an earlier, longer run would read as part of this one
         context.log.info(f"removing {path} (beyond rounds={settings.rounds})")
         shutil.rmtree(path)
+    revisions = {r["round"]: r["revision"] for r in records}
     return MaterializeResult(metadata={
         "rounds": MetadataValue.int(settings.rounds),
         "per_round": MetadataValue.md(_markdown(records)),
         "round_models": MetadataValue.json({r["round"]: r["model"] for r in records}),
-    })
+        "round_revisions": MetadataValue.json(revisions),
+        "data_version": MetadataValue.text(records[-1]["revision"] or ""),
+    }, data_version=DataVersion(records[-1]["revision"] or "none"))
 
 
 def _record(k: int, model_dir, teacher_dir, ev: dict, funnel=None, pair_stats=None) -> dict:
