@@ -26,14 +26,19 @@ $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	cp -n wofn_dagster/instance/dagster.yaml $@
 
+# The profile's prompt file is the first prompt batch: register it, then materialize every asset,
+# with that batch for the partitioned ones (prompts, candidates, candidate_scores), in one run.
+MATERIALIZE_ALL = key=$$($(BIN)/python -m wofn_dagster.partitions register-profile) && \
+	$(BIN)/dagster asset materialize -m wofn_dagster.definitions --select '*' --partition "$$key"
+
 run: setup $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m wofn_dagster.definitions --select '*'
+	$(MATERIALIZE_ALL)
 
 # the tiny profile in its own home, so it never overwrites the default run's tables
 run-tiny: setup
 	mkdir -p .wofn-tiny/dagster && cp -n wofn_dagster/instance/dagster.yaml .wofn-tiny/dagster/ || true
-	WOFN_PROFILE=tiny WOFN_HOME=$(CURDIR)/.wofn-tiny DAGSTER_HOME=$(CURDIR)/.wofn-tiny/dagster \
-		$(BIN)/dagster asset materialize -m wofn_dagster.definitions --select '*'
+	export WOFN_PROFILE=tiny WOFN_HOME=$(CURDIR)/.wofn-tiny DAGSTER_HOME=$(CURDIR)/.wofn-tiny/dagster && \
+		$(MATERIALIZE_ALL)
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -42,7 +47,9 @@ test: setup
 bench: setup
 	@$(BIN)/python -m bench.run
 
+# the profile's prompt batch is registered, so "Materialize all" has a batch to run
 ui: setup $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m wofn_dagster.partitions register-profile >/dev/null
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 clean:

@@ -10,11 +10,12 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetSelection, materialize
+from dagster import AssetSelection, DagsterInstance, materialize
 
 from beam_jobs import sample_candidates, score_candidates
 from wofn import data, models, profiles, schemas
 from wofn.paths import content_hash
+from wofn_dagster import partitions
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
 
@@ -99,14 +100,18 @@ def test_pairs_are_curated_bad_rows_stop_the_read(tmp_path):
 
 
 def test_a_bad_prompts_file_leaves_the_published_tables_unchanged(tmp_path):
-    good = _jsonl(tmp_path / "good.jsonl", [{"prompt": GOOD}, {"prompt": GOOD + " please"}, {"prompt": ""}])
+    (tmp_path / "good").mkdir()
+    good = _jsonl(tmp_path / "good" / "batch1.jsonl", [{"prompt": GOOD}, {"prompt": GOOD + " please"}, {"prompt": ""}])
     home = tmp_path / "home"
+    instance = DagsterInstance.ephemeral()
+    partitions.register(instance, ["batch1"])
 
     def run(prompts_file):
         settings = WofnSettings(profile="tiny", **{**profiles.TINY, "unlabeled_prompts": str(prompts_file)})
-        return materialize(list(defs.assets), selection=AssetSelection.assets("prompts"),
-                           resources={"settings": settings, "home": WofnHomeResource(root=str(home)),
-                                      "beam_runner": BeamRunnerResource()}, raise_on_error=False)
+        return materialize(list(defs.assets), selection=AssetSelection.assets("prompts"), partition_key="batch1",
+                           instance=instance, resources={**defs.resources, "settings": settings,
+                                                         "home": WofnHomeResource(root=str(home))},
+                           raise_on_error=False)
 
     first = run(good)
     assert first.success
@@ -114,12 +119,13 @@ def test_a_bad_prompts_file_leaves_the_published_tables_unchanged(tmp_path):
     assert metadata["prompt_errors"].value == 1 and metadata["prompt_errors_by_reason"].value == {"empty_prompt": 1}
     before = {name: content_hash(home / "tables" / name) for name in ("prompts", "prompt_errors")}
 
-    bad = tmp_path / "bad.jsonl"
+    (tmp_path / "bad").mkdir()
+    bad = tmp_path / "bad" / "batch1.jsonl"  # the same batch, now a broken file
     bad.write_text(json.dumps({"prompt": GOOD}) + "\nnot json\n")
     second = run(bad)
     assert not second.success
     error = second.get_step_failure_events()[0].event_specific_data.error
-    assert "bad.jsonl: line 2 is not JSON" in error.message + (error.cause.message if error.cause else "")
+    assert "batch1.jsonl: line 2 is not JSON" in error.message + (error.cause.message if error.cause else "")
     assert {name: content_hash(home / "tables" / name) for name in before} == before
 
 

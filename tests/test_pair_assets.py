@@ -12,9 +12,9 @@ from dagster import AssetSelection, materialize
 from pydantic import ValidationError
 
 from pair_tables import candidates_table, crafted_rows, scores_table
-from wofn import catalog, pairwise, profiles, schemas
+from wofn import catalog, pairwise, schemas
 from wofn_dagster.definitions import defs
-from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
+from wofn_dagster.resources import WofnSettings, wofn_resources
 
 
 def make_home(root, kind: str = "reward_model"):
@@ -29,11 +29,9 @@ def make_home(root, kind: str = "reward_model"):
 
 
 def run(root, **overrides):
-    settings = WofnSettings(profile="tiny", **{**profiles.TINY, **overrides})
     return materialize(
         list(defs.assets), selection=AssetSelection.assets("west_of_n_pairs", "filtered_pairs"),
-        resources={"settings": settings, "home": WofnHomeResource(root=str(root)),
-                   "beam_runner": BeamRunnerResource()},
+        resources=wofn_resources(home=str(root), profile="tiny", **overrides),
         raise_on_error=False)
 
 
@@ -88,7 +86,7 @@ def test_unknown_strategy_in_settings_fails_before_any_sql(tmp_path):
                                           ("max_pair_tokens", "5; drop table x")])
 def test_settings_refuse_sql_text_in_numeric_fields(field, value):
     with pytest.raises(ValidationError):
-        WofnSettings(profile="tiny", **{**profiles.TINY, field: value})
+        WofnSettings.from_profile("tiny", **{field: value})
 
 
 def test_pairwise_teacher_refuses_other_strategies_and_drops_stale_draws(tmp_path):

@@ -6,27 +6,34 @@ import math
 
 import duckdb
 import pyarrow.parquet as pq
-from dagster import AssetSelection, materialize
+from dagster import AssetSelection, DagsterInstance, materialize
 
-from wofn import profiles
+from wofn.paths import WofnHome
+from wofn_dagster.assets.common import read_table
 from wofn_dagster.definitions import defs
-from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
+from wofn_dagster.partitions import prompt_batches
+from wofn_dagster.resources import wofn_resources
 
 
 def test_pairwise_teacher_materializes_tournament_pairs(tmp_path):
-    settings = WofnSettings(profile="tiny", **{**profiles.TINY, "teacher": "pairwise", "rm_max_length": 128})
-    assets = list(defs.assets)
+    resources = wofn_resources(home=str(tmp_path), profile="tiny", teacher="pairwise", rm_max_length=128)
+    settings = resources["settings"]
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(prompt_batches.name, ["prompts_unlabeled"])
     result = materialize(
-        assets,
+        list(defs.assets) + list(defs.asset_checks),
         selection=AssetSelection.assets("west_of_n_pairs").upstream(),
-        resources={"settings": settings, "home": WofnHomeResource(root=str(tmp_path)),
-                   "beam_runner": BeamRunnerResource()},
+        resources=resources, instance=instance, partition_key="prompts_unlabeled",
     )
     assert result.success
     scores = result.asset_materializations_for_node("candidate_scores")[0]
     assert scores.metadata["teacher"].value == "pairwise"
-    tournaments = pq.read_table(tmp_path / "tables" / "tournament_pairs").to_pylist()
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["rewards_finite"] and checks["west_of_n_pairs_valid"], checks
+    home = WofnHome(tmp_path)
+    tournaments = read_table(home, "tournament_pairs").to_pylist()
     pairs = pq.read_table(tmp_path / "tables" / "west_of_n_pairs").to_pylist()
+    assert (tmp_path / "tables" / "tournament_pairs" / "batch=prompts_unlabeled").is_dir()
     assert not (tmp_path / "tables" / "candidate_scores").exists()
     assert 0 < len(tournaments) <= settings.max_prompts
     assert pairs, "some tournaments end with the best beating the worst"

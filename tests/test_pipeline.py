@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,13 @@ def tiny_run(tmp_path_factory):
     env = {**os.environ, "WOFN_PROFILE": "tiny", "WOFN_HOME": str(root / "home"),
            "DAGSTER_HOME": str(root / "dagster")}
     (root / "dagster").mkdir()
+    # as `make run-tiny`: register the profile's prompt batch, then every asset in one run
+    key = subprocess.run([sys.executable, "-m", "wofn_dagster.partitions", "register-profile"],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert key == "prompts_unlabeled"
     proc = subprocess.run(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "wofn_dagster.definitions", "--select", "*"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "wofn_dagster.definitions", "--select", "*",
+         "--partition", key], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return root / "home", env, proc.stdout + proc.stderr
 
@@ -81,6 +86,36 @@ def test_cli_sql_and_evaluate(tiny_run):
                          env=env, capture_output=True, text=True, check=True).stdout
     line = json.loads(out.strip())
     assert line["n"] == 10 and 0 <= line["accuracy"] <= 1
+
+
+def test_manifest_names_data_versions_and_wofn_lineage_prints_the_chain(tiny_run):
+    home, env, log = tiny_run
+    student = home / "models" / "student_reward_model"
+    lineage = json.loads((student / "manifest.json").read_text())["lineage"]
+    batch = lineage["prompt_batches"]["prompts_unlabeled"]
+    assert set(batch) == {"prompts", "candidates", "candidate_scores"}
+    assert lineage["synthetic_pairs"] == lineage["filtered_pairs"] and lineage["synthetic_table"] == "filtered_pairs"
+    for asset, version in (("filtered_pairs", lineage["filtered_pairs"]), ("west_of_n_pairs", lineage["west_of_n_pairs"]),
+                           ("candidates", batch["candidates"]), ("prompts", batch["prompts"])):
+        record = json.loads((home / "lineage" / asset / f"{version}.json").read_text())
+        assert record["data_version"] == version and record["code_version"], asset
+    out = subprocess.run([str(BIN / "wofn"), "lineage", str(student)], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("student  revision ")
+    for expected in ("teacher (base)", f"synthetic pairs (filtered_pairs)  {lineage['filtered_pairs']}",
+                     f"west_of_n_pairs  {lineage['west_of_n_pairs']}",
+                     f"candidates[prompts_unlabeled]  {batch['candidates']}",
+                     f"candidate_scores[prompts_unlabeled]  {batch['candidate_scores']}",
+                     f"prompts[prompts_unlabeled]  {batch['prompts']}", "prompts_unlabeled.parquet (sha256 "):
+        assert any(expected in line for line in lines), (expected, out)
+    tree = json.loads(subprocess.run([str(BIN / "wofn"), "lineage", str(home / "rounds" / "round_2" / "student_reward_model"),
+                                      "--format", "json"], env=env, capture_output=True, text=True, check=True).stdout)
+    assert tree["round"] == 2 and tree["inputs"][1]["revision"] == json.loads(
+        (student / "manifest.json").read_text())["revision"], "round 2's teacher is round 1's student"
+    for check in ("candidates_complete", "candidates_unique", "rewards_finite", "west_of_n_pairs_valid",
+                  "filtered_pairs_valid"):
+        assert re.search(rf"Asset check '{check}' on '\w+' passed", log), check
 
 
 def test_cli_sql_refuses_missing_catalog(tmp_path):

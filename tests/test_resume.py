@@ -83,3 +83,24 @@ def test_rerun_with_other_settings_is_refused(prompts, tmp_path):
     sample_candidates.run(_args(prompts, out), save_main_session=False)
     with pytest.raises(ValueError, match="other settings.*seed"):
         sample_candidates.run([*_args(prompts, out), "--seed", "5"], save_main_session=False)
+
+
+def test_resumable_staging_keeps_work_across_a_failed_attempt(tmp_path):
+    from wofn_dagster.assets.common import staged
+
+    final = tmp_path / "tables" / "candidates" / "batch=a"
+    with pytest.raises(RuntimeError):
+        with staged(final, resume_key="k1") as staging:
+            (staging / "part-00000-of-00002.parquet").write_text("shard 0")
+            raise RuntimeError("killed mid-run")
+    assert not final.exists()
+    with staged(final, resume_key="k1") as staging:  # the retry finds shard 0 and adds shard 1
+        assert [p.name for p in staging.iterdir()] == ["part-00000-of-00002.parquet"]
+        (staging / "part-00001-of-00002.parquet").write_text("shard 1")
+    assert sorted(p.name for p in final.iterdir()) == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+    with pytest.raises(RuntimeError):
+        with staged(final, resume_key="k2") as staging:
+            raise RuntimeError("other settings")
+    with staged(final, resume_key="k3") as staging:  # a new key starts empty; k2's leftovers are removed
+        assert not list(staging.iterdir())
+    assert not list(final.parent.glob(".batch=a.resume-*"))

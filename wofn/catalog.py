@@ -1,6 +1,7 @@
 """The DuckDB side of wofn: the catalog file, views over Parquet tables, and the SQL in `sql/`.
 
-Every table lives as Parquet under `$WOFN_HOME/tables/<asset>/`; the catalog (`wofn.duckdb`)
+Every table lives as Parquet under `$WOFN_HOME/tables/<asset>/` (per prompt batch in
+`batch=<key>/` folders for the partitioned tables); the catalog (`wofn.duckdb`)
 holds one view per table, named after its asset, so `duckdb .wofn/wofn.duckdb` can query them.
 The SQL transforms (`sql/*.sql`) read those views by name and are run through `run_sql_file`.
 
@@ -94,27 +95,35 @@ def _quote_literal(text: str) -> str:
 def create_view(
     con: duckdb.DuckDBPyConnection, name: str, table_dir: Path, temporary: bool = False
 ) -> None:
-    """Create or replace view `name` over every `*.parquet` file in `table_dir`.
+    """Create or replace view `name` over every Parquet file of the table in `table_dir`.
 
-    `name` must be a wofn table (a key of `schemas.TABLES`). The folder must hold at least one
-    Parquet file: a view over nothing would only fail later, when something queries it.
+    `name` must be a wofn table (a key of `schemas.TABLES`). A table is either flat
+    (`table_dir/*.parquet`) or partitioned by prompt batch (`table_dir/batch=<key>/*.parquet`);
+    the view reads every partition, and has exactly the table's columns (no hive `batch`
+    column). The folder must hold at least one Parquet file: a view over nothing would only
+    fail later, when something queries it.
     """
     if name not in schemas.TABLES:
         raise ValueError(f"unknown table {name!r}; expected one of {sorted(schemas.TABLES)}")
     table_dir = Path(table_dir).resolve()
     if not table_dir.is_dir():
         raise FileNotFoundError(f"table folder {table_dir} for view {name!r} does not exist")
-    if not any(table_dir.glob("*.parquet")):
-        raise FileNotFoundError(f"table folder {table_dir} for view {name!r} has no *.parquet files")
+    if paths.partition_keys(table_dir):
+        pattern = (table_dir / f"{paths.PARTITION_PREFIX}*" / "*.parquet").as_posix()
+    elif any(table_dir.glob("*.parquet")):
+        pattern = (table_dir / "*.parquet").as_posix()
+    else:
+        raise FileNotFoundError(f"table folder {table_dir} for view {name!r} has no *.parquet files "
+                                f"(nor {paths.PARTITION_PREFIX}<key>/*.parquet partitions)")
     # DuckDB cannot bind parameters in DDL (CREATE VIEW), so this is the one place wofn builds
     # SQL text from values: the name is checked against schemas.TABLES and quoted as an
     # identifier, the path is quoted as a string literal (single quotes doubled). The glob is
-    # kept in the view, so it always reads the folder's current files.
-    pattern = (table_dir / "*.parquet").as_posix()
+    # kept in the view, so it always reads the folder's current files; `batch=*` never matches
+    # the hidden staging folders of writes in flight.
     kind = "temp view" if temporary else "view"
     con.execute(
         f"create or replace {kind} {_quote_identifier(name)} as "
-        f"select * from read_parquet({_quote_literal(pattern)})"
+        f"select * from read_parquet({_quote_literal(pattern)}, hive_partitioning = false)"
     )
 
 

@@ -6,6 +6,8 @@
                                                                a table, from the catalog
     wofn export --output FILE.parquet|FILE.jsonl [--table filtered_pairs] [--format trl]
                                                                pairs in TRL's preference format
+    wofn lineage MODEL_DIR [--format json]                     the chain behind a reward model:
+                                                               teacher, pairs, candidates, prompt batches
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 
 import duckdb
 
-from wofn import catalog, data, evaluation, export, models, schemas
-from wofn.paths import WofnHome
+from wofn import catalog, data, evaluation, export, lineage, models, schemas
+from wofn.paths import WofnHome, parquet_files
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -61,7 +63,7 @@ ROUND_TABLES = ("candidate_scores", "west_of_n_pairs", "filtered_pairs")
 
 _MISSING_HINTS = {
     "student_scores": "the student's reward per candidate (wofn.schemas.CANDIDATE_SCORES); make it with "
-                      "`python -m beam_jobs.score_candidates --candidates $WOFN_HOME/tables/candidates "
+                      "`python -m beam_jobs.score_candidates --candidates '$WOFN_HOME/tables/candidates/batch=*/*.parquet' "
                       "--output /tmp/student_scores --reward-model $WOFN_HOME/models/student_reward_model` and "
                       "pass --view student_scores=/tmp/student_scores (in a run with rounds >= 2, "
                       "$WOFN_HOME/rounds/round_2/candidate_scores are round 1's student's)",
@@ -72,8 +74,7 @@ _MISSING_HINTS = {
 
 
 def _parquet_files(path: Path) -> list[str]:
-    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
-    return [str(f) for f in files]
+    return [str(f) for f in parquet_files(path)]  # flat, or every batch=<key>/ folder of a partitioned table
 
 
 def _register_views(con, home: WofnHome, extra: list[tuple[str, Path]]) -> None:
@@ -207,6 +208,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lineage(args: argparse.Namespace) -> int:
+    home = WofnHome(Path(args.home).resolve()) if args.home else None
+    tree = lineage.chain(Path(args.model_dir), home)
+    print(json.dumps(tree, indent=2, default=str) if args.format == "json" else lineage.format_chain(tree))
+    return 0
+
+
 def _print_csv(relation) -> None:
     import csv
 
@@ -259,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="state the pairs' strategy where the run does not record it (rounds >= 2, older runs)")
     ex.add_argument("--seed", type=int, default=None, help="with --strategy: its pair_seed (random strategies)")
     ex.set_defaults(func=_export)
+
+    li = commands.add_parser("lineage", help="the chain behind a reward model: teacher, pairs, candidates, prompts")
+    li.add_argument("model_dir", help="a model folder with a manifest.json, e.g. .wofn/models/student_reward_model")
+    li.add_argument("--home", default=None,
+                    help="the run's data root, for the lineage records (default: the folder above models/)")
+    li.add_argument("--format", choices=["text", "json"], default="text")
+    li.set_defaults(func=_lineage)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

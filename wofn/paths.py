@@ -1,6 +1,10 @@
 """Where wofn's files land: everything under $WOFN_HOME (default `.wofn/` in the working dir).
 
     $WOFN_HOME/tables/<asset>/*.parquet    tables, one folder per asset
+    $WOFN_HOME/tables/<asset>/batch=<key>/ partitioned tables (prompts, candidates, candidate_scores,
+                                           tournament_pairs): one folder per prompt batch
+    $WOFN_HOME/inbox/                      new prompt batches: each .parquet / .jsonl file is one batch
+    $WOFN_HOME/lineage/<asset>/<version>.json  what each data version was made from (wofn.lineage)
     $WOFN_HOME/models/<asset>/             model folders (safetensors, tokenizer, manifest.json)
     $WOFN_HOME/wofn.duckdb                 DuckDB catalog: one view per table, named after its asset
     $WOFN_HOME/dagster/                    DAGSTER_HOME used by `make run` and `dagster dev`
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -21,6 +26,42 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = REPO_ROOT / "sql"
 DATA_DIR = Path(os.environ.get("WOFN_DATA", REPO_ROOT / "data"))
+
+# Tables written per prompt batch, one `batch=<key>` folder each; every other table is one folder.
+PARTITION_PREFIX = "batch="
+PROMPT_FILE_SUFFIXES = (".parquet", ".jsonl")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def batch_key(path: Path | str) -> str:
+    """The prompt-batch key of a prompt file (or folder): its name without suffix, made path- and URL-safe."""
+    path = Path(path)
+    stem = path.name[: -len(path.suffix)] if path.suffix in PROMPT_FILE_SUFFIXES else path.name
+    key = _KEY_UNSAFE.sub("_", stem).strip("._-")
+    if not key:
+        raise ValueError(f"{path}: no usable batch name; name prompt files with letters or digits")
+    return key
+
+
+def parquet_files(table_dir: Path) -> list[Path]:
+    """A table's Parquet files: `*.parquet` in its folder, or in its `batch=*` folders when partitioned.
+
+    Hidden files and folders (staging, in-flight writes) are never part of a table.
+    """
+    table_dir = Path(table_dir)
+    if table_dir.is_file():
+        return [table_dir]
+    if not table_dir.is_dir():
+        return []
+    files = sorted(p for p in table_dir.glob("*.parquet") if not p.name.startswith("."))
+    files += sorted(p for p in table_dir.glob(f"{PARTITION_PREFIX}*/*.parquet") if not p.name.startswith("."))
+    return files
+
+
+def partition_keys(table_dir: Path) -> list[str]:
+    """The batch keys a partitioned table folder holds (those with at least one Parquet file)."""
+    return sorted({p.parent.name[len(PARTITION_PREFIX):] for p in Path(table_dir).glob(f"{PARTITION_PREFIX}*/*.parquet")
+                   if not p.name.startswith(".")})
 
 
 def cache_dir() -> Path:
@@ -38,8 +79,21 @@ class WofnHome:
     def table_dir(self, asset: str) -> Path:
         return self.root / "tables" / asset
 
+    def partition_dir(self, asset: str, key: str) -> Path:
+        """One prompt batch's folder of a partitioned table."""
+        return self.table_dir(asset) / f"{PARTITION_PREFIX}{key}"
+
     def model_dir(self, asset: str) -> Path:
         return self.root / "models" / asset
+
+    @property
+    def inbox_dir(self) -> Path:
+        """Where new prompt batches arrive: each .parquet or .jsonl file is one batch."""
+        return self.root / "inbox"
+
+    @property
+    def lineage_dir(self) -> Path:
+        return self.root / "lineage"
 
     @property
     def catalog_path(self) -> Path:
@@ -71,13 +125,20 @@ def publish(staging: Path, final: Path) -> None:
 
 
 def content_hash(path: Path, length: int = 16) -> str:
-    """sha256 over the bytes of a file, or of every file under a folder (sorted by relative name)."""
+    """sha256 over the bytes of a file, or of every file under a folder (sorted by relative name).
+
+    Hidden files and everything under hidden folders (staging folders, temporary files) are left
+    out, so a write in flight beside a table does not change its version.
+    """
+    path = Path(path)
     digest = hashlib.sha256()
+    base = path if path.is_dir() else path.parent
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
-        if file.name.startswith("."):
+        relative = file.relative_to(base)
+        if any(part.startswith(".") for part in relative.parts):
             continue
-        digest.update(str(file.relative_to(path if path.is_dir() else path.parent)).encode())
+        digest.update(str(relative).encode())
         with file.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)

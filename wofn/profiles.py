@@ -53,6 +53,7 @@ DEFAULT = {
     "score_batch_size": 64,
     "score_dtype": "bfloat16",
     "high_confidence_fraction": 0.25,
+    "max_accuracy_drop": 0.02,
     "torch_threads": 0,
     "device": "cpu",
 }

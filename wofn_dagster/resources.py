@@ -1,10 +1,26 @@
-"""Resources: where files land, how Beam runs, and the pipeline's settings."""
+"""Resources: where files land, the policy, the reward models, how Beam runs, the DuckDB catalog,
+and the pipeline's settings.
+
+Each resource's defaults come from the active profile (`WOFN_PROFILE`, `wofn/profiles.py`). Where
+an environment variable is set, the field is bound to it as a Dagster `EnvVar` (read when a run
+starts, and shown as such in the UI):
+
+    WOFN_HOME             home.root, and the catalog duckdb.database ($WOFN_HOME/wofn.duckdb)
+    WOFN_POLICY           policy.model            WOFN_POLICY_DTYPE    policy.dtype
+    WOFN_SAMPLING_ENGINE  policy.engine
+    WOFN_RM_BACKBONE      reward_models.backbone  WOFN_TEACHER         reward_models.teacher
+    WOFN_SCORE_DTYPE      reward_models.score_dtype
+    WOFN_BEAM_RUNNER      beam_runner.runner      WOFN_BEAM_OPTIONS    beam_runner.pipeline_options
+                                                  (one string, split like a shell command line)
+"""
 
 import os
+import shlex
 from pathlib import Path
 from typing import Optional
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
+from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from wofn import profiles
@@ -34,32 +50,52 @@ class BeamRunnerResource(ConfigurableResource):
         return [f"--runner={self.runner}", *self.pipeline_options]
 
 
+class PolicyResource(ConfigurableResource):
+    """The policy LM that samples the N candidates of each prompt."""
+
+    model: str = Field(description="policy: shipped name (smollm2-135m-instruct, tiny-llama), local folder, or HF causal-LM id ($WOFN_POLICY)")
+    dtype: str = Field(description="policy weights dtype: float32, bfloat16 or float16 ($WOFN_POLICY_DTYPE)")
+    engine: str = Field(description="'torch' (wofn's batched sampler, CPU or GPU) or 'vllm' (GPU workers with vllm installed) ($WOFN_SAMPLING_ENGINE)")
+
+    def args(self) -> list[str]:
+        """The sampling job's policy options."""
+        return ["--policy", self.model, "--dtype", self.dtype, "--engine", self.engine]
+
+
+class RewardModelResource(ConfigurableResource):
+    """The reward models: the backbone base and students start from, the teacher kind, how candidates are scored."""
+
+    backbone: str = Field(description="reward-model backbone: shipped name (minilm-l6, tiny-bert), folder or HF id ($WOFN_RM_BACKBONE)")
+    teacher: str = Field(description="'pointwise' (Bradley-Terry scalar RM) or 'pairwise' (P(y1 > y2 | x) model; best/worst of N by knockout tournaments) ($WOFN_TEACHER)")
+    score_dtype: str = Field(description="reward-model weights dtype when scoring candidates: float32, bfloat16 (about 2.5x faster on CPUs with bf16 matmul) or float16 ($WOFN_SCORE_DTYPE)")
+    score_batch_size: int = Field(description="candidates per reward-model inference call")
+
+    def args(self, model_dir: Path) -> list[str]:
+        """The scoring job's reward-model options, scoring with the model in `model_dir`."""
+        return ["--reward-model", str(model_dir), "--batch-size", str(self.score_batch_size), "--dtype", self.score_dtype]
+
+
 class WofnSettings(ConfigurableResource):
     """Everything a West-of-N run is made of. Defaults come from the active profile ($WOFN_PROFILE)."""
 
     profile: str = Field(description="name of the preset these defaults came from")
     human_pairs: str = Field(description="D_L: Parquet/JSONL file or folder with prompt, chosen, rejected")
     eval_pairs: str = Field(description="held-out human pairs for evaluation (same columns)")
-    unlabeled_prompts: str = Field(description="D_U: Parquet/JSONL file or folder with a prompt column")
+    unlabeled_prompts: str = Field(description="D_U: the profile's prompt batch, a Parquet/JSONL file or folder with a prompt column; its name (without suffix) is the batch key. New batches arrive as files in $WOFN_HOME/inbox")
     max_human_pairs: Optional[int] = Field(description="use the first K human pairs (null = all)")
     max_eval_pairs: Optional[int] = Field(description="use the first K evaluation pairs (null = all)")
-    max_prompts: Optional[int] = Field(description="sample K prompts, a stable pseudo-random subset by prompt_id (null = all)")
-    policy: str = Field(description="policy: shipped name (smollm2-135m-instruct), local folder, or HF causal-LM id")
-    policy_dtype: str = Field(description="policy weights dtype: float32, bfloat16 or float16")
-    sampling_engine: str = Field(description="'torch' (wofn's batched sampler, CPU or GPU) or 'vllm' (GPU workers with vllm installed)")
+    max_prompts: Optional[int] = Field(description="sample K prompts per prompt batch, a stable pseudo-random subset by prompt_id (null = all)")
     n: int = Field(description="N: responses sampled per prompt")
     max_new_tokens: int = Field(description="generation cap per response")
     temperature: float = Field(description="sampling temperature (the paper: ~0.7)")
     top_p: float = Field(description="nucleus sampling; 1.0 = off")
     seed: int = Field(description="global seed for sampling and training")
     sample_batch_size: int = Field(description="prompts per generation batch")
-    rm_backbone: str = Field(description="reward-model backbone: shipped name (minilm-l6), folder or HF id")
     rm_max_length: int = Field(description="tokens per (prompt, response) for the RM, cut from the left")
     rm_epochs: float = Field(description="training epochs for base and student RMs")
     rm_batch_size: int = Field(description="pairs per RM optimizer step")
     rm_learning_rate: float = Field(description="AdamW peak learning rate")
     rm_bf16: bool = Field(description="bfloat16 autocast in RM training")
-    teacher: str = Field(description="'pointwise' (Bradley-Terry scalar RM) or 'pairwise' (P(y1 > y2 | x) model; best/worst of N by knockout tournaments)")
     rm_val_fraction: float = Field(description="share of the human pairs held out to pick the best checkpoint")
     rounds: int = Field(description="West-of-N rounds; round k >= 2 uses round k-1's student as teacher (1 = student_reward_model only)")
     student_init: str = Field(description="'backbone' (the paper) or 'teacher' (continue from the round's teacher): where each student starts")
@@ -71,17 +107,59 @@ class WofnSettings(ConfigurableResource):
     likelihood: str = Field(description="likelihood measure for logprob_quantile: 'mean' (log-prob per token) or 'sum' (summed log-prob, penalises length)")
     min_margin: Optional[float] = Field(description="keep pairs with margin r+ - r- >= this (reward units); null = off")
     max_pair_tokens: Optional[int] = Field(description="keep pairs whose both responses have at most this many policy tokens; null = off")
+    max_accuracy_drop: float = Field(description="asset check student_not_worse_than_base warns when the student's eval accuracy is below the base's by more than this (0.02 = 2 points)")
     high_confidence_fraction: float = Field(description="evaluation: share of pairs, most confident first, for high-confidence accuracy")
-    score_batch_size: int = Field(description="candidates per reward-model inference call")
-    score_dtype: str = Field(description="reward-model weights dtype when scoring candidates: float32, bfloat16 (about 2.5x faster on CPUs with bf16 matmul) or float16")
     torch_threads: int = Field(description="torch threads per step; 0 = all cores")
     device: str = Field(description="torch device for sampling, scoring and training (cpu, cuda)")
     allow_pickle_weights: bool = Field(default=False, description="load pickle (*.bin) checkpoints in the Beam jobs; they can run code when loaded, so only for files you trust (default: safetensors only)")
 
     @classmethod
-    def from_profile(cls) -> "WofnSettings":
-        name, values = profiles.active()
-        return cls(profile=name, **values)
+    def from_profile(cls, name: Optional[str] = None, **overrides) -> "WofnSettings":
+        """The profile's settings (default: the active one), with `overrides`; resource-owned keys are ignored."""
+        name, values = profiles.active() if name is None else (name, dict(profiles.PROFILES[name]))
+        values = {**values, **overrides}
+        return cls(profile=name, **{k: v for k, v in values.items() if k not in _RESOURCE_FIELDS})
 
     def threads(self) -> int:
         return self.torch_threads if self.torch_threads > 0 else (os.cpu_count() or 1)
+
+
+# Profile keys that belong to a resource other than `settings`: key -> (resource key, field, env var).
+_RESOURCE_FIELDS = {
+    "policy": ("policy", "model", "WOFN_POLICY"),
+    "policy_dtype": ("policy", "dtype", "WOFN_POLICY_DTYPE"),
+    "sampling_engine": ("policy", "engine", "WOFN_SAMPLING_ENGINE"),
+    "rm_backbone": ("reward_models", "backbone", "WOFN_RM_BACKBONE"),
+    "teacher": ("reward_models", "teacher", "WOFN_TEACHER"),
+    "score_dtype": ("reward_models", "score_dtype", "WOFN_SCORE_DTYPE"),
+    "score_batch_size": ("reward_models", "score_batch_size", None),
+}
+
+
+def _env_or(name: Optional[str], default):
+    """The field bound to environment variable `name` when it is set (a Dagster EnvVar), else `default`."""
+    return EnvVar(name) if name and os.environ.get(name) else default
+
+
+def wofn_resources(home: Optional[str] = None, profile: Optional[str] = None, **overrides) -> dict:
+    """Every resource of the pipeline, from the profile (default: $WOFN_PROFILE), the environment
+    and `overrides` (profile keys, e.g. teacher="pairwise"; an override wins over the environment).
+
+    `home` defaults to $WOFN_HOME, else `.wofn`; the DuckDB catalog is `<home>/wofn.duckdb`.
+    """
+    root = str(Path(home or os.environ.get("WOFN_HOME", ".wofn")).resolve())
+    name, values = profiles.active() if profile is None else (profile, dict(profiles.PROFILES[profile]))
+    values = {**values, **overrides}
+    owned: dict[str, dict] = {"policy": {}, "reward_models": {}}
+    for key, (resource, field, env) in _RESOURCE_FIELDS.items():
+        owned[resource][field] = values[key] if key in overrides else _env_or(env, values[key])
+    options = os.environ.get("WOFN_BEAM_OPTIONS")
+    return {
+        "settings": WofnSettings.from_profile(name, **overrides),
+        "home": WofnHomeResource(root=root),
+        "policy": PolicyResource(**owned["policy"]),
+        "reward_models": RewardModelResource(**owned["reward_models"]),
+        "beam_runner": BeamRunnerResource(runner=_env_or("WOFN_BEAM_RUNNER", "DirectRunner"),
+                                          pipeline_options=shlex.split(options) if options else []),
+        "duckdb": DuckDBResource(database=str(Path(root) / "wofn.duckdb")),
+    }

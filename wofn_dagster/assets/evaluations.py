@@ -4,11 +4,11 @@ held-out human pairs, next to the length baselines."""
 import json
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AutomationCondition, MaterializeResult, MetadataValue, asset
 from matplotlib.figure import Figure
 
 from wofn import models, schemas
-from wofn_dagster.assets.common import png_markdown, publish_table
+from wofn_dagster.assets.common import code_version, png_markdown, publish_table
 from wofn_dagster.assets.training import evaluate_model
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
@@ -19,8 +19,11 @@ def _model_dirs(h, rounds: int) -> list[tuple[int, str, object]]:
     return dirs
 
 
+# Declarative automation: cheap, and always about the latest models, so it follows any model that
+# is rematerialized by hand (the refresh schedule's runs include it anyway).
 @asset(group_name="reward_models", deps=["base_reward_model", "student_reward_model", "student_rounds", "eval_preferences"],
-       kinds={"pytorch", "parquet"})
+       kinds={"pytorch", "parquet"}, automation_condition=AutomationCondition.eager(),
+       code_version=code_version("wofn/evaluation.py", "wofn_dagster/assets/evaluations.py"))
 def reward_model_evaluations(context: AssetExecutionContext, settings: WofnSettings,
                              home: WofnHomeResource) -> MaterializeResult:
     """Base and every round's student on the evaluation pairs: accuracy, length-balanced and
@@ -49,7 +52,8 @@ def reward_model_evaluations(context: AssetExecutionContext, settings: WofnSetti
         "table": MetadataValue.md(_markdown(rows)),
         "accuracy_by_round": _plot(rows),
         "student_minus_base": MetadataValue.float(rows[-1]["accuracy"] - rows[0]["accuracy"]),
-    })
+    }, context=context, inputs={"eval_preferences": rows[0]["eval_data_version"]},
+        facts={"models": {str(r["round"]): r["revision"] for r in rows}})
 
 
 def _markdown(rows: list[dict]) -> str:

@@ -1,51 +1,72 @@
 """Inference assets, each materialized by a Beam job: candidates (N-way sampling) and their scores."""
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, RetryPolicy, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from beam_jobs import sample_candidates, score_candidates
-from wofn import pairwise
-from wofn_dagster.assets.common import error_summary, forward_logs, png_markdown, quantiles, read_table, staged, table_result
-from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
+from wofn import models, pairwise
+from wofn_dagster.assets.common import (INFERENCE_RETRY, code_version, error_summary, forward_logs,
+                                        no_retry_on_bad_input, png_markdown, quantiles, read_table,
+                                        staged_partition, table_result)
+from wofn.paths import content_hash
+from wofn_dagster.partitions import prompt_batches
+from wofn_dagster.resources import (BeamRunnerResource, PolicyResource, RewardModelResource, WofnHomeResource,
+                                    WofnSettings)
 
-_RETRY = RetryPolicy(max_retries=1, delay=5)
+_SAMPLING_CODE = code_version("beam_jobs/sample_candidates.py", "beam_jobs/inference.py", "beam_jobs/io.py",
+                              "wofn/generation.py", "wofn/vllm_sampling.py", "wofn_dagster/assets/generation.py")
+_SCORING_CODE = code_version("beam_jobs/score_candidates.py", "beam_jobs/inference.py", "beam_jobs/io.py",
+                             "wofn/scoring.py", "wofn/tournament.py", "wofn/rm_format.py",
+                             "wofn_dagster/assets/generation.py")
 
 
-@asset(group_name="inference", deps=["prompts"], kinds={"beam", "parquet"}, retry_policy=_RETRY)
+@asset(group_name="inference", deps=["prompts"], kinds={"beam", "parquet"}, partitions_def=prompt_batches,
+       retry_policy=INFERENCE_RETRY, code_version=_SAMPLING_CODE)
 def candidates(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
-               beam_runner: BeamRunnerResource) -> MaterializeResult:
-    """N responses per prompt sampled from the policy, with their log-likelihood under it."""
+               policy: PolicyResource, beam_runner: BeamRunnerResource) -> MaterializeResult:
+    """N responses per prompt of one prompt batch, sampled from the policy, with their log-likelihood under it."""
     h = home.home
-    n_prompts = len(read_table(h, "prompts"))
-    context.log.info("sampling %d prompts x N=%d with %s (%s)", n_prompts, settings.n, settings.policy, beam_runner.runner)
+    key = context.partition_key
+    prompts_dir = h.partition_dir("prompts", key)
+    n_prompts = len(read_table(h, "prompts", key))
+    context.log.info(f"batch {key}: sampling {n_prompts} prompts x N={settings.n} with {policy.model} "
+                     f"({beam_runner.runner}, attempt {context.retry_number + 1})")
     started = time.monotonic()
-    with forward_logs(context, "beam_jobs"), staged(h.table_dir("candidates")) as staging, \
-            staged(h.table_dir("candidate_errors")) as errors_staging:
+    # a retry (or a rerun after a crash) with the same inputs and settings resumes the sampling job's shards
+    resume = content_hash_of_text(json.dumps([content_hash(prompts_dir), policy.args(), settings.n,
+                                              settings.max_new_tokens, settings.temperature, settings.top_p,
+                                              settings.seed, _SAMPLING_CODE]))
+    with no_retry_on_bad_input(), forward_logs(context, "beam_jobs"), \
+            staged_partition(h, "candidates", key, context.log, resume_key=resume) as staging, \
+            staged_partition(h, "candidate_errors", key, context.log, resume_key=resume) as errors_staging:
         stats = sample_candidates.run([
-            "--prompts", str(h.table_dir("prompts")), "--output", str(staging), "--errors", str(errors_staging),
-            "--policy", settings.policy, "--n", str(settings.n),
+            "--prompts", str(prompts_dir), "--output", str(staging), "--errors", str(errors_staging),
+            *policy.args(), *(["--allow-pickle"] if settings.allow_pickle_weights else []),
+            "--n", str(settings.n),
             "--max-new-tokens", str(settings.max_new_tokens), "--temperature", str(settings.temperature),
             "--top-p", str(settings.top_p), "--seed", str(settings.seed),
-            "--batch-size", str(settings.sample_batch_size), "--dtype", settings.policy_dtype,
-            "--engine", settings.sampling_engine, *(["--allow-pickle"] if settings.allow_pickle_weights else []),
+            "--batch-size", str(settings.sample_batch_size),
             "--device", settings.device, "--torch-threads", str(settings.threads()),
             *beam_runner.args(),
         ], save_main_session=False)
     seconds = time.monotonic() - started
-    rows = read_table(h, "candidates")
+    rows = read_table(h, "candidates", key)
     stop = sum(1 for r in rows.column("finish_reason").to_pylist() if r == "stop")
     tokens = sum(rows.column("num_tokens").to_pylist())
     means = rows.column("logprob_mean").to_pylist()
+    revision = rows.column("policy_revision")[0].as_py() if rows.num_rows else ""
     context.log.info("sampled %d candidates, %d tokens in %.0fs (%.1f tokens/s)", rows.num_rows, tokens, seconds, tokens / seconds)
     return table_result(h, "candidates", {
         "prompts": MetadataValue.int(n_prompts),
         "n": MetadataValue.int(settings.n),
-        "policy": MetadataValue.text(settings.policy),
-        "policy_revision": MetadataValue.text(rows.column("policy_revision")[0].as_py() if rows.num_rows else ""),
+        "policy": MetadataValue.text(policy.model),
+        "policy_revision": MetadataValue.text(revision),
         "generated_tokens": MetadataValue.int(tokens),
         "stopped_at_eos_share": MetadataValue.float(stop / max(1, rows.num_rows)),
         "logprob_mean_quantiles": MetadataValue.json(quantiles(means)),
@@ -53,38 +74,65 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
         "candidates_per_s": MetadataValue.float(rows.num_rows / seconds),
         "tokens_per_s": MetadataValue.float(tokens / seconds),
         "beam_counters": MetadataValue.json(stats),
-        **error_summary(h, "candidate_errors"),
-    })
+        **error_summary(h, "candidate_errors", partition=key),
+    }, context=context, partition=key, inputs={"prompts": {key: content_hash(prompts_dir)}},
+        facts={"policy": policy.model, "policy_revision": revision, "n": settings.n, "seed": settings.seed,
+               "temperature": settings.temperature, "top_p": settings.top_p, "max_new_tokens": settings.max_new_tokens})
 
 
-def score_with(context: AssetExecutionContext, settings: WofnSettings, beam_runner: BeamRunnerResource,
-               candidates_dir: Path, model_dir: Path, out_dir: Path) -> tuple[dict, float]:
-    """Run the scoring Beam job over `candidates_dir` with `model_dir` into `out_dir` (swapped in whole)."""
+def content_hash_of_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def score_with(context: AssetExecutionContext, settings: WofnSettings, reward_models: RewardModelResource,
+               beam_runner: BeamRunnerResource, candidates: Path | str, model_dir: Path, into,
+               errors_into) -> tuple[dict, float]:
+    """Run the scoring Beam job over `candidates` (a folder, file or glob) with `model_dir`, writing into
+    the staging folders that `into` and `errors_into` (the candidates it could not score) yield
+    (`staged(folder)`, or `staged_partition(...)` for one batch)."""
     started = time.monotonic()
-    errors_dir = out_dir.parent / "score_errors"
-    with forward_logs(context, "beam_jobs"), staged(out_dir) as staging, staged(errors_dir) as errors_staging:
+    with no_retry_on_bad_input(), forward_logs(context, "beam_jobs"), into as staging, errors_into as errors_staging:
         stats = score_candidates.run([
-            "--candidates", str(candidates_dir), "--output", str(staging), "--errors", str(errors_staging),
-            "--reward-model", str(model_dir), "--batch-size", str(settings.score_batch_size),
-            "--dtype", settings.score_dtype, *(["--allow-pickle"] if settings.allow_pickle_weights else []),
+            "--candidates", str(candidates), "--output", str(staging), "--errors", str(errors_staging),
+            *reward_models.args(model_dir), *(["--allow-pickle"] if settings.allow_pickle_weights else []),
             "--device", settings.device, "--torch-threads", str(settings.threads()),
             *beam_runner.args(),
         ], save_main_session=False)
     return stats, time.monotonic() - started
 
 
-@asset(group_name="inference", deps=["candidates", "base_reward_model"], kinds={"beam", "parquet"}, retry_policy=_RETRY)
+def _reward_histogram(rewards: list[float], title: str) -> MetadataValue:
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
+    ax.hist(rewards, bins=40)
+    ax.set_xlabel("reward")
+    ax.set_ylabel("candidates")
+    ax.set_title(title)
+    return png_markdown(fig)
+
+
+@asset(group_name="inference", deps=["candidates", "base_reward_model"], kinds={"beam", "parquet"},
+       partitions_def=prompt_batches, retry_policy=INFERENCE_RETRY, code_version=_SCORING_CODE)
 def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
-                     beam_runner: BeamRunnerResource) -> MaterializeResult:
-    """The base reward model's judgement of every candidate: a reward each (pointwise teacher), or
-    the knockout-tournament best and worst of each prompt (pairwise teacher, table tournament_pairs)."""
+                     reward_models: RewardModelResource, beam_runner: BeamRunnerResource) -> MaterializeResult:
+    """The base reward model's judgement of one prompt batch's candidates: a reward each (pointwise teacher),
+    or the knockout-tournament best and worst of each prompt (pairwise teacher, table tournament_pairs)."""
     h = home.home
+    key = context.partition_key
     model_dir = h.model_dir("base_reward_model")
     table = "tournament_pairs" if pairwise.is_pairwise(str(model_dir)) else "candidate_scores"
-    stats, seconds = score_with(context, settings, beam_runner, h.table_dir("candidates"), model_dir,
-                                h.table_dir(table))
+    candidates_dir = h.partition_dir("candidates", key)
+    stats, seconds = score_with(context, settings, reward_models, beam_runner, candidates_dir, model_dir,
+                                into=staged_partition(h, table, key, context.log),
+                                errors_into=staged_partition(h, "score_errors", key, context.log))
+    errors = error_summary(h, "score_errors", partition=key)
+    teacher_revision = models.read_manifest(str(model_dir)).get("revision")
+    lineage = {"context": context, "partition": key,
+               "inputs": {"candidates": {key: content_hash(candidates_dir)},
+                          "base_reward_model": teacher_revision or ""},
+               "facts": {"reward_model": str(model_dir), "reward_model_revision": teacher_revision}}
     if table == "tournament_pairs":
-        confidences = read_table(h, table).column("confidence").to_pylist()
+        confidences = read_table(h, table, key).column("confidence").to_pylist()
         context.log.info(f"judged {stats.get('prompts_judged', 0)} prompts with "
                          f"{stats.get('comparisons', 0)} pairwise comparisons in {seconds:.0f}s")
         return table_result(h, table, {
@@ -93,23 +141,19 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
             "confidence_quantiles": MetadataValue.json(quantiles(confidences)),
             "seconds": MetadataValue.float(seconds),
             "beam_counters": MetadataValue.json(stats),
-            **error_summary(h, "score_errors"),
-        })
-    rewards = [r for r in read_table(h, table).column("reward").to_pylist() if math.isfinite(r)]
-    fig = Figure(figsize=(5, 3))
-    ax = fig.subplots()
-    ax.hist(rewards, bins=40)
-    ax.set_xlabel("base reward")
-    ax.set_ylabel("candidates")
-    ax.set_title("candidate rewards")
+            **errors,
+        }, **lineage)
+    rewards = read_table(h, table, key).column("reward").to_pylist()
+    finite = [r for r in rewards if math.isfinite(r)]
     context.log.info("scored %d candidates in %.0fs", len(rewards), seconds)
     return table_result(h, table, {
         "teacher": MetadataValue.text("pointwise"),
         "reward_model": MetadataValue.path(str(model_dir)),
-        "reward_quantiles": MetadataValue.json(quantiles(rewards)),
+        "reward_quantiles": MetadataValue.json(quantiles(finite)),
+        "non_finite_rewards": MetadataValue.int(len(rewards) - len(finite)),
         "seconds": MetadataValue.float(seconds),
         "candidates_per_s": MetadataValue.float(len(rewards) / seconds),
-        "reward_histogram": png_markdown(fig),
+        "reward_histogram": _reward_histogram(finite, f"batch {key}: base rewards"),
         "beam_counters": MetadataValue.json(stats),
-        **error_summary(h, "score_errors"),
-    })
+        **errors,
+    }, **lineage)

@@ -9,10 +9,19 @@ strategies can be compared on the same candidates; pointwise teachers only) and
 import shutil
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+from matplotlib.figure import Figure
 
-from wofn import catalog, pairs, pairwise
-from wofn_dagster.assets.common import publish_table, quantiles, read_table
+from wofn import pairs, pairwise
+from wofn.paths import content_hash, partition_keys
+from wofn_dagster.assets.common import batch_versions, code_version, png_markdown, publish_table, quantiles, read_table
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
+
+_SELECTION_CODE = code_version("wofn/pairs.py", "sql/strategies", "sql/west_of_n_pairs.sql",
+                               "sql/west_of_n_pairs_pairwise.sql", "sql/selection_report.sql",
+                               "sql/selection_report_pairwise.sql", "wofn_dagster/assets/pairs.py")
+_FILTER_CODE = code_version("wofn/pairs.py", "sql/filter_pairs.sql", "sql/pair_funnel.sql",
+                            "wofn_dagster/assets/pairs.py")
 
 
 def _pair_metadata(table) -> dict:
@@ -37,42 +46,77 @@ def _markdown(table, columns: list[str]) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-def _drop_pair_draws(h) -> None:
+def _drop_pair_draws(h, duckdb: DuckDBResource) -> None:
     """Remove pair_draws (folder and catalog view): a pointwise run's draws describe other rewards."""
     shutil.rmtree(h.table_dir("pair_draws"), ignore_errors=True)
     if h.catalog_path.exists():
-        con = catalog.connect(h.catalog_path)
-        try:
+        with duckdb.get_connection() as con:
             con.execute("drop view if exists pair_draws")
-        finally:
-            con.close()
 
 
-@asset(group_name="pairs", deps=["candidates", "candidate_scores"], kinds={"duckdb", "parquet"})
-def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
-    """Per prompt, the configured strategy's synthetic pair (default west_of_n: best vs worst; sql/strategies/)."""
+def _plot_confidence(selected, kept) -> MetadataValue:
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
+    bins = [0.5 + i * 0.025 for i in range(21)]
+    ax.hist(selected.column("confidence").to_pylist(), bins=bins, label="selected", color="lightgrey")
+    ax.hist(kept.column("confidence").to_pylist(), bins=bins, label="kept by the filters", color="tab:blue")
+    ax.set_xlabel("confidence sigmoid(r+ - r-)")
+    ax.set_ylabel("pairs")
+    ax.legend(fontsize=7)
+    return png_markdown(fig)
+
+
+def _plot_funnel(funnel) -> MetadataValue:
+    rows = sorted(funnel.to_pylist(), key=lambda r: r["step_order"])
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
+    labels = [f"{r['step']}\n{r['setting']}" for r in rows]
+    ax.barh(labels[::-1], [r["pairs_kept"] for r in rows][::-1], color="tab:blue")
+    for i, r in enumerate(rows[::-1]):
+        ax.text(r["pairs_kept"], i, f" {r['pairs_kept']}", va="center", fontsize=7)
+    ax.set_xlabel("pairs kept")
+    ax.set_title("filter funnel")
+    ax.tick_params(axis="y", labelsize=7)
+    return png_markdown(fig)
+
+
+@asset(group_name="pairs", deps=["candidates", "candidate_scores"], kinds={"duckdb", "parquet"},
+       code_version=_SELECTION_CODE)
+def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
+                    duckdb: DuckDBResource) -> MaterializeResult:
+    """Per prompt, the configured strategy's synthetic pair (default west_of_n: best vs worst; sql/strategies/),
+    over every prompt batch."""
     h = home.home
     is_pairwise = pairwise.is_pairwise(str(h.model_dir("base_reward_model")))
     pairs.check_strategy(settings.strategy, pairwise=is_pairwise)
     pair_seed = pairs.seed_for(settings.strategy, settings.pair_seed)
     candidates_dir = h.table_dir("candidates")
+    judged_table = "tournament_pairs" if is_pairwise else "candidate_scores"
+    unscored = sorted(set(partition_keys(candidates_dir)) - set(partition_keys(h.table_dir(judged_table))))
+    if unscored:
+        context.log.warning(f"prompt batches with candidates but no {judged_table} yet: {unscored}; "
+                            "their prompts give no pairs until they are scored")
+    inputs = {"candidates": batch_versions(h, "candidates"), judged_table: batch_versions(h, judged_table)}
     if is_pairwise:
         judged = h.table_dir("tournament_pairs")
         table, _ = pairs.select_pairs(candidates_dir, judged, pairwise=True)
         report = pairs.selection_report(candidates_dir, judged, None, settings.strategy, pairwise=True)
-        _drop_pair_draws(h)
+        _drop_pair_draws(h, duckdb)
         per_strategy = {}
     else:
         judged = h.table_dir("candidate_scores")
-        publish_table(h, "pair_draws", pairs.draw_pairs(candidates_dir, judged, settings.pair_seed))
+        publish_table(h, "pair_draws", pairs.draw_pairs(candidates_dir, judged, settings.pair_seed),
+                      context=context, inputs=inputs)
         report = pairs.selection_report(candidates_dir, judged, h.table_dir("pair_draws"), settings.strategy)
         table = pairs.pairs_from_draws(h.table_dir("pair_draws"), settings.strategy)
         per_strategy = {r["strategy"]: r["count"] for r in report.to_pylist() if r["reason"] == "pairs"}
-    publish_table(h, "pair_selection_report", report)
+    publish_table(h, "pair_selection_report", report, context=context, inputs=inputs)
     reasons = {r["reason"]: r["count"] for r in report.to_pylist() if r["selected"]}
     n_prompts = reasons.get("prompts", 0)
     context.log.info("%s: %d pairs from %d prompts; %s", settings.strategy, table.num_rows, n_prompts, reasons)
     return publish_table(h, "west_of_n_pairs", table, {
+        "prompt_batches": MetadataValue.json(sorted(inputs["candidates"])),
+        "unscored_batches": MetadataValue.json(unscored),
         "strategy": MetadataValue.text(settings.strategy),
         "pair_seed": MetadataValue.null() if pair_seed is None else MetadataValue.int(pair_seed),
         "teacher": MetadataValue.text("pairwise" if is_pairwise else "pointwise"),
@@ -81,10 +125,10 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
         "selection_report": MetadataValue.json(reasons),
         "pairs_per_strategy": MetadataValue.json(per_strategy),
         **_pair_metadata(table),
-    })
+    }, context=context, inputs=inputs, facts={"strategy": settings.strategy, "pair_seed": pair_seed})
 
 
-@asset(group_name="pairs", deps=["west_of_n_pairs"], kinds={"duckdb", "parquet"})
+@asset(group_name="pairs", deps=["west_of_n_pairs"], kinds={"duckdb", "parquet"}, code_version=_FILTER_CODE)
 def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
     """Selected pairs kept by the confidence, likelihood, margin and length filters (sql/filter_pairs.sql)."""
     h = home.home
@@ -94,16 +138,19 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
     strategy, pair_seed = _selected_strategy(context, h, settings)
     table, steps = pairs.filter_pairs(h.table_dir("west_of_n_pairs"), **filters)
     funnel = pairs.pair_funnel(h.table_dir("west_of_n_pairs"), **filters, strategy=strategy, pair_seed=pair_seed)
-    publish_table(h, "pair_funnel", funnel)
+    inputs = {"west_of_n_pairs": content_hash(h.table_dir("west_of_n_pairs"))}
+    publish_table(h, "pair_funnel", funnel, context=context, inputs=inputs)
     context.log.info("filter funnel: %s", steps)
     return publish_table(h, "filtered_pairs", table, {
+        "funnel_plot": _plot_funnel(funnel),
+        "confidence_plot": _plot_confidence(read_table(h, "west_of_n_pairs"), table),
         "strategy": MetadataValue.text(strategy),
         "funnel": MetadataValue.json(steps),
         "funnel_table": _markdown(funnel, ["step", "setting", "pairs_in", "pairs_kept", "chosen_longer_share",
                                            "chosen_shorter_share", "mean_length_gap"]),
         "filters": MetadataValue.json(filters),
         **_pair_metadata(table),
-    })
+    }, context=context, inputs=inputs, facts={"strategy": strategy, "filters": filters})
 
 
 def _selected_strategy(context: AssetExecutionContext, h, settings: WofnSettings) -> tuple[str, object]:

@@ -2,21 +2,37 @@
 
 import shutil
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, RetryPolicy, asset
+import pyarrow.parquet as pq
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-from wofn import models, pairs, schemas
-from wofn.paths import content_hash
-from wofn_dagster.assets.common import write_table
+from wofn import lineage, models, pairs, schemas
+from wofn.paths import PARTITION_PREFIX, content_hash, parquet_files
+from wofn_dagster.assets.common import INFERENCE_RETRY, batch_versions, code_version, staged, write_table
 from wofn_dagster.assets.generation import score_with
 from wofn_dagster.assets.training import evaluate_model, train_student
-from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
+from wofn_dagster.resources import (BeamRunnerResource, PolicyResource, RewardModelResource, WofnHomeResource,
+                                    WofnSettings)
+
+_ROUNDS_CODE = code_version("wofn/pairs.py", "wofn/training.py", "beam_jobs/score_candidates.py", "sql",
+                            "wofn_dagster/assets/rounds.py", "wofn_dagster/assets/training.py")
+
+
+def _record_table(h, k: int, table: str, inputs: dict, context: AssetExecutionContext, **facts) -> str:
+    """A lineage record for round k's `table` (lineage/round_<k>/<table>/<version>.json); its version."""
+    folder = h.round_dir(k) / table
+    version = content_hash(folder)
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(folder))
+    lineage.record(h, f"round_{k}/{table}", version, inputs=inputs, rows=rows, path=folder, code_version=_ROUNDS_CODE,
+                   run_id=context.run.run_id, facts=facts)
+    return version
 
 
 @asset(group_name="reward_models", deps=["student_reward_model", "candidates", "human_preferences", "eval_preferences"],
-       kinds={"beam", "duckdb", "pytorch"}, retry_policy=RetryPolicy(max_retries=1, delay=5))
+       kinds={"beam", "duckdb", "pytorch"}, retry_policy=INFERENCE_RETRY, code_version=_ROUNDS_CODE)
 def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
+                   reward_models: RewardModelResource, policy: PolicyResource,
                    beam_runner: BeamRunnerResource) -> MaterializeResult:
-    """Rounds 2..`rounds` of West-of-N, each teacher being the previous round's student."""
+    """Rounds 2..`rounds` of West-of-N, each teacher being the previous round's student (every prompt batch)."""
     h = home.home
     models.set_torch_threads(settings.threads())
     if settings.rounds < 1:
@@ -27,23 +43,37 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
     filters = {"confidence_quantile": settings.confidence_quantile, "logprob_quantile": settings.logprob_quantile,
                "likelihood": settings.likelihood, "min_margin": settings.min_margin,
                "max_tokens": settings.max_pair_tokens}
+    # every prompt batch's candidates, as one glob (the scoring job reads file patterns)
+    candidates_glob = h.table_dir("candidates") / f"{PARTITION_PREFIX}*" / "*.parquet"
+    candidate_versions = batch_versions(h, "candidates")
     for k in range(2, settings.rounds + 1):
         rdir = h.round_dir(k)
-        context.log.info(f"round {k}: scoring candidates with {teacher}")
-        score_with(context, settings, beam_runner, h.table_dir("candidates"), teacher, rdir / "candidate_scores")
+        context.log.info(f"round {k}: scoring candidates of {len(candidate_versions)} prompt batches with {teacher}")
+        score_with(context, settings, reward_models, beam_runner, candidates_glob, teacher,
+                   into=staged(rdir / "candidate_scores"), errors_into=staged(rdir / "score_errors"))
+        teacher_revision = models.read_manifest(str(teacher)).get("revision")
+        scores_version = _record_table(h, k, "candidate_scores", {"candidates": candidate_versions}, context,
+                                 reward_model=str(teacher), reward_model_revision=teacher_revision)
         selected, _ = pairs.select_pairs(h.table_dir("candidates"), rdir / "candidate_scores",
                                          strategy=settings.strategy, seed=settings.pair_seed)
         write_table(rdir / "west_of_n_pairs", selected, schemas.PAIRS, where=f"round {k} west_of_n_pairs")
+        pairs_version = _record_table(h, k, "west_of_n_pairs", {"candidates": candidate_versions,
+                                                          f"round_{k}/candidate_scores": scores_version},
+                                context, strategy=settings.strategy)
         kept, funnel = pairs.filter_pairs(rdir / "west_of_n_pairs", **filters)
         write_table(rdir / "filtered_pairs", kept, schemas.PAIRS, where=f"round {k} filtered_pairs")
+        kept_version = _record_table(h, k, "filtered_pairs", {f"round_{k}/west_of_n_pairs": pairs_version}, context,
+                               strategy=settings.strategy)
         write_table(rdir / "pair_funnel", pairs.pair_funnel(
             rdir / "west_of_n_pairs", **filters, strategy=settings.strategy,
             pair_seed=pairs.seed_for(settings.strategy, settings.pair_seed)),
             schemas.PAIR_FUNNEL, where=f"round {k} pair_funnel")
         context.log.info(f"round {k}: funnel {funnel}")
-        result = train_student(context, settings, h, teacher_dir=teacher, synthetic=kept.to_pylist(),
-                               synthetic_version=content_hash(rdir / "filtered_pairs"),
-                               out_dir=rdir / "student_reward_model", round_k=k)
+        result = train_student(context, settings, reward_models, policy, h, teacher_dir=teacher,
+                               synthetic=kept.to_pylist(), synthetic_version=kept_version,
+                               synthetic_table=f"round_{k}/filtered_pairs", out_dir=rdir / "student_reward_model",
+                               round_k=k, synthetic_lineage={"west_of_n_pairs": pairs_version,
+                                                             "candidate_scores": scores_version})
         records.append(_record(k, rdir / "student_reward_model", teacher, result["student_eval"],
                                funnel=funnel, pair_stats=pairs.pair_stats(kept)))
         teacher = rdir / "student_reward_model"
@@ -51,11 +81,14 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
     for path in stale:  # rounds of an earlier, longer run would read as part of this one
         context.log.info(f"removing {path} (beyond rounds={settings.rounds})")
         shutil.rmtree(path)
+    revisions = {r["round"]: r["revision"] for r in records}
     return MaterializeResult(metadata={
         "rounds": MetadataValue.int(settings.rounds),
         "per_round": MetadataValue.md(_markdown(records)),
         "round_models": MetadataValue.json({r["round"]: r["model"] for r in records}),
-    })
+        "round_revisions": MetadataValue.json(revisions),
+        "data_version": MetadataValue.text(records[-1]["revision"] or ""),
+    }, data_version=DataVersion(records[-1]["revision"] or "none"))
 
 
 def _record(k: int, model_dir, teacher_dir, ev: dict, funnel=None, pair_stats=None) -> dict:

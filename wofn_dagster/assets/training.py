@@ -6,10 +6,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-from wofn import evaluation, models, pairwise, training
+from wofn import evaluation, lineage, models, pairwise, training
 from wofn.paths import WofnHome, content_hash
-from wofn_dagster.assets.common import png_markdown, read_table
-from wofn_dagster.resources import WofnHomeResource, WofnSettings
+from wofn_dagster.assets.common import batch_versions, code_version, png_markdown, read_table
+from wofn_dagster.resources import PolicyResource, RewardModelResource, WofnHomeResource, WofnSettings
+
+_TRAINING_CODE = code_version("wofn/training.py", "wofn/pairwise.py", "wofn/models.py", "wofn/rm_format.py",
+                              "wofn/evaluation.py", "wofn_dagster/assets/training.py")
 
 
 def _train_config(settings: WofnSettings) -> training.TrainConfig:
@@ -83,23 +86,36 @@ def evaluate_model(h: WofnHome, model_dir: Path, settings: WofnSettings) -> dict
     return result
 
 
-@asset(group_name="reward_models", deps=["human_preferences", "eval_preferences"], kinds={"pytorch"})
-def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
+def _record_model(context: AssetExecutionContext, h: WofnHome, asset: str, manifest: dict) -> None:
+    """The model's lineage record (lineage/<asset>/<revision>.json), beside its manifest."""
+    inputs = {k: v for k, v in (manifest.get("lineage") or {}).items()
+              if k in ("human_preferences", "filtered_pairs") and isinstance(v, str)}
+    lineage.record(h, asset, manifest["revision"], inputs=inputs, path=h.model_dir(asset),
+                   code_version=(manifest.get("lineage") or {}).get("code_version"), run_id=context.run.run_id,
+                   facts={"role": manifest.get("role"), "kind": manifest.get("kind")})
+
+
+@asset(group_name="reward_models", deps=["human_preferences", "eval_preferences"], kinds={"pytorch"},
+       code_version=_TRAINING_CODE)
+def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
+                      reward_models: RewardModelResource) -> MaterializeResult:
     """Bradley-Terry reward model (scalar head on the backbone) trained on the human pairs: the teacher."""
     h = home.home
     models.set_torch_threads(settings.threads())
-    if settings.teacher not in ("pointwise", "pairwise"):
-        raise ValueError(f"teacher must be 'pointwise' or 'pairwise', got {settings.teacher!r}")
-    objective = pairwise.PAIRWISE if settings.teacher == "pairwise" else training.POINTWISE
+    if reward_models.teacher not in ("pointwise", "pairwise"):
+        raise ValueError(f"teacher must be 'pointwise' or 'pairwise', got {reward_models.teacher!r}")
+    objective = pairwise.PAIRWISE if reward_models.teacher == "pairwise" else training.POINTWISE
     pairs = read_table(h, "human_preferences").to_pylist()
     model_dir = h.model_dir("base_reward_model")
-    context.log.info("training base RM on %d human pairs from %s", len(pairs), settings.rm_backbone)
+    context.log.info("training base RM on %d human pairs from %s", len(pairs), reward_models.backbone)
     metrics = training.train_reward_model(
-        settings.rm_backbone, pairs, _train_config(settings), model_dir,
-        manifest={"role": "base", "lineage": {"human_preferences": _data_version(h, "human_preferences")}},
-        progress=_progress(context, f"base RM ({settings.teacher})"), objective=objective)
+        reward_models.backbone, pairs, _train_config(settings), model_dir,
+        manifest={"role": "base", "lineage": {"human_preferences": _data_version(h, "human_preferences"),
+                                              "backbone": reward_models.backbone, "code_version": _TRAINING_CODE}},
+        progress=_progress(context, f"base RM ({reward_models.teacher})"), objective=objective)
     result = evaluate_model(h, model_dir, settings)
     manifest = models.read_manifest(str(model_dir))
+    _record_model(context, h, "base_reward_model", manifest)
     context.log.info("base RM accuracy on eval pairs: %.3f (n=%d)", result["accuracy"], result["n"])
     return MaterializeResult(
         metadata={
@@ -113,12 +129,17 @@ def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, ho
     )
 
 
-def train_student(context: AssetExecutionContext, settings: WofnSettings, h: WofnHome, *, teacher_dir: Path,
-                  synthetic: list[dict], synthetic_version: str, out_dir: Path, round_k: int) -> dict:
+def train_student(context: AssetExecutionContext, settings: WofnSettings, reward_models: RewardModelResource,
+                  policy: PolicyResource, h: WofnHome, *, teacher_dir: Path, synthetic: list[dict],
+                  synthetic_version: str, synthetic_table: str, out_dir: Path, round_k: int,
+                  synthetic_lineage: dict | None = None) -> dict:
     """Train one student on human ∪ synthetic pairs and evaluate it beside its teacher.
 
     Shared by `student_reward_model` (round 1, teacher = base) and `student_rounds` (round k,
-    teacher = the student of round k-1). Returns metrics, manifest, mix, lineage and both evaluations.
+    teacher = the student of round k-1). The manifest's `lineage` names the exact data versions:
+    human pairs, synthetic pairs (`synthetic_table` at `synthetic_version`, and `synthetic_lineage`:
+    the pair and candidate versions behind it, per prompt batch), the teacher's revision and the
+    policy. Returns metrics, manifest, mix, lineage and both evaluations.
     """
     if settings.student_init not in ("backbone", "teacher"):
         raise ValueError(f"student_init must be 'backbone' or 'teacher', got {settings.student_init!r}")
@@ -129,14 +150,19 @@ def train_student(context: AssetExecutionContext, settings: WofnSettings, h: Wof
         context.log.warning(
             f"round {round_k}: only {mix['synthetic_pairs']} synthetic pairs for {mix['human_pairs']} human pairs "
             f"(ratio {mix['synthetic_per_human']:.2f} < {settings.synthetic_ratio}); raise max_prompts or n for a full mix")
-    init = settings.rm_backbone if settings.student_init == "backbone" else str(teacher_dir)
+    init = reward_models.backbone if settings.student_init == "backbone" else str(teacher_dir)
     lineage = {
         "human_preferences": _data_version(h, "human_preferences"),
         "synthetic_pairs": synthetic_version,
+        "synthetic_table": synthetic_table,
         "teacher": {"path": str(teacher_dir), "revision": teacher_manifest.get("revision"),
-                    "kind": teacher_manifest.get("kind")},
-        "policy": settings.policy,
+                    "kind": teacher_manifest.get("kind"),
+                    "human_preferences": (teacher_manifest.get("lineage") or {}).get("human_preferences")},
+        "policy": policy.model,
         "candidates": _data_version(h, "candidates"),
+        "prompt_batches": {key: {"prompts": v} for key, v in batch_versions(h, "prompts").items()},
+        "code_version": _TRAINING_CODE,
+        **(synthetic_lineage or {}),
     }
     context.log.info(f"round {round_k}: training student RM on {mix} from {init}")
     metrics = training.train_reward_model(
@@ -165,16 +191,33 @@ def _accuracy_bars(teacher_eval: dict, student_eval: dict) -> MetadataValue:
     return png_markdown(fig)
 
 
+def _synthetic_lineage(h: WofnHome) -> dict:
+    """The versions behind round 1's synthetic pairs: selected pairs, and candidates and scores per batch."""
+    judged = "tournament_pairs" if pairwise.is_pairwise(str(h.model_dir("base_reward_model"))) else "candidate_scores"
+    candidates, scores = batch_versions(h, "candidates"), batch_versions(h, judged)
+    prompts = batch_versions(h, "prompts")
+    return {
+        "filtered_pairs": _data_version(h, "filtered_pairs"),
+        "west_of_n_pairs": _data_version(h, "west_of_n_pairs"),
+        "prompt_batches": {key: {"prompts": prompts.get(key), "candidates": candidates.get(key), judged: scores.get(key)}
+                           for key in sorted(set(prompts) | set(candidates))},
+    }
+
+
 @asset(group_name="reward_models",
-       deps=["human_preferences", "filtered_pairs", "eval_preferences", "base_reward_model"], kinds={"pytorch"})
-def student_reward_model(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
-    """Reward model trained on human pairs plus filtered West-of-N pairs, evaluated beside the base."""
+       deps=["human_preferences", "filtered_pairs", "eval_preferences", "base_reward_model"], kinds={"pytorch"},
+       code_version=_TRAINING_CODE)
+def student_reward_model(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
+                         reward_models: RewardModelResource, policy: PolicyResource) -> MaterializeResult:
+    """Reward model trained on human pairs plus filtered West-of-N pairs (all prompt batches), evaluated beside the base."""
     h = home.home
     models.set_torch_threads(settings.threads())
     out_dir = h.model_dir("student_reward_model")
-    result = train_student(context, settings, h, teacher_dir=h.model_dir("base_reward_model"),
+    result = train_student(context, settings, reward_models, policy, h, teacher_dir=h.model_dir("base_reward_model"),
                            synthetic=read_table(h, "filtered_pairs").to_pylist(),
-                           synthetic_version=_data_version(h, "filtered_pairs"), out_dir=out_dir, round_k=1)
+                           synthetic_version=_data_version(h, "filtered_pairs"), synthetic_table="filtered_pairs",
+                           synthetic_lineage=_synthetic_lineage(h), out_dir=out_dir, round_k=1)
+    _record_model(context, h, "student_reward_model", result["manifest"])
     base_eval, student_eval = result["teacher_eval"], result["student_eval"]
     return MaterializeResult(
         metadata={
@@ -186,6 +229,7 @@ def student_reward_model(context: AssetExecutionContext, settings: WofnSettings,
             "shorter_wins_accuracy": MetadataValue.float(base_eval["shorter_wins_accuracy"]),
             "mix": MetadataValue.json(result["mix"]),
             "lineage": MetadataValue.json(result["lineage"]),
+            "lineage_chain": MetadataValue.md("```\n" + lineage.format_chain(lineage.chain(out_dir, h)) + "\n```"),
             "accuracy_plot": _accuracy_bars(base_eval, student_eval),
             **_model_metadata(out_dir, result["manifest"], result["metrics"], "student RM training"),
         },
