@@ -23,6 +23,9 @@ Stages:
   scoring_memory
             peak RSS of the score_candidates Beam job (DirectRunner, tiny-bert) at 10k and 100k
             candidates, each in a fresh process: memory must stay flat as work grows
+  training  Bradley-Terry training of the default RM (MiniLM + scalar head, 128 tokens, 16 pairs a
+            step) on HH train pairs: pairs/s with bf16 autocast vs fp32 (the rate `wofn experiment`
+            estimates student and base training from)
   pairs     pairs.select_pairs + filter_pairs (DuckDB SQL) vs a Python dict loop over to_pylist
             rows; each side in its own spawned process, so peak RSS is measured per side
 
@@ -52,14 +55,14 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-STAGES = ("mfu", "sampling", "scoring", "scoring_decoder", "scoring_memory", "pairs")
+STAGES = ("mfu", "sampling", "scoring", "scoring_decoder", "scoring_memory", "training", "pairs")
 SIZES = {
     # prompts: sampled prompts (N=8 each); score_pairs: HH test pairs scored (x2 sequences);
     # pair_prompts: synthetic prompts for the pairs stage (x N=8 candidates)
     "full": {"prompts": 32, "score_pairs": 304, "decoder_prompts": 16, "memory_candidates": (10_000, 100_000),
-             "pair_prompts": 125_000},
+             "pair_prompts": 125_000, "train_pairs": 128},
     "quick": {"prompts": 8, "score_pairs": 64, "decoder_prompts": 4, "memory_candidates": (2_000, 20_000),
-              "pair_prompts": 12_500},
+              "pair_prompts": 12_500, "train_pairs": 32},
 }
 POLICY, RM = "smollm2-135m-instruct", "minilm-l6"
 N, MAX_NEW_TOKENS, TEMPERATURE, SAMPLE_BATCH = 8, 64, 0.7, 8
@@ -422,6 +425,34 @@ def bench_scoring_decoder(sizes: dict, peaks: dict) -> dict:
     }
 
 
+def bench_training(sizes: dict, peaks: dict) -> dict:
+    """Training throughput of the default profile's RM recipe, bf16 autocast vs fp32, sides alternating."""
+    from wofn import data, models, profiles, training
+    from wofn.paths import DATA_DIR
+
+    models.set_torch_threads(0)
+    settings = profiles.DEFAULT
+    pairs = data.load_preferences(DATA_DIR / "hh_train.parquet", sizes["train_pairs"]).to_pylist()
+    ours: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def train(bf16: bool) -> dict:
+            config = training.TrainConfig(epochs=1.0, batch_size=settings["rm_batch_size"],
+                                          max_length=settings["rm_max_length"], bf16=bf16, val_fraction=0.0,
+                                          log_every=1000)
+            return training.train_reward_model(settings["rm_backbone"], pairs, config, Path(tmp) / f"rm-{bf16}")
+        train(True)  # warm-up: model files cached, kernels built
+        for repeat in range(REPEATS):
+            for label, bf16 in (("fp32", False), ("bf16", True)):
+                log(f"training: {label}, {len(pairs)} pairs, repeat {repeat + 1}/{REPEATS}")
+                metrics = train(bf16)
+                if label not in ours or metrics["seconds"] < ours[label]["seconds"]:
+                    ours[label] = side(metrics["seconds"], pairs=len(pairs))
+    return {"config": {"reward_model": settings["rm_backbone"], "max_length": settings["rm_max_length"],
+                       "batch_size": settings["rm_batch_size"], "train_pairs": len(pairs),
+                       "baseline": "the same training in fp32"},
+            "ours": ours, "speedup_bf16_vs_fp32": round(ours["fp32"]["seconds"] / ours["bf16"]["seconds"], 3)}
+
+
 def scoring_memory_worker(candidates_dir: str, output_dir: str) -> dict:
     """Runs in a fresh spawned process: the scoring Beam job, its seconds and peak RSS."""
     from beam_jobs import score_candidates
@@ -635,7 +666,8 @@ def main(argv: list[str] | None = None) -> None:
             peaks = figures["peak_gflops"]
         else:
             figures = {"sampling": bench_sampling, "scoring": bench_scoring, "scoring_decoder": bench_scoring_decoder,
-                       "scoring_memory": bench_scoring_memory, "pairs": bench_pairs}[stage](sizes, peaks)
+                       "scoring_memory": bench_scoring_memory, "training": bench_training,
+                       "pairs": bench_pairs}[stage](sizes, peaks)
         emit(stage, figures, load_before)
     log(f"done in {time.perf_counter() - _START:.1f}s")
 

@@ -59,6 +59,8 @@ def test_checks_sensor_schedule_and_jobs():
     assert [s.name for s in defs.sensors] == ["prompt_inbox", "evaluations_follow_models"]
     assert [s.name for s in defs.schedules] == ["refresh_student"]
     assert defs.resolve_job_def("sample_batch") and defs.resolve_job_def("rebuild_student")
+    assert [op.name for op in defs.resolve_job_def("experiment").graph.node_defs] == [
+        "experiment_estimate", "experiment_inputs", "experiment_students", "experiment_report"]
 
 
 def test_resources_bind_environment_variables(monkeypatch, tmp_path):

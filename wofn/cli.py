@@ -8,6 +8,8 @@
                                                                pairs in TRL's preference format
     wofn lineage MODEL_DIR [--format json]                     the chain behind a reward model:
                                                                teacher, pairs, candidates, prompt batches
+    wofn experiment CONFIG [--estimate] [--report FILE.md]     a grid of students (strategy x N x filter x
+                                                               seed) vs the base: cost, run, results
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import logging
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -225,6 +228,22 @@ def _print_csv(relation) -> None:
         writer.writerow(row.values())
 
 
+def _experiment(args) -> int:
+    from wofn.experiment import config as xconfig
+    from wofn.experiment import runner
+
+    cfg = xconfig.load(args.config)
+    home = Path(args.home) if args.home else WofnHome.from_env().root
+    command = "wofn " + " ".join(shlex.quote(a) for a in args.argv)
+    if args.estimate or not args.report_only:
+        print(runner.format_estimate(runner.estimate(cfg, Path(home))), flush=True)
+    if args.estimate:
+        return 0
+    report = runner.run_and_report(cfg, Path(home), args.report, command, run=not args.report_only)
+    print(f"report: {report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wofn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -275,11 +294,22 @@ def main(argv: list[str] | None = None) -> int:
     li.add_argument("--format", choices=["text", "json"], default="text")
     li.set_defaults(func=_lineage)
 
+    xp = commands.add_parser("experiment", help="run an experiment grid (strategies x N x filters x seeds) and report it")
+    xp.add_argument("config", help="experiment config (YAML), e.g. experiments/hh.yaml")
+    xp.add_argument("--home", default=None, help="data root (default $WOFN_HOME or .wofn)")
+    xp.add_argument("--estimate", action="store_true", help="print the cost estimate and stop")
+    xp.add_argument("--report", default=None,
+                    help="also write the report here (e.g. docs/results.md); always written to the run's folder")
+    xp.add_argument("--report-only", action="store_true", help="rebuild the report from what the run has so far")
+    xp.set_defaults(func=_experiment)
+
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO if args.command == "experiment" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (data.InputError, FileNotFoundError, catalog.CatalogLockedError, ValueError) as exc:
+    except (data.InputError, FileNotFoundError, catalog.CatalogLockedError, ValueError) as exc:  # ConfigError too
         print(f"wofn {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -5,6 +5,7 @@ from dagster import Definitions, load_assets_from_modules, multiprocess_executor
 
 from wofn_dagster.assets import data, evaluations, generation, pairs, rounds, training
 from wofn_dagster.checks import CHECKS
+from wofn_dagster.experiment import experiment
 from wofn_dagster.resources import wofn_resources
 from wofn_dagster.schedules import rebuild_student_job, refresh_student
 from wofn_dagster.sensors import evaluations_follow_models, prompt_inbox, sample_batch_job
@@ -15,7 +16,7 @@ def make_defs(resources: dict) -> Definitions:
     return Definitions(
         assets=load_assets_from_modules([data, generation, pairs, training, rounds, evaluations]),
         asset_checks=CHECKS,
-        jobs=[sample_batch_job, rebuild_student_job],
+        jobs=[sample_batch_job, rebuild_student_job, experiment],
         sensors=[prompt_inbox, evaluations_follow_models],
         schedules=[refresh_student],
         resources=resources,

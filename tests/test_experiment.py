@@ -1,0 +1,207 @@
+"""`wofn experiment`: config validation, a real tiny grid end to end (Beam jobs, DuckDB, training), resume,
+the report, and the Dagster job over the same folder."""
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from wofn import cli
+from wofn.experiment import config as xconfig
+from wofn.experiment import report as reporting
+from wofn.experiment import runner
+
+TINY = """
+name: tiny
+profile: tiny
+settings: {max_prompts: 6, max_human_pairs: 40, max_eval_pairs: 24, confidence_quantile: 0.5, logprob_quantile: 0.2}
+grid:
+  strategies: [west_of_n, random_pair]
+  n: [2, 4]
+  filters: [none, both]
+  seeds: [0, 1]
+train:
+  - {strategy: west_of_n, n: 4}
+  - {strategy: random_pair, n: 2, filter: none}
+"""
+
+
+def parse(text: str):
+    return xconfig.parse(text, "cfg.yaml")
+
+
+def test_config_cells_are_seed_major_and_limited_to_the_train_slices():
+    cfg = parse(TINY)
+    assert cfg.max_n == 4
+    assert cfg.train == (("west_of_n", 4, "none"), ("west_of_n", 4, "both"), ("random_pair", 2, "none"))
+    assert [c.id for c in cfg.cells()] == [
+        "west_of_n-n4-none-seed0", "west_of_n-n4-both-seed0", "random_pair-n2-none-seed0",
+        "west_of_n-n4-none-seed1", "west_of_n-n4-both-seed1", "random_pair-n2-none-seed1"]
+    full = parse(TINY.split("train:")[0])
+    assert len(full.cells()) == 2 * 2 * 2 * 2  # no train key: every cell of the grid
+
+
+def test_filter_quantiles():
+    settings = {"confidence_quantile": 0.5, "logprob_quantile": 0.1}
+    assert [xconfig.filter_quantiles(f, settings) for f in xconfig.FILTERS] == [
+        (0.0, 0.0), (0.5, 0.0), (0.0, 0.1), (0.5, 0.1)]
+    with pytest.raises(ValueError, match="filter must be one of"):
+        xconfig.filter_quantiles("strict", settings)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t + "\nextra: 1\n", r"unknown key\(s\) \['extra'\]"),
+    (lambda t: t.replace("name: tiny", "name: ../up"), "name must be a folder name"),
+    (lambda t: t.replace("profile: tiny", "profile: huge"), "profile must be one of"),
+    (lambda t: t.replace("max_prompts: 6", "max_promts: 6"), r"settings: unknown key\(s\) \['max_promts'\]"),
+    (lambda t: t.replace("[west_of_n, random_pair]", "[west_of_n, best_of_n]"), r"grid.strategies: \['best_of_n'\]"),
+    (lambda t: t.replace("n: [2, 4]", "n: [1, 4]"), "grid.n: every N must be an integer >= 2"),
+    (lambda t: t.replace("  seeds: [0, 1]\n", ""), r"missing \['seeds'\]"),
+    (lambda t: t.replace("{strategy: west_of_n, n: 4}", "{strategy: west_of_n, n: 8}"), r"train\[0\].n .*must be in the grid"),
+    (lambda t: t.replace("{strategy: west_of_n, n: 4}", "{strategy: west_of_n, size: 4}"), r"train\[0\]: expected a mapping"),
+    (lambda t: t + "\nteacher_seed: 5\n", "teacher_seed 5 must be one of grid.seeds"),
+    (lambda t: t.replace("seeds: [0, 1]", "seeds: [0, 0]"), r"grid.seeds: repeated values"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher: pairwise"), "settings.teacher must be 'pointwise'"),
+    (lambda t: "[1, 2", "not valid YAML"),
+])
+def test_config_errors_name_the_file_and_key(edit, message):
+    with pytest.raises(xconfig.ConfigError, match=message) as info:
+        parse(edit(TINY))
+    assert str(info.value).startswith("cfg.yaml")
+
+
+BENCH = {"sampling": {"ours": {"float32": {"generated_tokens": 100, "candidates": 10, "generated_tokens_per_s": 50.0}}},
+         "scoring": {"ours": {"float32": {"sequences_per_s": 20.0}}},
+         "training": {"ours": {"fp32": {"pairs_per_s": 4.0}, "bf16": {"pairs_per_s": 8.0}}}}
+
+
+def test_estimate_from_benchmark_rates():
+    cfg = parse(TINY)
+    est = runner.estimate(cfg, bench=BENCH)
+    assert (est["prompts"], est["candidates"], est["human_pairs"], est["eval_pairs"]) == (6, 24, 40, 24)
+    assert est["seconds"]["sampling"] == pytest.approx(24 * 10 / 50)
+    assert est["seconds"]["scoring"] == pytest.approx(24 / 20)
+    one_base = 40 * (1 - 0.1) * 1.0 / 4.0 + 2 * 24 / 20  # tiny profile: fp32, 1 epoch, 10% validation
+    assert est["seconds"]["base_models"] == pytest.approx(2 * one_base)
+    # none: all 6 prompts' pairs; both: 6 x 0.5 x 0.8
+    per_seed = [40 + 6, 40 + 6 * 0.5 * 0.8, 40 + 6]
+    assert est["seconds"]["students"] == pytest.approx(
+        2 * sum(p * 0.9 / 4.0 + 2 * 24 / 20 for p in per_seed))
+    assert est["students"] == 6
+    with pytest.raises(ValueError, match="run `make bench` first"):
+        runner.estimate(cfg, bench={k: v for k, v in BENCH.items() if k != "training"})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    cfg_path = root / "tiny.yaml"
+    cfg_path.write_text(TINY)
+    report = root / "docs" / "results.md"
+    assert cli.main(["experiment", str(cfg_path), "--home", str(root / "home"), "--report", str(report)]) == 0
+    cfg = xconfig.load(cfg_path)
+    return cfg, runner.Experiment(cfg, root / "home"), report, cfg_path
+
+
+def test_tiny_run_samples_once_at_max_n_and_reuses_the_first_k(tiny_run):
+    cfg, exp, _, _ = tiny_run
+    full = pq.read_table(exp.path("candidates")).to_pylist()
+    assert len({r["prompt_id"] for r in full}) == 6
+    assert sorted({r["candidate_idx"] for r in full}) == [0, 1, 2, 3]
+    first2 = pq.read_table(exp.subset(2, "candidates")).to_pylist()
+    key = lambda r: (r["prompt_id"], r["candidate_idx"])  # noqa: E731
+    assert sorted((key(r), r["response"]) for r in first2) == sorted(
+        (key(r), r["response"]) for r in full if r["candidate_idx"] < 2)
+    scores2 = pq.read_table(exp.subset(2, "scores")).to_pylist()
+    full_scores = {key(r): r["reward"] for r in pq.read_table(exp.path("scores")).to_pylist()}
+    assert {key(r): r["reward"] for r in scores2} == {k: v for k, v in full_scores.items() if k[1] < 2}
+    # pairs at N=2 only use candidates 0 and 1
+    pairs2 = pq.read_table(exp.pairs_dir("west_of_n", 2, 0)).to_pylist()
+    assert pairs2 and all({p["chosen_idx"], p["rejected_idx"]} == {0, 1} for p in pairs2)
+
+
+def test_tiny_run_pair_stats_cover_the_grid_and_filters_only_remove(tiny_run):
+    cfg, exp, _, _ = tiny_run
+    stats = json.loads(exp.path("pair_stats.json").read_text())
+    assert len(stats) == 2 * 2 * 2 * 2
+    by = {(s["strategy"], s["n"], s["filter"], s["seed"]): s for s in stats}
+    for strategy in cfg.strategies:
+        for n in cfg.ns:
+            unfiltered = pq.read_table(exp.pairs_dir(strategy, n, 0)).num_rows
+            assert by[(strategy, n, "none", 0)]["pairs"] == unfiltered
+            assert 0 < by[(strategy, n, "both", 0)]["pairs"] < unfiltered
+            assert by[(strategy, n, "none", 0)]["chosen_logprob_mean"] < 0
+
+
+def test_tiny_run_trains_and_evaluates_one_student_per_cell(tiny_run):
+    cfg, exp, _, _ = tiny_run
+    results = exp.results()
+    assert [b["seed"] for b in results["bases"]] == [0, 1]
+    assert results["bases"][0]["revision"] != results["bases"][1]["revision"]  # seeds differ
+    assert [c["cell"] for c in results["cells"]] == [c.id for c in cfg.cells()]
+    stats = {(s["strategy"], s["n"], s["filter"], s["seed"]): s for s in results["pair_stats"]}
+    for cell in results["cells"]:
+        assert 0 <= cell["accuracy"] <= 1 and cell["eval_n"] == 24
+        assert cell["mix"]["human_pairs"] == 40
+        assert cell["mix"]["synthetic_pairs"] == cell["pairs"]["pairs"] == \
+            stats[(cell["strategy"], cell["n"], cell["filter"], cell["seed"])]["pairs"]
+        assert cell["lineage"]["teacher_revision"] == results["bases"][0]["revision"]
+    assert not exp.path("students").exists() or not any(exp.path("students").iterdir())  # keep_students: false
+    progress = json.loads(exp.path("progress.json").read_text())
+    assert (progress["cells_done"], progress["cells_total"]) == (6, 6)
+
+
+def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
+    cfg, exp, report, cfg_path = tiny_run
+    text = report.read_text()
+    assert f"wofn experiment {cfg_path}" in text or "wofn experiment" in text
+    assert cfg.text.strip() in text
+    assert "| **base** (human pairs only) | – | – | – | 2 |" in text
+    assert "[longer response wins]" in text and "[shorter response wins]" in text
+    for strategy, n, filter_name in cfg.train:
+        assert f"| student | {strategy} | {n} | {filter_name} | 2 |" in text
+    assert "Students trained: **6 of 6** cells." in text
+    for name in reporting.PLOTS:
+        png = report.parent / "results" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"results/{name}" in text
+    assert exp.path("results.md").exists()
+
+
+def test_rerun_resumes_only_missing_work_and_keeps_the_discussion(tiny_run):
+    cfg, exp, report, cfg_path = tiny_run
+    lost = exp.cell_file(cfg.cells()[2])
+    before = json.loads(lost.read_text())
+    kept = {c.id: exp.cell_file(c).stat().st_mtime_ns for c in cfg.cells() if exp.cell_file(c) != lost}
+    candidates = {p: p.stat().st_mtime_ns for p in exp.path("candidates").glob("*.parquet")}
+    lost.unlink()
+    report.write_text(report.read_text().replace("(to be written)", "Our reading: tiny models, no signal."))
+    assert cli.main(["experiment", str(cfg_path), "--home", str(exp.root.parent.parent), "--report", str(report)]) == 0
+    after = json.loads(lost.read_text())
+    assert after["accuracy"] == before["accuracy"] and after["lineage"]["revision"] == before["lineage"]["revision"]
+    assert {c.id: exp.cell_file(c).stat().st_mtime_ns for c in cfg.cells() if exp.cell_file(c) != lost} == kept
+    assert {p: p.stat().st_mtime_ns for p in exp.path("candidates").glob("*.parquet")} == candidates
+    assert "Our reading: tiny models, no signal." in report.read_text()
+
+
+def test_dagster_job_reports_the_same_run(tiny_run, monkeypatch):
+    from dagster import DagsterInstance
+
+    from wofn_dagster.experiment import experiment
+    from wofn_dagster.resources import WofnHomeResource
+
+    cfg, exp, report, cfg_path = tiny_run
+    out = report.parent / "from_dagster.md"
+    with DagsterInstance.ephemeral() as instance:
+        result = experiment.execute_in_process(
+            run_config={"ops": {"experiment_estimate": {"config": {"config": str(cfg_path)}},
+                                "experiment_report": {"config": {"config": str(cfg_path), "report": str(out)}}}},
+            resources={"home": WofnHomeResource(root=str(exp.root.parent.parent))}, instance=instance)
+        assert result.success
+        [materialization] = [e.materialization for e in result.all_events if e.is_step_materialization]
+        assert materialization.asset_key.path == ["experiment_results", "tiny"]
+        assert materialization.metadata["cells"].value == 6
+        estimate = result.output_for_node("experiment_estimate")
+        assert estimate == str(cfg_path)
+    assert "| student | west_of_n | 4 | both | 2 |" in out.read_text()

@@ -1,0 +1,1 @@
+"""`wofn experiment CONFIG`: the paper's ablation grid as one command (config, runner, report)."""

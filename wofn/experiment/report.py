@@ -1,0 +1,235 @@
+"""The experiment's results: tables (mean ± sd over seeds), plots, and the markdown report.
+
+Pure functions of the results the runner wrote (`Experiment.results()`), so a report can be
+rebuilt at any time, also from a run that is still going (it says how many cells are in).
+Differences to the base are paired by seed: student of seed s minus base of seed s.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from wofn.experiment.config import ExperimentConfig
+
+METRICS = (("accuracy", "acc"), ("length_balanced_accuracy", "len-bal acc"), ("high_confidence_accuracy", "high-conf acc"))
+DISCUSSION_MARKER = "<!-- discussion: kept when the report is regenerated -->"
+
+
+def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def fmt(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
+    m, sd = mean_sd(values)
+    if m is None:
+        return "–"
+    text = f"{scale * m:+.1f}" if signed else f"{scale * m:.1f}"
+    return text + (f" ± {scale * sd:.1f}" if sd is not None else "")
+
+
+def arms_table(results: dict, config: ExperimentConfig) -> list[dict]:
+    """One row per (strategy, N, filter) with trained students: metrics and paired deltas over seeds."""
+    base = {b["seed"]: b for b in results["bases"]}
+    by_arm: dict[tuple, list[dict]] = {}
+    for cell in results["cells"]:
+        by_arm.setdefault((cell["strategy"], cell["n"], cell["filter"]), []).append(cell)
+    rows = []
+    for arm in config.train:
+        cells = by_arm.get(arm, [])
+        if not cells:
+            continue
+        row = {"strategy": arm[0], "n": arm[1], "filter": arm[2], "seeds": len(cells),
+               "synthetic_pairs": statistics.mean(c["mix"]["synthetic_pairs"] for c in cells),
+               "chosen_longer_share": statistics.mean(c["pairs"]["chosen_longer_share"] for c in cells),
+               "mean_confidence": statistics.mean(c["pairs"]["mean_confidence"] for c in cells)}
+        for key, _ in METRICS:
+            row[key] = [c[key] for c in cells]
+            row[f"delta_{key}"] = [c[key] - base[c["seed"]][key] for c in cells if c["seed"] in base]
+        rows.append(row)
+    return rows
+
+
+def _base_row(results: dict) -> dict:
+    return {key: [b[key] for b in results["bases"]] for key, _ in METRICS}
+
+
+def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
+    bases = results["bases"]
+    lines = []
+    if not bases:
+        return ["No base model evaluated yet."]
+    b0 = bases[0]
+    base = _base_row(results)
+    lines += [f"Evaluation: {b0['eval_n']} held-out human pairs. Accuracy in %, mean ± sd over seeds; Δ is paired by seed "
+              "(student of seed s minus base of seed s). len-bal acc: mean of the accuracy where the chosen response "
+              "is longer and where it is shorter (any length-only rule scores 50.0). "
+              f"high-conf acc: accuracy on the {100 * b0['high_confidence_fraction']:g}% of pairs with the largest |margin|.",
+              "",
+              "| model | strategy | N | filter | seeds | synthetic pairs | chosen longer | acc | Δ acc | len-bal acc | Δ len-bal | high-conf acc | Δ high-conf |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+              f"| **base** (human pairs only) | – | – | – | {len(bases)} | 0 | – | {fmt(base['accuracy'])} | – | "
+              f"{fmt(base['length_balanced_accuracy'])} | – | {fmt(base['high_confidence_accuracy'])} | – |",
+              f"| [longer response wins] | – | – | – | – | – | – | {100 * b0['longer_wins_accuracy']:.1f} | – | 50.0 | – | – | – |",
+              f"| [shorter response wins] | – | – | – | – | – | – | {100 * b0['shorter_wins_accuracy']:.1f} | – | 50.0 | – | – | – |"]
+    for row in arms_table(results, config):
+        lines.append(
+            f"| student | {row['strategy']} | {row['n']} | {row['filter']} | {row['seeds']} | {row['synthetic_pairs']:.0f} | "
+            f"{100 * row['chosen_longer_share']:.0f}% | {fmt(row['accuracy'])} | {fmt(row['delta_accuracy'], signed=True)} | "
+            f"{fmt(row['length_balanced_accuracy'])} | {fmt(row['delta_length_balanced_accuracy'], signed=True)} | "
+            f"{fmt(row['high_confidence_accuracy'])} | {fmt(row['delta_high_confidence_accuracy'], signed=True)} |")
+    return lines
+
+
+def pair_stats_markdown(results: dict) -> list[str]:
+    """The synthetic pair sets of the whole grid (no training needed): size, length balance, likelihood."""
+    groups: dict[tuple, list[dict]] = {}
+    for s in results["pair_stats"]:
+        groups.setdefault((s["strategy"], s["n"], s["filter"]), []).append(s)
+    lines = ["| strategy | N | filter | pairs | chosen longer | mean length gap (tokens) | mean confidence | "
+             "chosen log-lik / token | rejected log-lik / token |", "|---|---|---|---|---|---|---|---|---|"]
+    for (strategy, n, filter_name), rows in groups.items():
+        def avg(key):
+            values = [r[key] for r in rows if r[key] is not None]
+            return statistics.mean(values) if values else float("nan")
+        lines.append(f"| {strategy} | {n} | {filter_name} | {avg('pairs'):.0f} | {100 * avg('chosen_longer_share'):.0f}% | "
+                     f"{avg('mean_length_gap'):+.1f} | {avg('mean_confidence'):.3f} | {avg('chosen_logprob_mean'):.3f} | "
+                     f"{avg('rejected_logprob_mean'):.3f} |")
+    return lines
+
+
+# ---- plots
+
+def _base_band(ax, results: dict, key: str = "accuracy") -> None:
+    m, sd = mean_sd([b[key] for b in results["bases"]])
+    if m is None:
+        return
+    ax.axhline(100 * m, color="grey", linestyle="--", label="base")
+    if sd:
+        ax.axhspan(100 * (m - sd), 100 * (m + sd), color="grey", alpha=0.15)
+
+
+def plot_accuracy_vs_n(results: dict, config: ExperimentConfig) -> Figure:
+    """Student accuracy (and length-balanced accuracy) vs N, one line per (strategy, filter) trained at several N."""
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
+    rows = arms_table(results, config)
+    for ax, (key, label) in zip(axes, METRICS[:2]):
+        series: dict[tuple, list] = {}
+        for row in rows:
+            series.setdefault((row["strategy"], row["filter"]), []).append(row)
+        for (strategy, filter_name), arm_rows in series.items():
+            arm_rows.sort(key=lambda r: r["n"])
+            xs = [r["n"] for r in arm_rows]
+            ms = [100 * mean_sd(r[key])[0] for r in arm_rows]
+            sds = [100 * (mean_sd(r[key])[1] or 0) for r in arm_rows]
+            ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=f"{strategy}, {filter_name}")
+        _base_band(ax, results, key)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(config.ns), [str(n) for n in config.ns])
+        ax.set_xlabel("N (candidates per prompt)")
+        ax.set_ylabel(f"{label} (%)")
+        ax.set_title(f"student {label} vs N")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_arms(results: dict, config: ExperimentConfig) -> Figure:
+    """Every trained arm's accuracy and length-balanced accuracy (mean ± sd) beside the base."""
+    rows = arms_table(results, config)
+    fig = Figure(figsize=(max(6, 0.7 * len(rows) + 2), 4))
+    ax = fig.subplots()
+    labels = ["base"] + [f"{r['strategy']}\nN={r['n']} {r['filter']}" for r in rows]
+    base = _base_row(results)
+    for offset, (key, label) in zip((-0.2, 0.2), METRICS[:2]):
+        values = [base[key]] + [r[key] for r in rows]
+        ms = [100 * (mean_sd(v)[0] or 0) for v in values]
+        sds = [100 * (mean_sd(v)[1] or 0) for v in values]
+        ax.bar([i + offset for i in range(len(values))], ms, width=0.4, yerr=sds, capsize=2, label=label)
+    ax.axhline(50, color="black", linewidth=0.5)
+    ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=60, ha="right")
+    ax.set_ylim(40, max(70, ax.get_ylim()[1]))
+    ax.set_ylabel("%")
+    ax.set_title("students per strategy / N / filter vs base")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pair_logprob_vs_n(results: dict, config: ExperimentConfig) -> Figure:
+    """The pairs' mean per-token log-likelihood under the policy vs N (filter none), chosen and rejected."""
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
+    filter_name = "none" if "none" in config.filters else config.filters[0]
+    for strategy in config.strategies:
+        rows = [s for s in results["pair_stats"] if s["strategy"] == strategy and s["filter"] == filter_name]
+        for ax, side in zip(axes, ("chosen", "rejected")):
+            xs, ys = [], []
+            for n in config.ns:
+                values = [r[f"{side}_logprob_mean"] for r in rows if r["n"] == n and r[f"{side}_logprob_mean"] is not None]
+                if values:
+                    xs.append(n)
+                    ys.append(statistics.mean(values))
+            ax.plot(xs, ys, marker="o", label=strategy)
+    for ax, side in zip(axes, ("chosen", "rejected")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(config.ns), [str(n) for n in config.ns])
+        ax.set_xlabel("N")
+        ax.set_ylabel("mean log-likelihood per token")
+        ax.set_title(f"{side} responses (filter: {filter_name})")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+PLOTS = {"accuracy_vs_n.png": plot_accuracy_vs_n, "arms.png": plot_arms,
+         "pair_logprob_vs_n.png": plot_pair_logprob_vs_n}
+
+
+def write_plots(results: dict, config: ExperimentConfig, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, plot in PLOTS.items():
+        fig = plot(results, config)
+        fig.savefig(folder / name, dpi=110)
+        written.append(folder / name)
+    return written
+
+
+def write_report(results: dict, config: ExperimentConfig, path: Path, command: str, header: dict) -> Path:
+    """`path` (markdown) and its plots in `<path stem>/`; text after DISCUSSION_MARKER in an existing file is kept."""
+    path = Path(path)
+    plots_dir = path.parent / path.stem
+    write_plots(results, config, plots_dir)
+    kept = ""
+    if path.exists() and DISCUSSION_MARKER in path.read_text():
+        kept = path.read_text().split(DISCUSSION_MARKER, 1)[1]
+    done, total = len(results["cells"]), results["cells_total"]
+    lines = [f"# Experiment `{config.name}`: does West-of-N improve the reward model here?", "",
+             "Generated by `wofn experiment` (wofn/experiment/report.py); rerunning the command resumes the run and "
+             "rewrites everything above the discussion.", "",
+             "## How it was made", "", "```", command, "```", "",
+             f"Config (`{config.source}`, digest {config.digest}):", "", "```yaml", config.text.strip(), "```", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", f"Students trained: **{done} of {total}** cells." + ("" if done == total else " (run not finished)"), "",
+              "## Results", ""]
+    lines += results_markdown(results, config)
+    rel = plots_dir.name
+    lines += ["", f"![accuracy vs N]({rel}/accuracy_vs_n.png)", "", f"![every trained arm]({rel}/arms.png)", "",
+              "## The synthetic pair sets (whole grid, before training)", "",
+              "Mean over seeds (west_of_n does not depend on the seed). Log-likelihood: the policy's mean per-token "
+              "log-probability of the response at T=1.", ""]
+    lines += pair_stats_markdown(results)
+    lines += ["", f"![pairs' log-likelihood vs N]({rel}/pair_logprob_vs_n.png)", "", DISCUSSION_MARKER]
+    text = "\n".join(lines) + (kept if kept else "\n\n## Discussion\n\n(to be written)\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

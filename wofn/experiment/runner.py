@@ -1,0 +1,446 @@
+"""Running an experiment grid: sample once, score once, build every pair set, train one student per cell.
+
+This module orchestrates (like the CLI and the Dagster job that call it): it runs the two Beam jobs
+(`beam_jobs.sample_candidates`, `beam_jobs.score_candidates`) and the core steps of `wofn`.
+Everything lands under `$WOFN_HOME/experiments/<name>/`; each step writes its result when it
+completes and is skipped when it finds it, so a stopped run resumes where it stopped:
+
+    prompts/                 the unlabeled prompts (wofn.schemas.PROMPTS)
+    candidates/              N = max(grid.n) responses per prompt (the sampling job's shards: resumable)
+    base/seed=<s>/           base RM per seed (model/ and result.json); seed `teacher_seed` is the teacher
+    scores/                  the teacher's reward per candidate
+    subsets/n=<k>/           candidates and scores with candidate_idx < k (never resampled)
+    pairs/<strategy>/n=<k>/seed=<s>/   the strategy's pairs before filtering
+    pair_stats.json          per (strategy, N, filter, seed): pairs, length balance, policy log-likelihood
+    cells/<cell id>.json     one trained and evaluated student
+    progress.json            cells done / total, seconds so far, ETA
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from wofn import data, evaluation, models, pairs, training
+from wofn.experiment.config import Cell, ExperimentConfig, filter_quantiles
+from wofn.paths import REPO_ROOT, content_hash, publish, staging_dir
+
+log = logging.getLogger(__name__)
+
+BENCH_FILE = REPO_ROOT / "bench" / "latest.jsonl"
+EVAL_FILE = "result.json"
+
+
+def write_json(path: Path, value) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+class Experiment:
+    """One config's folder and its steps (see the module docstring for the layout)."""
+
+    def __init__(self, config: ExperimentConfig, home: Path):
+        self.config = config
+        self.settings = config.settings
+        self.root = Path(home).resolve() / "experiments" / config.name
+
+    # ---- layout
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def base_dir(self, seed: int) -> Path:
+        return self.path("base", f"seed={seed}")
+
+    def teacher_dir(self) -> Path:
+        return self.base_dir(self.config.teacher_seed) / "model"
+
+    def subset(self, n: int, table: str) -> Path:
+        if n == self.config.max_n:
+            return self.path(table)
+        return self.path("subsets", f"n={n}", table)
+
+    def pairs_dir(self, strategy: str, n: int, seed: int) -> Path:
+        return self.path("pairs", strategy, f"n={n}", f"seed={pairs.seed_for(strategy, seed) or 0}")
+
+    def cell_file(self, cell: Cell) -> Path:
+        return self.path("cells", f"{cell.id}.json")
+
+    # ---- inputs
+    def human_pairs(self) -> list[dict]:
+        return data.load_preferences(self.settings["human_pairs"], self.settings["max_human_pairs"]).to_pylist()
+
+    def eval_pairs(self) -> list[dict]:
+        return data.load_preferences(self.settings["eval_pairs"], self.settings["max_eval_pairs"]).to_pylist()
+
+    def train_config(self, seed: int) -> training.TrainConfig:
+        s = self.settings
+        return training.TrainConfig(epochs=s["rm_epochs"], batch_size=s["rm_batch_size"],
+                                    learning_rate=s["rm_learning_rate"], max_length=s["rm_max_length"], seed=seed,
+                                    bf16=s["rm_bf16"], device=s["device"], val_fraction=s["rm_val_fraction"])
+
+    def threads(self) -> int:
+        import os
+
+        return self.settings["torch_threads"] or os.cpu_count() or 1
+
+    # ---- steps
+    def prompts(self) -> Path:
+        out = self.path("prompts")
+        if not out.exists():
+            table, errors = data.read_prompts(self.settings["unlabeled_prompts"], self.settings["max_prompts"])
+            staging = staging_dir(out)
+            pq.write_table(table, staging / "part-00000.parquet")
+            publish(staging, out)
+            if errors.num_rows:
+                self.path("prompt_errors").mkdir(parents=True, exist_ok=True)
+                pq.write_table(errors, self.path("prompt_errors", "part-00000.parquet"))
+            log.info("prompts: %d kept, %d left out (prompt_errors/)", table.num_rows, errors.num_rows)
+        return out
+
+    def sampling_args(self) -> list[str]:
+        s = self.settings
+        return ["--prompts", str(self.path("prompts")), "--output", str(self.path("candidates")),
+                "--errors", str(self.path("candidate_errors")),
+                "--policy", s["policy"], "--dtype", s["policy_dtype"], "--engine", s["sampling_engine"],
+                "--n", str(self.config.max_n), "--max-new-tokens", str(s["max_new_tokens"]),
+                "--temperature", str(s["temperature"]), "--top-p", str(s["top_p"]), "--seed", str(s["seed"]),
+                "--batch-size", str(s["sample_batch_size"]), "--device", s["device"],
+                "--torch-threads", str(self.threads()), "--runner=DirectRunner"]
+
+    def sample(self) -> dict:
+        """N = max(grid.n) candidates per prompt; the job skips shards an earlier run finished."""
+        from beam_jobs import sample_candidates
+
+        done = self.path("sampled.json")
+        if done.exists():
+            return read_json(done)
+        self.prompts()
+        started = time.monotonic()
+        stats = sample_candidates.run(self.sampling_args(), save_main_session=False)
+        stats = {**stats, "seconds": time.monotonic() - started}
+        write_json(done, stats)
+        log.info("sampling: %s", stats)
+        return stats
+
+    def base(self, seed: int) -> dict:
+        """The base RM of one seed, trained on the human pairs and evaluated; reused when present."""
+        result_file = self.base_dir(seed) / EVAL_FILE
+        if result_file.exists():
+            return read_json(result_file)
+        models.set_torch_threads(self.threads())
+        model_dir = self.base_dir(seed) / "model"
+        human = self.human_pairs()
+        log.info("base RM seed %d: training on %d human pairs", seed, len(human))
+        metrics = training.train_reward_model(self.settings["rm_backbone"], human, self.train_config(seed), model_dir,
+                                              manifest={"role": "base", "experiment": self.config.name})
+        result = {"seed": seed, "train_seconds": metrics["seconds"], "revision": models.read_manifest(str(model_dir))["revision"],
+                  **self._evaluate(model_dir)}
+        write_json(result_file, result)
+        log.info("base RM seed %d: accuracy %.3f, length-balanced %.3f (%.0fs)", seed, result["accuracy"],
+                 result["length_balanced_accuracy"], metrics["seconds"])
+        return result
+
+    def _evaluate(self, model_dir: Path) -> dict:
+        """Metrics on the evaluation pairs; their count is `eval_n` (`n` is a cell's N)."""
+        result = evaluation.evaluate(str(model_dir), self.eval_pairs(), device=self.settings["device"],
+                                     high_confidence_fraction=self.settings["high_confidence_fraction"])
+        return {("eval_n" if k == "n" else k): v for k, v in result.items() if k != "model"}
+
+    def score(self) -> Path:
+        """The teacher's reward for every candidate (skipped when scores/ exists)."""
+        from beam_jobs import score_candidates
+
+        out = self.path("scores")
+        if out.exists():
+            return out
+        s = self.settings
+        staging, errors = staging_dir(out), staging_dir(self.path("score_errors"))
+        started = time.monotonic()
+        stats = score_candidates.run(["--candidates", str(self.path("candidates")), "--output", str(staging),
+                                      "--errors", str(errors), "--reward-model", str(self.teacher_dir()),
+                                      "--batch-size", str(s["score_batch_size"]), "--dtype", s["score_dtype"],
+                                      "--device", s["device"], "--torch-threads", str(self.threads()),
+                                      "--runner=DirectRunner"], save_main_session=False)
+        publish(errors, self.path("score_errors"))
+        publish(staging, out)
+        log.info("scoring: %s in %.0fs", stats, time.monotonic() - started)
+        return out
+
+    def subsets(self) -> None:
+        """For each smaller N: the first N candidates of every prompt, and their scores."""
+        for n in self.config.ns:
+            for table in ("candidates", "scores"):
+                out = self.subset(n, table)
+                if out.exists():
+                    continue
+                full = pq.read_table(self.path(table))
+                staging = staging_dir(out)
+                pq.write_table(full.filter(pc.less(full["candidate_idx"], n)), staging / "part-00000.parquet")
+                publish(staging, out)
+
+    def pair_sets(self) -> list[dict]:
+        """Every (strategy, N, filter, seed) pair set's statistics (pair_stats.json); pairs written once."""
+        s = self.settings
+        stats = []
+        for strategy in self.config.strategies:
+            for n in self.config.ns:
+                for seed in self.config.seeds:
+                    folder = self.pairs_dir(strategy, n, seed)
+                    if not folder.exists():
+                        table, _ = pairs.select_pairs(self.subset(n, "candidates"), self.subset(n, "scores"),
+                                                      strategy=strategy, seed=seed)
+                        staging = staging_dir(folder)
+                        pq.write_table(table, staging / "part-00000.parquet")
+                        publish(staging, folder)
+                    for filter_name in self.config.filters:
+                        kept = self.filtered(strategy, n, filter_name, seed)
+                        stats.append({"strategy": strategy, "n": n, "filter": filter_name, "seed": seed,
+                                      **pair_summary(kept)})
+        write_json(self.path("pair_stats.json"), stats)
+        return stats
+
+    def filtered(self, strategy: str, n: int, filter_name: str, seed: int) -> pa.Table:
+        s = self.settings
+        confidence, likelihood = filter_quantiles(filter_name, s)
+        table, _ = pairs.filter_pairs(self.pairs_dir(strategy, n, seed), confidence, likelihood, s["likelihood"],
+                                      s["min_margin"], s["max_pair_tokens"])
+        return table
+
+    def cell(self, cell: Cell, human: list[dict]) -> dict:
+        """Train and evaluate one student; its result file marks it done."""
+        s = self.settings
+        synthetic = self.filtered(cell.strategy, cell.n, cell.filter, cell.seed)
+        mixed, mix = training.mix_pairs(human, synthetic.to_pylist(), s["synthetic_ratio"], cell.seed)
+        out = self.path("students", cell.id)
+        models.set_torch_threads(self.threads())
+        metrics = training.train_reward_model(
+            s["rm_backbone"], mixed, self.train_config(cell.seed), out,
+            manifest={"role": "experiment_student", "experiment": self.config.name, "cell": cell.id, "mix": mix})
+        result = {
+            **self._evaluate(out),  # first: its "n" (evaluation pairs) becomes eval_n, the cell's n is N
+            "cell": cell.id, "strategy": cell.strategy, "n": cell.n, "filter": cell.filter, "seed": cell.seed,
+            "mix": mix, "pairs": pair_summary(synthetic), "train_seconds": metrics["seconds"],
+            "best_val_accuracy": metrics["best_val_accuracy"],
+            "lineage": {"teacher_revision": read_json(self.base_dir(self.config.teacher_seed) / EVAL_FILE)["revision"],
+                        "candidates": content_hash(self.path("candidates")),
+                        "pairs": content_hash(self.pairs_dir(cell.strategy, cell.n, cell.seed)),
+                        "config": self.config.digest, "revision": models.read_manifest(str(out))["revision"]},
+        }
+        write_json(self.cell_file(cell), result)
+        if not self.config.keep_students:
+            shutil.rmtree(out, ignore_errors=True)
+        return result
+
+    def cells(self, on_cell: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train every cell without a result file, seed-major; `on_cell` gets the progress after each."""
+        todo = [c for c in self.config.cells() if not self.cell_file(c).exists()]
+        total = len(self.config.cells())
+        done = total - len(todo)
+        human = self.human_pairs()
+        started, spent = time.monotonic(), []
+        for cell in todo:
+            t0 = time.monotonic()
+            result = self.cell(cell, human)
+            spent.append(time.monotonic() - t0)
+            done += 1
+            base = read_json(self.base_dir(cell.seed) / EVAL_FILE)
+            eta = statistics.mean(spent) * (total - done)
+            progress = {"cells_done": done, "cells_total": total, "seconds_this_run": time.monotonic() - started,
+                        "eta_s": eta, "last": cell.id, "last_accuracy": result["accuracy"],
+                        "last_length_balanced_accuracy": result["length_balanced_accuracy"]}
+            write_json(self.path("progress.json"), progress)
+            if on_cell:
+                on_cell(progress)
+            log.info("cell %d/%d %s: accuracy %.3f (base %.3f, %+.3f), length-balanced %.3f, %d synthetic pairs, "
+                     "%.0fs; ETA %.0f min", done, total, cell.id, result["accuracy"], base["accuracy"],
+                     result["accuracy"] - base["accuracy"], result["length_balanced_accuracy"],
+                     result["mix"]["synthetic_pairs"], spent[-1], eta / 60)
+        return [read_json(self.cell_file(c)) for c in self.config.cells()]
+
+    def results(self) -> dict:
+        """What exists so far: base results per seed, cell results, pair statistics."""
+        bases = [read_json(self.base_dir(s) / EVAL_FILE) for s in self.config.seeds
+                 if (self.base_dir(s) / EVAL_FILE).exists()]
+        cells = [read_json(self.cell_file(c)) for c in self.config.cells() if self.cell_file(c).exists()]
+        stats = read_json(self.path("pair_stats.json")) if self.path("pair_stats.json").exists() else []
+        return {"bases": bases, "cells": cells, "pair_stats": stats,
+                "cells_total": len(self.config.cells())}
+
+    def inputs(self) -> None:
+        """Everything before the students: candidates, the base RMs, the teacher's scores, the pair sets."""
+        teacher = self.config.teacher_seed
+        self.sample()
+        self.base(teacher)
+        self.score()
+        self.subsets()
+        self.pair_sets()
+        for seed in self.config.seeds:
+            if seed != teacher:
+                self.base(seed)
+
+    def run(self) -> dict:
+        """Every step in order; each is skipped when its result exists."""
+        self.inputs()
+        self.cells()
+        return self.results()
+
+
+def pair_summary(table: pa.Table) -> dict:
+    """pairs.pair_stats plus the pairs' mean per-token log-likelihood under the policy."""
+    n = table.num_rows
+    mean = (lambda col: sum(table.column(col).to_pylist()) / n) if n else (lambda col: None)
+    return {**pairs.pair_stats(table), "prompts": n,
+            "chosen_logprob_mean": mean("chosen_logprob_mean"), "rejected_logprob_mean": mean("rejected_logprob_mean")}
+
+
+# ---- cost
+
+def bench_rates(path: Path = BENCH_FILE) -> dict:
+    """Throughputs measured by `make bench` (bench/latest.jsonl), by stage."""
+    records = {}
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                records[record["stage"]] = record
+    return records
+
+
+def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | None = None) -> dict:
+    """Seconds per step from the benchmark's throughputs, for the work not done yet (under `home`, if given).
+
+    Sampling: prompts x max N x (generated tokens per candidate) / tokens/s; scoring: candidates /
+    sequences/s; training: (human + synthetic pairs) x (1 - validation share) x epochs / pairs/s,
+    plus evaluation (2 sequences per eval pair at the scoring rate). The synthetic count per cell
+    assumes each filter keeps (1 - quantile) of the pairs.
+    """
+    bench = bench_rates() if bench is None else bench
+    s = config.settings
+    missing = [stage for stage in ("sampling", "scoring", "training") if stage not in bench]
+    if missing:
+        raise ValueError(f"{BENCH_FILE}: no benchmark figures for {missing}; run `make bench` first")
+    dtype = s["policy_dtype"] if s["policy_dtype"] in bench["sampling"]["ours"] else "float32"
+    sampling = bench["sampling"]["ours"][dtype]
+    tokens_per_candidate = sampling["generated_tokens"] / sampling["candidates"]
+    score_dtype = s["score_dtype"] if s["score_dtype"] in bench["scoring"]["ours"] else "float32"
+    seqs_per_s = bench["scoring"]["ours"][score_dtype]["sequences_per_s"]
+    pairs_per_s = bench["training"]["ours"]["bf16" if s["rm_bf16"] else "fp32"]["pairs_per_s"]
+
+    prompts = data.read_prompts(s["unlabeled_prompts"], s["max_prompts"])[0].num_rows
+    human = data.load_preferences(s["human_pairs"], s["max_human_pairs"]).num_rows
+    n_eval = data.load_preferences(s["eval_pairs"], s["max_eval_pairs"]).num_rows
+    candidates = prompts * config.max_n
+    exp = Experiment(config, home) if home is not None else None
+
+    def done(path_fn, *args) -> bool:
+        return exp is not None and path_fn(*args).exists()
+
+    def train_seconds(pairs_total: float) -> float:
+        return pairs_total * (1 - s["rm_val_fraction"]) * s["rm_epochs"] / pairs_per_s + 2 * n_eval / seqs_per_s
+
+    steps = {"sampling": 0.0 if done(lambda: exp.path("sampled.json")) else
+             candidates * tokens_per_candidate / sampling["generated_tokens_per_s"]}
+    steps["scoring"] = 0.0 if done(lambda: exp.path("scores")) else candidates / seqs_per_s
+    steps["base_models"] = sum(train_seconds(human) for seed in config.seeds
+                               if not done(lambda: exp.base_dir(seed) / EVAL_FILE))
+    cells = [c for c in config.cells() if not done(exp.cell_file, c)] if exp else config.cells()
+    student = 0.0
+    for cell in cells:
+        confidence, likelihood = filter_quantiles(cell.filter, s)
+        synthetic = min(prompts * (1 - confidence) * (1 - likelihood), s["synthetic_ratio"] * human)
+        student += train_seconds(human + synthetic)
+    steps["students"] = student
+    return {"prompts": prompts, "candidates": candidates, "human_pairs": human, "eval_pairs": n_eval,
+            "students": len(cells), "students_total": len(config.cells()), "seconds": steps,
+            "total_seconds": sum(steps.values()),
+            "rates": {"sampling_tokens_per_s": sampling["generated_tokens_per_s"],
+                      "tokens_per_candidate": tokens_per_candidate, "scoring_sequences_per_s": seqs_per_s,
+                      "training_pairs_per_s": pairs_per_s}}
+
+
+def format_estimate(est: dict) -> str:
+    minutes = {k: v / 60 for k, v in est["seconds"].items()}
+    lines = [f"estimated cost on this machine (from {BENCH_FILE.relative_to(REPO_ROOT)}): "
+             f"{est['total_seconds'] / 60:.0f} min",
+             f"  sampling   {minutes['sampling']:6.1f} min  ({est['candidates']} candidates at "
+             f"{est['rates']['sampling_tokens_per_s']:.0f} tokens/s, {est['rates']['tokens_per_candidate']:.0f} tokens each)",
+             f"  scoring    {minutes['scoring']:6.1f} min  ({est['rates']['scoring_sequences_per_s']:.0f} sequences/s)",
+             f"  base RMs   {minutes['base_models']:6.1f} min  ({est['human_pairs']} human pairs, "
+             f"{est['rates']['training_pairs_per_s']:.1f} training pairs/s)",
+             f"  students   {minutes['students']:6.1f} min  ({est['students']} of {est['students_total']} still to train)"]
+    return "\n".join(lines)
+
+
+def _git_revision() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def report_header(exp: Experiment) -> dict:
+    """Where, when and at what cost the results were made (the estimate is the one made before the first run)."""
+    import os
+    import platform
+
+    import torch
+
+    results = exp.results()
+    header = {"wofn revision (when the report was written)": _git_revision(),
+              "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, no GPU"
+              if not torch.cuda.is_available() else f"{torch.cuda.get_device_name()}, torch {torch.__version__}",
+              "data": f"{exp.settings['human_pairs']} (human), {exp.settings['eval_pairs']} (evaluation), "
+                      f"{exp.settings['unlabeled_prompts']} (prompts)",
+              "policy / RM backbone": f"{exp.settings['policy']} ({exp.settings['policy_dtype']}) / {exp.settings['rm_backbone']}"}
+    if exp.path("estimate.json").exists():
+        est = read_json(exp.path("estimate.json"))
+        header["estimated cost before the run"] = (f"{est['total_seconds'] / 60:.0f} min ("
+                                                   + ", ".join(f"{k} {v / 60:.0f}" for k, v in est["seconds"].items()) + ")")
+    spent = {"sampling": read_json(exp.path("sampled.json")).get("seconds", 0) if exp.path("sampled.json").exists() else 0,
+             "base_models": sum(b["train_seconds"] for b in results["bases"]),
+             "students": sum(c["train_seconds"] for c in results["cells"])}
+    header["measured (training and sampling time)"] = (f"{sum(spent.values()) / 60:.0f} min ("
+                                                       + ", ".join(f"{k} {v / 60:.0f}" for k, v in spent.items()) + ")")
+    return header
+
+
+def write_reports(exp: Experiment, report: str | Path | None, command: str) -> Path:
+    """The report in the run's folder (results.md) and, when given, at `report` too; returns the last written."""
+    from wofn.experiment import report as reporting
+
+    results, header = exp.results(), report_header(exp)
+    out = reporting.write_report(results, exp.config, exp.path("results.md"), command, header)
+    if report:
+        out = reporting.write_report(results, exp.config, Path(report), command, header)
+    return out
+
+
+def run_and_report(config: ExperimentConfig, home: Path, report: str | Path | None, command: str,
+                   run: bool = True) -> Path:
+    """Run every missing step (unless `run` is False), then write the report (see write_reports)."""
+    exp = Experiment(config, home)
+    exp.root.mkdir(parents=True, exist_ok=True)
+    if not exp.path("estimate.json").exists():
+        write_json(exp.path("estimate.json"), estimate(config, home))
+    if run:
+        exp.run()
+    return write_reports(exp, report, command)

@@ -1,0 +1,96 @@
+"""The `experiment` job: `wofn experiment CONFIG` as Dagster ops, launched from the UI's Launchpad.
+
+    estimate -> inputs (sample once at max N, base RMs, teacher scores, pair sets) -> students -> report
+
+Each op calls wofn.experiment.runner, which skips what an earlier run finished, so re-executing a
+failed run resumes it. The report op records an `experiment_results` materialization with the
+results table and plots.
+"""
+
+from pathlib import Path
+from typing import Optional
+
+from dagster import AssetMaterialization, Config, MetadataValue, OpExecutionContext, job, op
+from matplotlib.figure import Figure
+from pydantic import Field
+
+from wofn.experiment import config as xconfig
+from wofn.experiment import report as reporting
+from wofn.experiment import runner
+from wofn_dagster.assets.common import forward_logs, png_markdown
+from wofn_dagster.resources import WofnHomeResource
+
+
+class ExperimentRunConfig(Config):
+    config: str = Field(description="experiment config (YAML), e.g. experiments/hh.yaml")
+    report: Optional[str] = Field(default=None, description="also write the report here, e.g. docs/results.md")
+
+
+def _experiment(path: str, home: WofnHomeResource) -> runner.Experiment:
+    return runner.Experiment(xconfig.load(path), home.home.root)
+
+
+@op
+def experiment_estimate(context: OpExecutionContext, config: ExperimentRunConfig, home: WofnHomeResource) -> str:
+    """The grid's cost on this machine (from bench/latest.jsonl) for the work not done yet."""
+    exp = _experiment(config.config, home)
+    est = runner.estimate(exp.config, home.home.root)
+    exp.root.mkdir(parents=True, exist_ok=True)
+    if not exp.path("estimate.json").exists():
+        runner.write_json(exp.path("estimate.json"), est)
+    context.log.info(runner.format_estimate(est))
+    context.add_output_metadata({"estimated_minutes": MetadataValue.float(est["total_seconds"] / 60),
+                                 "students_to_train": MetadataValue.int(est["students"]),
+                                 "estimate": MetadataValue.json(est)})
+    return config.config
+
+
+@op
+def experiment_inputs(context: OpExecutionContext, config_path: str, home: WofnHomeResource) -> str:
+    """Candidates (sampled once at the largest N), base RMs per seed, the teacher's scores, every pair set."""
+    exp = _experiment(config_path, home)
+    with forward_logs(context, "wofn.experiment", "beam_jobs", "wofn.training"):
+        exp.inputs()
+    stats = exp.results()
+    context.add_output_metadata({"base_accuracy": MetadataValue.json({b["seed"]: b["accuracy"] for b in stats["bases"]}),
+                                 "pair_sets": MetadataValue.int(len(stats["pair_stats"]))})
+    return config_path
+
+
+@op
+def experiment_students(context: OpExecutionContext, config_path: str, home: WofnHomeResource) -> str:
+    """One student per cell, trained on human + synthetic pairs and evaluated; progress per cell."""
+    exp = _experiment(config_path, home)
+
+    def report(progress: dict) -> None:
+        context.log.info(f"cell {progress['cells_done']}/{progress['cells_total']} {progress['last']}: accuracy "
+                         f"{progress['last_accuracy']:.3f}; ETA {progress['eta_s'] / 60:.0f} min")
+
+    with forward_logs(context, "wofn.experiment"):
+        exp.cells(on_cell=report)
+    context.add_output_metadata({"cells": MetadataValue.int(len(exp.results()["cells"]))})
+    return config_path
+
+
+@op
+def experiment_report(context: OpExecutionContext, config_path: str, home: WofnHomeResource,
+                      config: ExperimentRunConfig) -> None:
+    """results.md (tables, plots) in the run's folder and, if asked, at `report`."""
+    exp = _experiment(config_path, home)
+    command = f"dagster job execute -j experiment (config: {config_path})"
+    out = runner.write_reports(exp, config.report, command)
+    results = exp.results()
+    fig: Figure = reporting.plot_accuracy_vs_n(results, exp.config)
+    context.log_event(AssetMaterialization(
+        asset_key=["experiment_results", exp.config.name],
+        description=f"wofn experiment {config_path}",
+        metadata={"report": MetadataValue.path(str(out)),
+                  "results": MetadataValue.md("\n".join(reporting.results_markdown(results, exp.config))),
+                  "accuracy_vs_n": png_markdown(fig),
+                  "arms": png_markdown(reporting.plot_arms(results, exp.config)),
+                  "cells": MetadataValue.int(len(results["cells"]))}))
+
+
+@job(description="An experiment grid (strategies x N x filters x seeds): students vs base, with a report.")
+def experiment():
+    experiment_report(experiment_students(experiment_inputs(experiment_estimate())))
