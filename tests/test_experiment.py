@@ -22,9 +22,11 @@ grid:
   n: [2, 4]
   filters: [none, both]
   seeds: [0, 1]
+  length: [none, residual, band+balanced]
 train:
-  - {strategy: west_of_n, n: 4}
-  - {strategy: random_pair, n: 2, filter: none}
+  - {strategy: west_of_n, n: 4, length: none}
+  - {strategy: random_pair, n: 2, filter: none, length: none}
+  - {strategy: west_of_n, n: 4, filter: none, length: [residual, band+balanced]}
 """
 
 
@@ -35,12 +37,26 @@ def parse(text: str):
 def test_config_cells_are_seed_major_and_limited_to_the_train_slices():
     cfg = parse(TINY)
     assert cfg.max_n == 4
-    assert cfg.train == (("west_of_n", 4, "none"), ("west_of_n", 4, "both"), ("random_pair", 2, "none"))
+    assert cfg.train == (("west_of_n", 4, "none", "none"), ("west_of_n", 4, "none", "residual"),
+                         ("west_of_n", 4, "none", "band+balanced"), ("west_of_n", 4, "both", "none"),
+                         ("random_pair", 2, "none", "none"))
     assert [c.id for c in cfg.cells()] == [
-        "west_of_n-n4-none-seed0", "west_of_n-n4-both-seed0", "random_pair-n2-none-seed0",
-        "west_of_n-n4-none-seed1", "west_of_n-n4-both-seed1", "random_pair-n2-none-seed1"]
+        "west_of_n-n4-none-seed0", "west_of_n-n4-none-len-residual-seed0", "west_of_n-n4-none-len-band+balanced-seed0",
+        "west_of_n-n4-both-seed0", "random_pair-n2-none-seed0",
+        "west_of_n-n4-none-seed1", "west_of_n-n4-none-len-residual-seed1", "west_of_n-n4-none-len-band+balanced-seed1",
+        "west_of_n-n4-both-seed1", "random_pair-n2-none-seed1"]
     full = parse(TINY.split("train:")[0])
-    assert len(full.cells()) == 2 * 2 * 2 * 2  # no train key: every cell of the grid
+    assert len(full.cells()) == 2 * 2 * 2 * 3 * 2  # no train key: every cell of the grid
+    no_length = parse(TINY.split("train:")[0].replace("  length: [none, residual, band+balanced]\n", ""))
+    assert no_length.lengths == ("none",) and len(no_length.cells()) == 2 * 2 * 2 * 2
+
+
+def test_split_length():
+    assert [xconfig.split_length(v) for v in xconfig.LENGTHS] == [
+        ("none", False), ("residual", False), ("residual_per_prompt", False), ("band", False), ("none", True),
+        ("residual", True), ("residual_per_prompt", True), ("band", True)]
+    with pytest.raises(ValueError, match="length must be one of"):
+        xconfig.split_length("short")
 
 
 def test_filter_quantiles():
@@ -59,12 +75,15 @@ def test_filter_quantiles():
     (lambda t: t.replace("[west_of_n, random_pair]", "[west_of_n, best_of_n]"), r"grid.strategies: \['best_of_n'\]"),
     (lambda t: t.replace("n: [2, 4]", "n: [1, 4]"), "grid.n: every N must be an integer >= 2"),
     (lambda t: t.replace("  seeds: [0, 1]\n", ""), r"missing \['seeds'\]"),
-    (lambda t: t.replace("{strategy: west_of_n, n: 4}", "{strategy: west_of_n, n: 8}"), r"train\[0\].n .*must be in the grid"),
-    (lambda t: t.replace("{strategy: west_of_n, n: 4}", "{strategy: west_of_n, size: 4}"), r"train\[0\]: expected a mapping"),
+    (lambda t: t.replace("{strategy: west_of_n, n: 4, length: none}", "{strategy: west_of_n, n: 8, length: none}"), r"train\[0\].n .*must be in the grid"),
+    (lambda t: t.replace("{strategy: west_of_n, n: 4, length: none}", "{strategy: west_of_n, size: 4}"), r"train\[0\]: expected a mapping"),
     (lambda t: t + "\nteacher_seed: 5\n", "teacher_seed 5 must be one of grid.seeds"),
     (lambda t: t.replace("seeds: [0, 1]", "seeds: [0, 0]"), r"grid.seeds: repeated values"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher: pairwise"), "settings.teacher must be 'pointwise'"),
     (lambda t: "[1, 2", "not valid YAML"),
+    (lambda t: t.replace("[none, residual, band+balanced]", "[none, shortest]"), r"grid.length: \['shortest'\]"),
+    (lambda t: t.replace("n: 4, filter: none, length: [residual", "n: 4, filter: none, length: [band"),
+     r"train\[2\].length .*must be in the grid"),
 ])
 def test_config_errors_name_the_file_and_key(edit, message):
     with pytest.raises(xconfig.ConfigError, match=message) as info:
@@ -85,11 +104,11 @@ def test_estimate_from_benchmark_rates():
     assert est["seconds"]["scoring"] == pytest.approx(24 / 20)
     one_base = 40 * (1 - 0.1) * 1.0 / 4.0 + 2 * 24 / 20  # tiny profile: fp32, 1 epoch, 10% validation
     assert est["seconds"]["base_models"] == pytest.approx(2 * one_base)
-    # none: all 6 prompts' pairs; both: 6 x 0.5 x 0.8
-    per_seed = [40 + 6, 40 + 6 * 0.5 * 0.8, 40 + 6]
+    # none: all 6 prompts' pairs (also the two length-controlled arms); both: 6 x 0.5 x 0.8
+    per_seed = [40 + 6, 40 + 6, 40 + 6, 40 + 6 * 0.5 * 0.8, 40 + 6]
     assert est["seconds"]["students"] == pytest.approx(
         2 * sum(p * 0.9 / 4.0 + 2 * 24 / 20 for p in per_seed))
-    assert est["students"] == 6
+    assert est["students"] == 10
     with pytest.raises(ValueError, match="run `make bench` first"):
         runner.estimate(cfg, bench={k: v for k, v in BENCH.items() if k != "training"})
 
@@ -125,8 +144,11 @@ def test_tiny_run_samples_once_at_max_n_and_reuses_the_first_k(tiny_run):
 def test_tiny_run_pair_stats_cover_the_grid_and_filters_only_remove(tiny_run):
     cfg, exp, _, _ = tiny_run
     stats = json.loads(exp.path("pair_stats.json").read_text())
-    assert len(stats) == 2 * 2 * 2 * 2
-    by = {(s["strategy"], s["n"], s["filter"], s["seed"]): s for s in stats}
+    assert len(stats) == 2 * 2 * 2 * 3 * 2
+    by = {(s["strategy"], s["n"], s["filter"], s["seed"]): s for s in stats if s["length"] == "none"}
+    for s in stats:
+        if s["length"].endswith("balanced") and s["pairs"]:
+            assert s["chosen_longer_share"] == s["chosen_shorter_share"]
     for strategy in cfg.strategies:
         for n in cfg.ns:
             unfiltered = pq.read_table(exp.pairs_dir(strategy, n, 0)).num_rows
@@ -141,16 +163,16 @@ def test_tiny_run_trains_and_evaluates_one_student_per_cell(tiny_run):
     assert [b["seed"] for b in results["bases"]] == [0, 1]
     assert results["bases"][0]["revision"] != results["bases"][1]["revision"]  # seeds differ
     assert [c["cell"] for c in results["cells"]] == [c.id for c in cfg.cells()]
-    stats = {(s["strategy"], s["n"], s["filter"], s["seed"]): s for s in results["pair_stats"]}
+    stats = {(s["strategy"], s["n"], s["filter"], s["length"], s["seed"]): s for s in results["pair_stats"]}
     for cell in results["cells"]:
         assert 0 <= cell["accuracy"] <= 1 and cell["eval_n"] == 24
         assert cell["mix"]["human_pairs"] == 40
         assert cell["mix"]["synthetic_pairs"] == cell["pairs"]["pairs"] == \
-            stats[(cell["strategy"], cell["n"], cell["filter"], cell["seed"])]["pairs"]
+            stats[(cell["strategy"], cell["n"], cell["filter"], cell["length"], cell["seed"])]["pairs"]
         assert cell["lineage"]["teacher_revision"] == results["bases"][0]["revision"]
     assert not exp.path("students").exists() or not any(exp.path("students").iterdir())  # keep_students: false
     progress = json.loads(exp.path("progress.json").read_text())
-    assert (progress["cells_done"], progress["cells_total"]) == (6, 6)
+    assert (progress["cells_done"], progress["cells_total"]) == (10, 10)
 
 
 def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
@@ -158,11 +180,11 @@ def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
     text = report.read_text()
     assert f"wofn experiment {cfg_path}" in text or "wofn experiment" in text
     assert cfg.text.strip() in text
-    assert "| **base** (human pairs only) | – | – | – | 2 |" in text
+    assert "| **base** (human pairs only) | – | – | – | – | 2 |" in text
     assert "[longer response wins]" in text and "[shorter response wins]" in text
-    for strategy, n, filter_name in cfg.train:
-        assert f"| student | {strategy} | {n} | {filter_name} | 2 |" in text
-    assert "Students trained: **6 of 6** cells." in text
+    for strategy, n, filter_name, length in cfg.train:
+        assert f"| student | {strategy} | {n} | {filter_name} | {length} | 2 |" in text
+    assert "Students trained: **10 of 10** cells." in text
     for name in reporting.PLOTS:
         png = report.parent / "results" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"results/{name}" in text
@@ -201,7 +223,7 @@ def test_dagster_job_reports_the_same_run(tiny_run, monkeypatch):
         assert result.success
         [materialization] = [e.materialization for e in result.all_events if e.is_step_materialization]
         assert materialization.asset_key.path == ["experiment_results", "tiny"]
-        assert materialization.metadata["cells"].value == 6
+        assert materialization.metadata["cells"].value == 10
         estimate = result.output_for_node("experiment_estimate")
         assert estimate == str(cfg_path)
-    assert "| student | west_of_n | 4 | both | 2 |" in out.read_text()
+    assert "| student | west_of_n | 4 | both | none | 2 |" in out.read_text()

@@ -8,6 +8,11 @@ with temporary views, so it never waits on the shared catalog file.
     sql/selection_report.sql        why prompts and candidates were left out, per strategy
     sql/filter_pairs.sql            pairs -> the pairs kept by the filters
     sql/pair_funnel.sql             how many pairs each filter step kept
+
+Length control (the base reward model may prefer short answers, and West-of-N then teaches length):
+    sql/length_control/residual_scores.sql     candidate_scores -> rewards minus a fit on length
+    sql/length_control/length_band_scores.sql  candidate_scores -> only candidates near the best's length
+    sql/length_control/balance_pairs.sql       pairs -> as many chosen-longer as chosen-shorter pairs
 """
 
 from __future__ import annotations
@@ -16,12 +21,23 @@ import math
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from wofn import catalog, schemas
+from wofn.paths import parquet_files
 
 STRATEGIES = schemas.STRATEGIES
 RANDOM_STRATEGIES = tuple(s for s in STRATEGIES if s != "west_of_n")  # the ones that take $seed
 LIKELIHOOD_MEASURES = ("mean", "sum")
+# What the strategies rank candidates by: "none" = the teacher's rewards; "residual" = the rewards
+# minus a least-squares fit on length over the run ("residual_per_prompt": one fit per prompt);
+# "band" = only the candidates within length_band of their prompt's best candidate's length.
+LENGTH_CONTROLS = ("none", "residual", "residual_per_prompt", "band")
+
+# The scores the length controls produce: wofn.schemas.CANDIDATE_SCORES, but NULL rewards pass
+# through them unchanged (the strategies drop them, as they drop them from the raw scores).
+_CONTROLLED_SCORES = schemas.CANDIDATE_SCORES.set(
+    schemas.CANDIDATE_SCORES.get_field_index("reward"), pa.field("reward", pa.float64()))
 
 
 def check_strategy(strategy: str, pairwise: bool = False) -> None:
@@ -57,6 +73,54 @@ def check_filters(confidence_quantile: float, logprob_quantile: float, likelihoo
         raise ValueError(f"max_tokens must be an integer >= 1, or None (off), got {max_tokens!r}")
 
 
+def check_length_control(length_control: str, length_band: float = 0.3, pairwise: bool = False) -> None:
+    """Raise ValueError naming the setting unless `length_control` is one of LENGTH_CONTROLS,
+    `length_band` is a number >= 0, and (with a pairwise teacher) length_control is "none"."""
+    if length_control not in LENGTH_CONTROLS:
+        raise ValueError(f"length_control must be one of {', '.join(LENGTH_CONTROLS)}; got {length_control!r}")
+    if (not isinstance(length_band, (int, float)) or isinstance(length_band, bool) or math.isnan(length_band)
+            or length_band < 0):
+        raise ValueError(f"length_band must be a number >= 0 (0.3 = within 30% of the best candidate's length, "
+                         f"0 = the same length only), got {length_band!r}")
+    if pairwise and length_control != "none":
+        raise ValueError(
+            f"length_control {length_control!r} needs a reward per candidate, but the teacher is pairwise (it only "
+            "finds the best and worst of N by knockout tournaments); set length_control to 'none' (length_balance "
+            "still balances the pairs) or use a pointwise teacher")
+
+
+def length_controlled_scores(candidates_dir: Path, scores_dir: Path, length_control: str,
+                             length_band: float = 0.3) -> pa.Table:
+    """The candidate_scores the strategies read under a length control (CANDIDATE_SCORES columns).
+
+    "residual" / "residual_per_prompt": sql/length_control/residual_scores.sql (rewards replaced by
+    their residuals); "band": sql/length_control/length_band_scores.sql (rows outside the band
+    dropped). Score rows of no candidate are dropped by both.
+    """
+    check_length_control(length_control, length_band)
+    if length_control == "none":
+        raise ValueError("length_control 'none' has no SQL of its own: the strategies read candidate_scores as is")
+    if length_control == "band":
+        name, params = "length_control/length_band_scores", {"band": length_band}
+    else:
+        name, params = "length_control/residual_scores", {"per_prompt": length_control == "residual_per_prompt"}
+    con = catalog.connect()
+    try:
+        catalog.create_view(con, "candidates", candidates_dir, temporary=True)
+        catalog.create_view(con, "candidate_scores", scores_dir, temporary=True)
+        return catalog.run_sql_file(con, name, params, schema=_CONTROLLED_SCORES)
+    finally:
+        con.close()
+
+
+def _scores(candidates_dir: Path, scores_dir: Path, length_control: str, length_band: float) -> Path | pa.Table:
+    """What the strategies read as candidate_scores: the folder itself, or its length-controlled rows."""
+    check_length_control(length_control, length_band)
+    if length_control == "none":
+        return scores_dir
+    return length_controlled_scores(candidates_dir, scores_dir, length_control, length_band)
+
+
 def _strategy_params(strategy: str, seed: int) -> dict | None:
     return {"seed": seed} if strategy in RANDOM_STRATEGIES else None
 
@@ -69,14 +133,20 @@ def _view(con, name: str, source: Path | pa.Table) -> None:
 
 
 def draw_pairs(candidates_dir: Path, scores_dir: Path, seed: int = 0,
-               strategies: tuple[str, ...] = STRATEGIES) -> pa.Table:
-    """Every strategy's draw for every prompt (wofn.schemas.PAIR_DRAWS), strategies stacked in order."""
+               strategies: tuple[str, ...] = STRATEGIES, length_control: str = "none",
+               length_band: float = 0.3) -> pa.Table:
+    """Every strategy's draw for every prompt (wofn.schemas.PAIR_DRAWS), strategies stacked in order.
+
+    With a `length_control` other than "none", the strategies read length_controlled_scores: their
+    rewards (chosen_reward, margin, confidence) are then the residuals, or the band's.
+    """
     for strategy in strategies:
         check_strategy(strategy)
+    scores = _scores(candidates_dir, scores_dir, length_control, length_band)
     con = catalog.connect()
     try:
         catalog.create_view(con, "candidates", candidates_dir, temporary=True)
-        catalog.create_view(con, "candidate_scores", scores_dir, temporary=True)
+        _view(con, "candidate_scores", scores)
         tables = [catalog.run_sql_file(con, f"strategies/{s}", _strategy_params(s, seed), schema=schemas.PAIR_DRAWS)
                   for s in strategies]
     finally:
@@ -96,21 +166,24 @@ def pairs_from_draws(draws: Path | pa.Table, strategy: str) -> pa.Table:
 
 
 def selection_report(candidates_dir: Path, judged_dir: Path, draws: Path | pa.Table | None, strategy: str,
-                     pairwise: bool = False) -> pa.Table:
+                     pairwise: bool = False, length_control: str = "none", length_band: float = 0.3) -> pa.Table:
     """Per strategy and reason, what selection left out (wofn.schemas.SELECTION_REPORT).
 
     Pointwise: `judged_dir` holds candidate_scores and `draws` the pair_draws of every strategy
     (sql/selection_report.sql). Pairwise: `judged_dir` holds tournament_pairs, `draws` is unused
-    (sql/selection_report_pairwise.sql).
+    (sql/selection_report_pairwise.sql). With a `length_control`, the report reads the scores the
+    draws were made from (length_controlled_scores): a band's left-out candidates then count as
+    unscored_candidates, and scores_without_candidate is 0 (the controls drop those rows).
     """
     check_strategy(strategy, pairwise)
+    check_length_control(length_control, length_band, pairwise)
     con = catalog.connect()
     try:
         catalog.create_view(con, "candidates", candidates_dir, temporary=True)
         if pairwise:
             catalog.create_view(con, "tournament_pairs", judged_dir, temporary=True)
             return catalog.run_sql_file(con, "selection_report_pairwise", schema=schemas.SELECTION_REPORT)
-        catalog.create_view(con, "candidate_scores", judged_dir, temporary=True)
+        _view(con, "candidate_scores", _scores(candidates_dir, judged_dir, length_control, length_band))
         _view(con, "pair_draws", draws)
         return catalog.run_sql_file(con, "selection_report", {"strategy": strategy}, schema=schemas.SELECTION_REPORT)
     finally:
@@ -118,15 +191,17 @@ def selection_report(candidates_dir: Path, judged_dir: Path, draws: Path | pa.Ta
 
 
 def select_pairs(candidates_dir: Path, judged_dir: Path, pairwise: bool = False, strategy: str = "west_of_n",
-                 seed: int = 0) -> tuple[pa.Table, int]:
+                 seed: int = 0, length_control: str = "none", length_band: float = 0.3) -> tuple[pa.Table, int]:
     """One strategy's pairs (default west_of_n: best vs worst); also the number of prompts with candidates.
 
     Pointwise teacher: `judged_dir` holds candidate_scores; sql/strategies/<strategy>.sql draws
-    and sql/west_of_n_pairs.sql keeps the pairs. Pairwise teacher (west_of_n only): it holds
-    tournament_pairs (the knockout winners and losers) and sql/west_of_n_pairs_pairwise.sql joins
-    them to the candidates.
+    (from length_controlled_scores when `length_control` is not "none") and
+    sql/west_of_n_pairs.sql keeps the pairs. Pairwise teacher (west_of_n, length_control "none"
+    only): it holds tournament_pairs (the knockout winners and losers) and
+    sql/west_of_n_pairs_pairwise.sql joins them to the candidates.
     """
     check_strategy(strategy, pairwise)
+    check_length_control(length_control, length_band, pairwise)
     if pairwise:
         con = catalog.connect()
         try:
@@ -137,7 +212,8 @@ def select_pairs(candidates_dir: Path, judged_dir: Path, pairwise: bool = False,
         finally:
             con.close()
         return table, n_prompts
-    draws = draw_pairs(candidates_dir, judged_dir, seed, strategies=(strategy,))
+    draws = draw_pairs(candidates_dir, judged_dir, seed, strategies=(strategy,), length_control=length_control,
+                       length_band=length_band)
     return pairs_from_draws(draws, strategy), draws.num_rows
 
 
@@ -189,6 +265,22 @@ def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: 
     if max_tokens is not None:
         steps["max_tokens_filter"] = kept["max_tokens"]
     return table, steps
+
+
+def balance_pairs(pairs: Path | pa.Table) -> pa.Table:
+    """As many chosen-longer as chosen-shorter pairs, the most confident of each, plus every
+    equal-length pair (sql/length_control/balance_pairs.sql; wofn.schemas.PAIRS, by prompt_id)."""
+    if not isinstance(pairs, pa.Table):
+        files = parquet_files(pairs)
+        if not files:
+            raise FileNotFoundError(f"pair table folder {pairs} has no *.parquet files")
+        pairs = pa.concat_tables([schemas.conform(pq.read_table(f), schemas.PAIRS, where=str(f)) for f in files])
+    con = catalog.connect()
+    try:
+        con.register("pairs_in", pairs)
+        return catalog.run_sql_file(con, "length_control/balance_pairs", schema=schemas.PAIRS)
+    finally:
+        con.close()
 
 
 def pair_stats(table: pa.Table) -> dict:

@@ -10,6 +10,7 @@ A config file (YAML) names a grid and, optionally, the slices of it to train stu
       n: [2, 4, 8, 16]             # sampled once at the largest N; N=k uses candidates 0..k-1
       filters: [none, confidence, likelihood, both]
       seeds: [0, 1, 2]
+      length: [none, residual, band+balanced]   # optional (default [none]): length control, see LENGTHS
     train:                         # optional; left out = a student for every cell of the grid
       - {strategy: [west_of_n, random_pair, best_vs_random], n: 16, filter: both}
       - {strategy: west_of_n, n: [2, 4, 8], filter: both}
@@ -31,8 +32,14 @@ import yaml
 from wofn import pairs, profiles
 
 FILTERS = ("none", "confidence", "likelihood", "both")
+# Length control of a pair set: a selection option of the pair step (pairs.LENGTH_CONTROLS: rank by
+# the reward's residual after regressing it on length, over the run or per prompt; or pick within a
+# length band of the best), optionally followed by length-balanced sampling of the kept pairs.
+LENGTHS = ("none", "residual", "residual_per_prompt", "band", "balanced",
+           "residual+balanced", "residual_per_prompt+balanced", "band+balanced")
 GRID_KEYS = {"strategies": "strategy", "n": "n", "filters": "filter", "seeds": "seed"}
-SLICE_KEYS = ("strategy", "n", "filter")
+OPTIONAL_GRID_KEYS = {"length": "length"}
+SLICE_KEYS = ("strategy", "n", "filter", "length")
 TOP_KEYS = ("name", "profile", "settings", "grid", "train", "teacher_seed", "keep_students")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -49,15 +56,17 @@ class Cell:
     strategy: str
     n: int
     filter: str
+    length: str = "none"
 
     @property
     def id(self) -> str:
-        return f"{self.strategy}-n{self.n}-{self.filter}-seed{self.seed}"
+        suffix = "" if self.length == "none" else f"-len-{self.length}"
+        return f"{self.strategy}-n{self.n}-{self.filter}{suffix}-seed{self.seed}"
 
     @property
-    def arm(self) -> tuple[str, int, str]:
+    def arm(self) -> tuple[str, int, str, str]:
         """The cell without its seed: what the results table averages over seeds."""
-        return self.strategy, self.n, self.filter
+        return self.strategy, self.n, self.filter, self.length
 
 
 def filter_quantiles(filter_name: str, settings: dict) -> tuple[float, float]:
@@ -69,6 +78,16 @@ def filter_quantiles(filter_name: str, settings: dict) -> tuple[float, float]:
     return confidence, likelihood
 
 
+def split_length(length: str) -> tuple[str, bool]:
+    """(selection option for pairs.select_pairs, balance the kept pairs?) of a LENGTHS value."""
+    if length not in LENGTHS:
+        raise ValueError(f"length must be one of {', '.join(LENGTHS)}; got {length!r}")
+    selection, _, balanced = length.partition("+")
+    if selection == "balanced":
+        return "none", True
+    return selection, balanced == "balanced"
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = field(metadata={"help": "results folder under $WOFN_HOME/experiments/"})
@@ -78,7 +97,8 @@ class ExperimentConfig:
     ns: tuple[int, ...] = field(metadata={"help": "candidates per prompt; sampled once at max(ns)"})
     filters: tuple[str, ...] = field(metadata={"help": "none, confidence, likelihood, both"})
     seeds: tuple[int, ...] = field(metadata={"help": "seeds of pairs, mix and training; one base RM per seed"})
-    train: tuple[tuple[str, int, str], ...] = field(metadata={"help": "(strategy, n, filter) arms to train"})
+    train: tuple[tuple[str, int, str, str], ...] = field(metadata={"help": "(strategy, n, filter, length) arms to train"})
+    lengths: tuple[str, ...] = field(default=("none",), metadata={"help": "length controls (LENGTHS)"})
     teacher_seed: int = field(default=0, metadata={"help": "the base RM (by seed) that scores the candidates"})
     keep_students: bool = field(default=False, metadata={"help": "keep student model folders after evaluation"})
     source: str = field(default="", metadata={"help": "the config file"})
@@ -92,9 +112,9 @@ class ExperimentConfig:
     def digest(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:12]
 
-    def arms(self) -> list[tuple[str, int, str]]:
-        """Every (strategy, n, filter) of the grid, in grid order."""
-        return list(product(self.strategies, self.ns, self.filters))
+    def arms(self) -> list[tuple[str, int, str, str]]:
+        """Every (strategy, n, filter, length) of the grid, in grid order."""
+        return list(product(self.strategies, self.ns, self.filters, self.lengths))
 
     def cells(self) -> list[Cell]:
         """The students to train, seed-major: all arms at the first seed before any at the second,
@@ -150,9 +170,9 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
     if not isinstance(grid, dict):
         raise ConfigError(f"{source}: grid must be a mapping with keys {list(GRID_KEYS)}")
     missing = sorted(set(GRID_KEYS) - set(grid))
-    unknown = sorted(set(grid) - set(GRID_KEYS))
+    unknown = sorted(set(grid) - set(GRID_KEYS) - set(OPTIONAL_GRID_KEYS))
     if missing or unknown:
-        raise ConfigError(f"{source}: grid needs exactly the keys {list(GRID_KEYS)}"
+        raise ConfigError(f"{source}: grid needs the keys {list(GRID_KEYS)} (optional: {list(OPTIONAL_GRID_KEYS)})"
                           + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
     strategies = _as_list(grid["strategies"], f"{source}: grid.strategies")
     _check_values(strategies, pairs.STRATEGIES, f"{source}: grid.strategies")
@@ -164,13 +184,16 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
     seeds = _as_list(grid["seeds"], f"{source}: grid.seeds")
     if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
         raise ConfigError(f"{source}: grid.seeds: every seed must be an integer >= 0, got {seeds}")
-    for key, values in (("strategies", strategies), ("n", ns), ("filters", filters), ("seeds", seeds)):
+    lengths = _as_list(grid.get("length", ["none"]), f"{source}: grid.length")
+    _check_values(lengths, LENGTHS, f"{source}: grid.length")
+    for key, values in (("strategies", strategies), ("n", ns), ("filters", filters), ("seeds", seeds),
+                        ("length", lengths)):
         if len(set(values)) != len(values):
             raise ConfigError(f"{source}: grid.{key}: repeated values in {values}")
 
     train_raw = raw.get("train")
     if train_raw is None:
-        train = list(product(strategies, ns, filters))
+        train = list(product(strategies, ns, filters, lengths))
     else:
         train = []
         for i, item in enumerate(_as_list(train_raw, f"{source}: train")):
@@ -178,12 +201,12 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
             if not isinstance(item, dict) or set(item) - set(SLICE_KEYS):
                 raise ConfigError(f"{where}: expected a mapping with keys among {list(SLICE_KEYS)}")
             picked = []
-            for key, allowed in (("strategy", strategies), ("n", ns), ("filter", filters)):
+            for key, allowed in (("strategy", strategies), ("n", ns), ("filter", filters), ("length", lengths)):
                 values = _as_list(item.get(key, list(allowed)), f"{where}.{key}")
                 _check_values(values, allowed, f"{where}.{key} (must be in the grid)")
                 picked.append(values)
             train += [arm for arm in product(*picked) if arm not in train]
-        order = {arm: i for i, arm in enumerate(product(strategies, ns, filters))}
+        order = {arm: i for i, arm in enumerate(product(strategies, ns, filters, lengths))}
         train.sort(key=order.__getitem__)
 
     teacher_seed = raw.get("teacher_seed", seeds[0])
@@ -194,6 +217,7 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
         raise ConfigError(f"{source}: keep_students must be true or false, got {keep!r}")
     return ExperimentConfig(name=name, profile=profile, settings=settings, strategies=tuple(strategies),
                             ns=tuple(sorted(ns)), filters=tuple(filters), seeds=tuple(seeds), train=tuple(train),
+                            lengths=tuple(lengths),
                             teacher_seed=teacher_seed, keep_students=keep, source=source, text=text)
 
 

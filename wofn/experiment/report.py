@@ -38,13 +38,13 @@ def arms_table(results: dict, config: ExperimentConfig) -> list[dict]:
     base = {b["seed"]: b for b in results["bases"]}
     by_arm: dict[tuple, list[dict]] = {}
     for cell in results["cells"]:
-        by_arm.setdefault((cell["strategy"], cell["n"], cell["filter"]), []).append(cell)
+        by_arm.setdefault((cell["strategy"], cell["n"], cell["filter"], cell.get("length", "none")), []).append(cell)
     rows = []
     for arm in config.train:
         cells = by_arm.get(arm, [])
         if not cells:
             continue
-        row = {"strategy": arm[0], "n": arm[1], "filter": arm[2], "seeds": len(cells),
+        row = {"strategy": arm[0], "n": arm[1], "filter": arm[2], "length": arm[3], "seeds": len(cells),
                "synthetic_pairs": statistics.mean(c["mix"]["synthetic_pairs"] for c in cells),
                "chosen_longer_share": statistics.mean(c["pairs"]["chosen_longer_share"] for c in cells),
                "mean_confidence": statistics.mean(c["pairs"]["mean_confidence"] for c in cells)}
@@ -71,15 +71,15 @@ def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
               "is longer and where it is shorter (any length-only rule scores 50.0). "
               f"high-conf acc: accuracy on the {100 * b0['high_confidence_fraction']:g}% of pairs with the largest |margin|.",
               "",
-              "| model | strategy | N | filter | seeds | synthetic pairs | chosen longer | acc | Δ acc | len-bal acc | Δ len-bal | high-conf acc | Δ high-conf |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-              f"| **base** (human pairs only) | – | – | – | {len(bases)} | 0 | – | {fmt(base['accuracy'])} | – | "
+              "| model | strategy | N | filter | length control | seeds | synthetic pairs | chosen longer | acc | Δ acc | len-bal acc | Δ len-bal | high-conf acc | Δ high-conf |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+              f"| **base** (human pairs only) | – | – | – | – | {len(bases)} | 0 | – | {fmt(base['accuracy'])} | – | "
               f"{fmt(base['length_balanced_accuracy'])} | – | {fmt(base['high_confidence_accuracy'])} | – |",
-              f"| [longer response wins] | – | – | – | – | – | – | {100 * b0['longer_wins_accuracy']:.1f} | – | 50.0 | – | – | – |",
-              f"| [shorter response wins] | – | – | – | – | – | – | {100 * b0['shorter_wins_accuracy']:.1f} | – | 50.0 | – | – | – |"]
+              f"| [longer response wins] | – | – | – | – | – | – | – | {100 * b0['longer_wins_accuracy']:.1f} | – | 50.0 | – | – | – |",
+              f"| [shorter response wins] | – | – | – | – | – | – | – | {100 * b0['shorter_wins_accuracy']:.1f} | – | 50.0 | – | – | – |"]
     for row in arms_table(results, config):
         lines.append(
-            f"| student | {row['strategy']} | {row['n']} | {row['filter']} | {row['seeds']} | {row['synthetic_pairs']:.0f} | "
+            f"| student | {row['strategy']} | {row['n']} | {row['filter']} | {row['length']} | {row['seeds']} | {row['synthetic_pairs']:.0f} | "
             f"{100 * row['chosen_longer_share']:.0f}% | {fmt(row['accuracy'])} | {fmt(row['delta_accuracy'], signed=True)} | "
             f"{fmt(row['length_balanced_accuracy'])} | {fmt(row['delta_length_balanced_accuracy'], signed=True)} | "
             f"{fmt(row['high_confidence_accuracy'])} | {fmt(row['delta_high_confidence_accuracy'], signed=True)} |")
@@ -90,14 +90,14 @@ def pair_stats_markdown(results: dict) -> list[str]:
     """The synthetic pair sets of the whole grid (no training needed): size, length balance, likelihood."""
     groups: dict[tuple, list[dict]] = {}
     for s in results["pair_stats"]:
-        groups.setdefault((s["strategy"], s["n"], s["filter"]), []).append(s)
-    lines = ["| strategy | N | filter | pairs | chosen longer | mean length gap (tokens) | mean confidence | "
-             "chosen log-lik / token | rejected log-lik / token |", "|---|---|---|---|---|---|---|---|---|"]
-    for (strategy, n, filter_name), rows in groups.items():
+        groups.setdefault((s["strategy"], s["n"], s["filter"], s.get("length", "none")), []).append(s)
+    lines = ["| strategy | N | filter | length control | pairs | chosen longer | mean length gap (tokens) | mean confidence | "
+             "chosen log-lik / token | rejected log-lik / token |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (strategy, n, filter_name, length), rows in groups.items():
         def avg(key):
             values = [r[key] for r in rows if r[key] is not None]
             return statistics.mean(values) if values else float("nan")
-        lines.append(f"| {strategy} | {n} | {filter_name} | {avg('pairs'):.0f} | {100 * avg('chosen_longer_share'):.0f}% | "
+        lines.append(f"| {strategy} | {n} | {filter_name} | {length} | {avg('pairs'):.0f} | {100 * avg('chosen_longer_share'):.0f}% | "
                      f"{avg('mean_length_gap'):+.1f} | {avg('mean_confidence'):.3f} | {avg('chosen_logprob_mean'):.3f} | "
                      f"{avg('rejected_logprob_mean'):.3f} |")
     return lines
@@ -122,13 +122,14 @@ def plot_accuracy_vs_n(results: dict, config: ExperimentConfig) -> Figure:
     for ax, (key, label) in zip(axes, METRICS[:2]):
         series: dict[tuple, list] = {}
         for row in rows:
-            series.setdefault((row["strategy"], row["filter"]), []).append(row)
-        for (strategy, filter_name), arm_rows in series.items():
+            series.setdefault((row["strategy"], row["filter"], row["length"]), []).append(row)
+        for (strategy, filter_name, length), arm_rows in series.items():
             arm_rows.sort(key=lambda r: r["n"])
             xs = [r["n"] for r in arm_rows]
             ms = [100 * mean_sd(r[key])[0] for r in arm_rows]
             sds = [100 * (mean_sd(r[key])[1] or 0) for r in arm_rows]
-            ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=f"{strategy}, {filter_name}")
+            label_text = f"{strategy}, {filter_name}" + ("" if length == "none" else f", {length}")
+            ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=label_text)
         _base_band(ax, results, key)
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(config.ns), [str(n) for n in config.ns])
@@ -145,7 +146,8 @@ def plot_arms(results: dict, config: ExperimentConfig) -> Figure:
     rows = arms_table(results, config)
     fig = Figure(figsize=(max(6, 0.7 * len(rows) + 2), 4))
     ax = fig.subplots()
-    labels = ["base"] + [f"{r['strategy']}\nN={r['n']} {r['filter']}" for r in rows]
+    labels = ["base"] + [f"{r['strategy']}\nN={r['n']} {r['filter']}" + ("" if r["length"] == "none" else f"\n{r['length']}")
+                         for r in rows]
     base = _base_row(results)
     for offset, (key, label) in zip((-0.2, 0.2), METRICS[:2]):
         values = [base[key]] + [r[key] for r in rows]
@@ -168,7 +170,8 @@ def plot_pair_logprob_vs_n(results: dict, config: ExperimentConfig) -> Figure:
     axes = fig.subplots(1, 2)
     filter_name = "none" if "none" in config.filters else config.filters[0]
     for strategy in config.strategies:
-        rows = [s for s in results["pair_stats"] if s["strategy"] == strategy and s["filter"] == filter_name]
+        rows = [s for s in results["pair_stats"] if s["strategy"] == strategy and s["filter"] == filter_name
+                and s.get("length", "none") == "none"]
         for ax, side in zip(axes, ("chosen", "rejected")):
             xs, ys = [], []
             for n in config.ns:

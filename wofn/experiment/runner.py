@@ -10,7 +10,7 @@ completes and is skipped when it finds it, so a stopped run resumes where it sto
     base/seed=<s>/           base RM per seed (model/ and result.json); seed `teacher_seed` is the teacher
     scores/                  the teacher's reward per candidate
     subsets/n=<k>/           candidates and scores with candidate_idx < k (never resampled)
-    pairs/<strategy>/n=<k>/seed=<s>/   the strategy's pairs before filtering
+    pairs/<strategy>[+<length selection>]/n=<k>/seed=<s>/   the strategy's pairs before filtering
     pair_stats.json          per (strategy, N, filter, seed): pairs, length balance, policy log-likelihood
     cells/<cell id>.json     one trained and evaluated student
     progress.json            cells done / total, seconds so far, ETA
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wofn import data, evaluation, models, pairs, training
-from wofn.experiment.config import Cell, ExperimentConfig, filter_quantiles
+from wofn.experiment.config import Cell, ExperimentConfig, filter_quantiles, split_length
 from wofn.paths import REPO_ROOT, content_hash, publish, staging_dir
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,10 @@ class Experiment:
             return self.path(table)
         return self.path("subsets", f"n={n}", table)
 
-    def pairs_dir(self, strategy: str, n: int, seed: int) -> Path:
-        return self.path("pairs", strategy, f"n={n}", f"seed={pairs.seed_for(strategy, seed) or 0}")
+    def pairs_dir(self, strategy: str, n: int, seed: int, selection: str = "none") -> Path:
+        """The pairs of a strategy at N (and with a length-control selection option) before filtering."""
+        name = strategy if selection == "none" else f"{strategy}+{selection}"
+        return self.path("pairs", name, f"n={n}", f"seed={pairs.seed_for(strategy, seed) or 0}")
 
     def cell_file(self, cell: Cell) -> Path:
         return self.path("cells", f"{cell.id}.json")
@@ -195,37 +197,45 @@ class Experiment:
                 publish(staging, out)
 
     def pair_sets(self) -> list[dict]:
-        """Every (strategy, N, filter, seed) pair set's statistics (pair_stats.json); pairs written once."""
+        """Every (strategy, N, filter, length, seed) pair set's statistics (pair_stats.json); pairs written once."""
         s = self.settings
         stats = []
+        selections = sorted({split_length(length)[0] for length in self.config.lengths})
         for strategy in self.config.strategies:
             for n in self.config.ns:
                 for seed in self.config.seeds:
-                    folder = self.pairs_dir(strategy, n, seed)
-                    if not folder.exists():
+                    for selection in selections:
+                        folder = self.pairs_dir(strategy, n, seed, selection)
+                        if folder.exists():
+                            continue
+                        options = {} if selection == "none" else {"length_control": selection,
+                                                                  "length_band": s["length_band"]}
                         table, _ = pairs.select_pairs(self.subset(n, "candidates"), self.subset(n, "scores"),
-                                                      strategy=strategy, seed=seed)
+                                                      strategy=strategy, seed=seed, **options)
                         staging = staging_dir(folder)
                         pq.write_table(table, staging / "part-00000.parquet")
                         publish(staging, folder)
                     for filter_name in self.config.filters:
-                        kept = self.filtered(strategy, n, filter_name, seed)
-                        stats.append({"strategy": strategy, "n": n, "filter": filter_name, "seed": seed,
-                                      **pair_summary(kept)})
+                        for length in self.config.lengths:
+                            kept = self.filtered(strategy, n, filter_name, seed, length)
+                            stats.append({"strategy": strategy, "n": n, "filter": filter_name, "length": length,
+                                          "seed": seed, **pair_summary(kept)})
         write_json(self.path("pair_stats.json"), stats)
         return stats
 
-    def filtered(self, strategy: str, n: int, filter_name: str, seed: int) -> pa.Table:
+    def filtered(self, strategy: str, n: int, filter_name: str, seed: int, length: str = "none") -> pa.Table:
+        """A pair set as a student gets it: selected (with the length selection), filtered, then balanced."""
         s = self.settings
+        selection, balanced = split_length(length)
         confidence, likelihood = filter_quantiles(filter_name, s)
-        table, _ = pairs.filter_pairs(self.pairs_dir(strategy, n, seed), confidence, likelihood, s["likelihood"],
-                                      s["min_margin"], s["max_pair_tokens"])
-        return table
+        table, _ = pairs.filter_pairs(self.pairs_dir(strategy, n, seed, selection), confidence, likelihood,
+                                      s["likelihood"], s["min_margin"], s["max_pair_tokens"])
+        return pairs.balance_pairs(table) if balanced else table
 
     def cell(self, cell: Cell, human: list[dict]) -> dict:
         """Train and evaluate one student; its result file marks it done."""
         s = self.settings
-        synthetic = self.filtered(cell.strategy, cell.n, cell.filter, cell.seed)
+        synthetic = self.filtered(cell.strategy, cell.n, cell.filter, cell.seed, cell.length)
         mixed, mix = training.mix_pairs(human, synthetic.to_pylist(), s["synthetic_ratio"], cell.seed)
         out = self.path("students", cell.id)
         models.set_torch_threads(self.threads())
@@ -234,12 +244,14 @@ class Experiment:
             manifest={"role": "experiment_student", "experiment": self.config.name, "cell": cell.id, "mix": mix})
         result = {
             **self._evaluate(out),  # first: its "n" (evaluation pairs) becomes eval_n, the cell's n is N
-            "cell": cell.id, "strategy": cell.strategy, "n": cell.n, "filter": cell.filter, "seed": cell.seed,
+            "cell": cell.id, "strategy": cell.strategy, "n": cell.n, "filter": cell.filter, "length": cell.length,
+            "seed": cell.seed,
             "mix": mix, "pairs": pair_summary(synthetic), "train_seconds": metrics["seconds"],
             "best_val_accuracy": metrics["best_val_accuracy"],
             "lineage": {"teacher_revision": read_json(self.base_dir(self.config.teacher_seed) / EVAL_FILE)["revision"],
                         "candidates": content_hash(self.path("candidates")),
-                        "pairs": content_hash(self.pairs_dir(cell.strategy, cell.n, cell.seed)),
+                        "pairs": content_hash(self.pairs_dir(cell.strategy, cell.n, cell.seed,
+                                                             split_length(cell.length)[0])),
                         "config": self.config.digest, "revision": models.read_manifest(str(out))["revision"]},
         }
         write_json(self.cell_file(cell), result)
@@ -328,7 +340,7 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     Sampling: prompts x max N x (generated tokens per candidate) / tokens/s; scoring: candidates /
     sequences/s; training: (human + synthetic pairs) x (1 - validation share) x epochs / pairs/s,
     plus evaluation (2 sequences per eval pair at the scoring rate). The synthetic count per cell
-    assumes each filter keeps (1 - quantile) of the pairs.
+    assumes each filter keeps (1 - quantile) of the pairs (an upper bound for balanced pair sets).
     """
     bench = bench_rates() if bench is None else bench
     s = config.settings

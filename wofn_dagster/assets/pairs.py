@@ -19,9 +19,10 @@ from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
 _SELECTION_CODE = code_version("wofn/pairs.py", "sql/strategies", "sql/west_of_n_pairs.sql",
                                "sql/west_of_n_pairs_pairwise.sql", "sql/selection_report.sql",
-                               "sql/selection_report_pairwise.sql", "wofn_dagster/assets/pairs.py")
+                               "sql/selection_report_pairwise.sql", "sql/length_control/residual_scores.sql",
+                               "sql/length_control/length_band_scores.sql", "wofn_dagster/assets/pairs.py")
 _FILTER_CODE = code_version("wofn/pairs.py", "sql/filter_pairs.sql", "sql/pair_funnel.sql",
-                            "wofn_dagster/assets/pairs.py")
+                            "sql/length_control/balance_pairs.sql", "wofn_dagster/assets/pairs.py")
 
 
 def _pair_metadata(table) -> dict:
@@ -89,6 +90,8 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
     h = home.home
     is_pairwise = pairwise.is_pairwise(str(h.model_dir("base_reward_model")))
     pairs.check_strategy(settings.strategy, pairwise=is_pairwise)
+    pairs.check_length_control(settings.length_control, settings.length_band, pairwise=is_pairwise)
+    length = {"length_control": settings.length_control, "length_band": settings.length_band}
     pair_seed = pairs.seed_for(settings.strategy, settings.pair_seed)
     candidates_dir = h.table_dir("candidates")
     judged_table = "tournament_pairs" if is_pairwise else "candidate_scores"
@@ -105,9 +108,10 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
         per_strategy = {}
     else:
         judged = h.table_dir("candidate_scores")
-        publish_table(h, "pair_draws", pairs.draw_pairs(candidates_dir, judged, settings.pair_seed),
+        publish_table(h, "pair_draws", pairs.draw_pairs(candidates_dir, judged, settings.pair_seed, **length),
                       context=context, inputs=inputs)
-        report = pairs.selection_report(candidates_dir, judged, h.table_dir("pair_draws"), settings.strategy)
+        report = pairs.selection_report(candidates_dir, judged, h.table_dir("pair_draws"), settings.strategy,
+                                        **length)
         table = pairs.pairs_from_draws(h.table_dir("pair_draws"), settings.strategy)
         per_strategy = {r["strategy"]: r["count"] for r in report.to_pylist() if r["reason"] == "pairs"}
     publish_table(h, "pair_selection_report", report, context=context, inputs=inputs)
@@ -120,23 +124,34 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
         "strategy": MetadataValue.text(settings.strategy),
         "pair_seed": MetadataValue.null() if pair_seed is None else MetadataValue.int(pair_seed),
         "teacher": MetadataValue.text("pairwise" if is_pairwise else "pointwise"),
+        "length_control": MetadataValue.text(settings.length_control),
+        "length_band": MetadataValue.float(settings.length_band),
         "prompts_with_candidates": MetadataValue.int(n_prompts),
         "prompts_without_pair": MetadataValue.int(n_prompts - table.num_rows),
         "selection_report": MetadataValue.json(reasons),
         "pairs_per_strategy": MetadataValue.json(per_strategy),
         **_pair_metadata(table),
-    }, context=context, inputs=inputs, facts={"strategy": settings.strategy, "pair_seed": pair_seed})
+    }, context=context, inputs=inputs, facts={"strategy": settings.strategy, "pair_seed": pair_seed, **length})
 
 
 @asset(group_name="pairs", deps=["west_of_n_pairs"], kinds={"duckdb", "parquet"}, code_version=_FILTER_CODE)
 def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
-    """Selected pairs kept by the confidence, likelihood, margin and length filters (sql/filter_pairs.sql)."""
+    """Selected pairs kept by the confidence, likelihood, margin and length filters (sql/filter_pairs.sql),
+    then length-balanced when `length_balance` is on (sql/length_control/balance_pairs.sql)."""
     h = home.home
     filters = {"confidence_quantile": settings.confidence_quantile, "logprob_quantile": settings.logprob_quantile,
                "likelihood": settings.likelihood, "min_margin": settings.min_margin,
                "max_tokens": settings.max_pair_tokens}
     strategy, pair_seed = _selected_strategy(context, h, settings)
     table, steps = pairs.filter_pairs(h.table_dir("west_of_n_pairs"), **filters)
+    balance = {"length_balance": MetadataValue.bool(settings.length_balance)}
+    if settings.length_balance:
+        before = pairs.pair_stats(table)
+        table = pairs.balance_pairs(table)
+        context.log.info("length balance: %d -> %d pairs", before["pairs"], table.num_rows)
+        balance.update({"pairs_before_balance": MetadataValue.int(before["pairs"]),
+                        "pairs_after_balance": MetadataValue.int(table.num_rows),
+                        "chosen_longer_share_before_balance": MetadataValue.float(before["chosen_longer_share"])})
     funnel = pairs.pair_funnel(h.table_dir("west_of_n_pairs"), **filters, strategy=strategy, pair_seed=pair_seed)
     inputs = {"west_of_n_pairs": content_hash(h.table_dir("west_of_n_pairs"))}
     publish_table(h, "pair_funnel", funnel, context=context, inputs=inputs)
@@ -149,8 +164,10 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
         "funnel_table": _markdown(funnel, ["step", "setting", "pairs_in", "pairs_kept", "chosen_longer_share",
                                            "chosen_shorter_share", "mean_length_gap"]),
         "filters": MetadataValue.json(filters),
+        **balance,
         **_pair_metadata(table),
-    }, context=context, inputs=inputs, facts={"strategy": strategy, "filters": filters})
+    }, context=context, inputs=inputs, facts={"strategy": strategy, "filters": filters,
+                                              "length_balance": settings.length_balance})
 
 
 def _selected_strategy(context: AssetExecutionContext, h, settings: WofnSettings) -> tuple[str, object]:

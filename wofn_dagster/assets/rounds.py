@@ -55,15 +55,22 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
         scores_version = _record_table(h, k, "candidate_scores", {"candidates": candidate_versions}, context,
                                  reward_model=str(teacher), reward_model_revision=teacher_revision)
         selected, _ = pairs.select_pairs(h.table_dir("candidates"), rdir / "candidate_scores",
-                                         strategy=settings.strategy, seed=settings.pair_seed)
+                                         strategy=settings.strategy, seed=settings.pair_seed,
+                                         length_control=settings.length_control, length_band=settings.length_band)
         write_table(rdir / "west_of_n_pairs", selected, schemas.PAIRS, where=f"round {k} west_of_n_pairs")
         pairs_version = _record_table(h, k, "west_of_n_pairs", {"candidates": candidate_versions,
                                                           f"round_{k}/candidate_scores": scores_version},
-                                context, strategy=settings.strategy)
+                                context, strategy=settings.strategy, length_control=settings.length_control,
+                                length_band=settings.length_band)
         kept, funnel = pairs.filter_pairs(rdir / "west_of_n_pairs", **filters)
+        if settings.length_balance:
+            before = kept.num_rows
+            kept = pairs.balance_pairs(kept)
+            funnel = {**funnel, "length_balance": kept.num_rows}
+            context.log.info(f"round {k}: length balance {before} -> {kept.num_rows} pairs")
         write_table(rdir / "filtered_pairs", kept, schemas.PAIRS, where=f"round {k} filtered_pairs")
         kept_version = _record_table(h, k, "filtered_pairs", {f"round_{k}/west_of_n_pairs": pairs_version}, context,
-                               strategy=settings.strategy)
+                               strategy=settings.strategy, length_balance=settings.length_balance)
         write_table(rdir / "pair_funnel", pairs.pair_funnel(
             rdir / "west_of_n_pairs", **filters, strategy=settings.strategy,
             pair_seed=pairs.seed_for(settings.strategy, settings.pair_seed)),

@@ -1,0 +1,125 @@
+-- length_control/length_band_scores: candidate_scores restricted to the candidates about as long
+-- as their prompt's best candidate, so that a strategy (west_of_n: best vs worst) compares
+-- responses of similar length and its pairs cannot teach "shorter is better".
+--
+-- Reads:
+--   candidates        (wofn.schemas.CANDIDATES)         prompt_id, candidate_idx, response,
+--                                                       num_tokens
+--   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)   every column
+--
+-- Produces (wofn.schemas.CANDIDATE_SCORES, the same columns and order as candidate_scores):
+--   prompt_id, candidate_idx, reward, reward_model, reward_model_revision
+--
+-- Parameters (DuckDB named parameters, bound from Python, e.g. {"band": 0.3}):
+--   $band  DOUBLE >= 0: the band's half-width as a share of the best candidate's length
+--          (0.3 = within 30%; 0 = the same length only). Negative or NULL is an error.
+--
+-- Per prompt_id, best = the valid candidate (as in sql/strategies/*.sql: its candidate rows agree
+-- on the response, its score rows on one finite reward) with the highest reward, ties broken by
+-- the lowest candidate_idx; best_len = its num_tokens (policy tokens, EOS included; a candidate's
+-- smallest num_tokens over its rows). Kept: every candidate_scores row, rewards unchanged, of a
+-- candidate with best_len * (1 - $band) <= num_tokens <= best_len * (1 + $band); the best is
+-- always kept. Dropped: the rows of the other candidates (to the strategies they are unscored:
+-- not valid), of prompts with no valid candidate, and of no candidate. Duplicate score rows of a
+-- kept candidate stay duplicates, one to one. Ordered by prompt_id, candidate_idx.
+
+with
+
+checked_params as (
+
+    select
+        case
+            when $band >= 0 then cast($band as double)
+            else error('length_band_scores: band must be >= 0, got '
+                || coalesce(cast($band as varchar), 'NULL'))
+        end as band
+
+),
+
+candidate_rows as (
+
+    -- one row per candidate, however many rows it has (as in sql/strategies/*.sql)
+    select
+        prompt_id,
+        candidate_idx,
+        min(num_tokens) as num_tokens,
+        min(response) = max(response) as copies_agree
+    from candidates
+    group by prompt_id, candidate_idx
+
+),
+
+score_rows as (
+
+    select
+        prompt_id,
+        candidate_idx,
+        min(reward) as reward,
+        count(reward) = count(*) and min(reward) = max(reward) as copies_agree
+    from candidate_scores
+    group by prompt_id, candidate_idx
+
+),
+
+ranked as (
+
+    -- the valid candidates, best first
+    select
+        candidate_rows.prompt_id,
+        candidate_rows.num_tokens,
+        row_number() over (
+            partition by candidate_rows.prompt_id
+            order by score_rows.reward desc, candidate_rows.candidate_idx asc
+        ) as best_rank
+    from candidate_rows
+    inner join score_rows
+        on candidate_rows.prompt_id = score_rows.prompt_id
+        and candidate_rows.candidate_idx = score_rows.candidate_idx
+    where candidate_rows.copies_agree
+        and score_rows.copies_agree
+        and isfinite(score_rows.reward)
+
+),
+
+bands as (
+
+    select
+        ranked.prompt_id,
+        ranked.num_tokens * (1 - checked_params.band) as min_tokens,
+        ranked.num_tokens * (1 + checked_params.band) as max_tokens
+    from ranked
+    cross join checked_params
+    where ranked.best_rank = 1
+
+),
+
+in_band as (
+
+    select
+        candidate_rows.prompt_id,
+        candidate_rows.candidate_idx
+    from candidate_rows
+    inner join bands
+        on candidate_rows.prompt_id = bands.prompt_id
+    where candidate_rows.num_tokens >= bands.min_tokens
+        and candidate_rows.num_tokens <= bands.max_tokens
+
+),
+
+final as (
+
+    select
+        candidate_scores.prompt_id,
+        candidate_scores.candidate_idx,
+        candidate_scores.reward,
+        candidate_scores.reward_model,
+        candidate_scores.reward_model_revision
+    from candidate_scores
+    inner join in_band
+        on candidate_scores.prompt_id = in_band.prompt_id
+        and candidate_scores.candidate_idx = in_band.candidate_idx
+
+)
+
+select * from final
+order by prompt_id, candidate_idx

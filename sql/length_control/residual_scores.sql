@@ -1,0 +1,145 @@
+-- length_control/residual_scores: candidate_scores with each reward replaced by its residual
+-- from a least-squares line of reward on response length, so that a strategy ranks candidates
+-- by what the reward says beyond length (the base reward model tends to prefer short answers).
+--
+-- Reads:
+--   candidates        (wofn.schemas.CANDIDATES)         prompt_id, candidate_idx, response,
+--                                                       num_tokens
+--   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)   every column
+--
+-- Produces (wofn.schemas.CANDIDATE_SCORES, the same columns and order as candidate_scores):
+--   prompt_id, candidate_idx, reward, reward_model, reward_model_revision
+--
+-- Parameters (DuckDB named parameters, bound from Python, e.g. {"per_prompt": False}):
+--   $per_prompt  BOOLEAN: false = one fit over every candidate of the run; true = one fit per
+--                prompt_id. NULL is an error.
+--
+-- The fit: reward ~ intercept + slope * num_tokens, by least squares (regr_slope,
+-- regr_intercept), over one point per candidate (prompt_id, candidate_idx) that the strategies
+-- count as valid (sql/strategies/*.sql: its candidate rows agree on the response, its score rows
+-- agree on one reward, and that reward is finite). A fit whose points all have the same length
+-- (e.g. a prompt whose candidates are equally long) has slope 0, so residual = reward - the mean
+-- reward; a group with no point keeps its rewards (intercept 0, slope 0).
+-- reward := reward - (intercept + slope * num_tokens) for finite rewards; NULL, NaN, +inf and
+-- -inf rewards are passed through unchanged (the strategies drop them). Units: reward-model
+-- units; num_tokens = policy tokens, EOS included (a candidate's smallest num_tokens over its
+-- rows). Per prompt, a fit through two points leaves both residuals 0 (no pair): it needs three
+-- or more candidates of at least two lengths to rank anything.
+-- Rows: one output row per candidate_scores row that has a candidate row (duplicate score rows
+-- stay duplicates, one to one, so the strategies judge their copies as before); score rows of no
+-- candidate are dropped. Ordered by prompt_id, candidate_idx.
+
+with
+
+checked_params as (
+
+    select
+        case
+            when $per_prompt is not null then cast($per_prompt as boolean)
+            else error('residual_scores: per_prompt must be true or false, got NULL')
+        end as per_prompt
+
+),
+
+candidate_rows as (
+
+    -- one row per candidate, however many rows it has (as in sql/strategies/*.sql)
+    select
+        prompt_id,
+        candidate_idx,
+        min(num_tokens) as num_tokens,
+        min(response) = max(response) as copies_agree
+    from candidates
+    group by prompt_id, candidate_idx
+
+),
+
+score_rows as (
+
+    select
+        prompt_id,
+        candidate_idx,
+        min(reward) as reward,
+        count(reward) = count(*) and min(reward) = max(reward) as copies_agree
+    from candidate_scores
+    group by prompt_id, candidate_idx
+
+),
+
+fit_points as (
+
+    -- the valid candidates; fit_group = their prompt_id per prompt, '' for one global fit
+    select
+        case when checked_params.per_prompt then candidate_rows.prompt_id else '' end as fit_group,
+        cast(candidate_rows.num_tokens as double) as num_tokens,
+        score_rows.reward
+    from candidate_rows
+    inner join score_rows
+        on candidate_rows.prompt_id = score_rows.prompt_id
+        and candidate_rows.candidate_idx = score_rows.candidate_idx
+    cross join checked_params
+    where candidate_rows.copies_agree
+        and score_rows.copies_agree
+        and isfinite(score_rows.reward)
+
+),
+
+fits as (
+
+    -- regr_slope is NaN (not NULL) when every length is the same: regr_sxx = 0 there, slope 0
+    select
+        fit_group,
+        case
+            when regr_sxx(reward, num_tokens) > 0 then regr_slope(reward, num_tokens)
+            else 0.0
+        end as slope,
+        case
+            when regr_sxx(reward, num_tokens) > 0 then regr_intercept(reward, num_tokens)
+            else avg(reward)
+        end as intercept
+    from fit_points
+    group by fit_group
+
+),
+
+scored_rows as (
+
+    -- every score row with its candidate's length and its fit group
+    select
+        candidate_scores.prompt_id,
+        candidate_scores.candidate_idx,
+        candidate_scores.reward,
+        candidate_scores.reward_model,
+        candidate_scores.reward_model_revision,
+        candidate_rows.num_tokens,
+        case when checked_params.per_prompt then candidate_scores.prompt_id else '' end as fit_group
+    from candidate_scores
+    inner join candidate_rows
+        on candidate_scores.prompt_id = candidate_rows.prompt_id
+        and candidate_scores.candidate_idx = candidate_rows.candidate_idx
+    cross join checked_params
+
+),
+
+final as (
+
+    select
+        scored_rows.prompt_id,
+        scored_rows.candidate_idx,
+        cast(
+            case
+                when isfinite(scored_rows.reward) then scored_rows.reward
+                    - (coalesce(fits.intercept, 0.0) + coalesce(fits.slope, 0.0) * scored_rows.num_tokens)
+                else scored_rows.reward
+            end as double
+        ) as reward,
+        scored_rows.reward_model,
+        scored_rows.reward_model_revision
+    from scored_rows
+    left join fits
+        on scored_rows.fit_group = fits.fit_group
+
+)
+
+select * from final
+order by prompt_id, candidate_idx
