@@ -185,6 +185,9 @@ def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
     for strategy, n, filter_name, length in cfg.train:
         assert f"| student | {strategy} | {n} | {filter_name} | {length} | 2 |" in text
     assert "Students trained: **10 of 10** cells." in text
+    assert "| west_of_n | 4 | none | none | residual | band+balanced |" not in text  # pivot header below
+    assert "| strategy | N | filter | none | residual | band+balanced |" in text
+    assert "estimate when resumed" not in text  # one run so far
     for name in reporting.PLOTS:
         png = report.parent / "results" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"results/{name}" in text
@@ -205,6 +208,9 @@ def test_rerun_resumes_only_missing_work_and_keeps_the_discussion(tiny_run):
     assert {c.id: exp.cell_file(c).stat().st_mtime_ns for c in cfg.cells() if exp.cell_file(c) != lost} == kept
     assert {p: p.stat().st_mtime_ns for p in exp.path("candidates").glob("*.parquet")} == candidates
     assert "Our reading: tiny models, no signal." in report.read_text()
+    runs = exp.path("estimates.jsonl").read_text().splitlines()
+    assert len(runs) == 2 and json.loads(runs[1])["estimate"]["students"] == 1
+    assert "estimate when resumed at" in report.read_text()
 
 
 def test_dagster_job_reports_the_same_run(tiny_run, monkeypatch):

@@ -34,10 +34,8 @@ def _experiment(path: str, home: WofnHomeResource) -> runner.Experiment:
 def experiment_estimate(context: OpExecutionContext, config: ExperimentRunConfig, home: WofnHomeResource) -> str:
     """The grid's cost on this machine (from bench/latest.jsonl) for the work not done yet."""
     exp = _experiment(config.config, home)
-    est = runner.estimate(exp.config, home.home.root)
     exp.root.mkdir(parents=True, exist_ok=True)
-    if not exp.path("estimate.json").exists():
-        runner.write_json(exp.path("estimate.json"), est)
+    est = runner.note_estimate(exp, home.home.root)
     context.log.info(runner.format_estimate(est))
     context.add_output_metadata({"estimated_minutes": MetadataValue.float(est["total_seconds"] / 60),
                                  "students_to_train": MetadataValue.int(est["students"]),

@@ -86,20 +86,50 @@ def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
     return lines
 
 
-def pair_stats_markdown(results: dict) -> list[str]:
-    """The synthetic pair sets of the whole grid (no training needed): size, length balance, likelihood."""
+def _grouped_stats(results: dict) -> dict[tuple, dict]:
+    """Pair statistics by (strategy, N, filter, length), averaged over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for s in results["pair_stats"]:
         groups.setdefault((s["strategy"], s["n"], s["filter"], s.get("length", "none")), []).append(s)
-    lines = ["| strategy | N | filter | length control | pairs | chosen longer | mean length gap (tokens) | mean confidence | "
+    out = {}
+    for key, rows in groups.items():
+        out[key] = {}
+        for field_name in ("pairs", "chosen_longer_share", "chosen_shorter_share", "mean_length_gap", "mean_confidence",
+                           "chosen_logprob_mean", "rejected_logprob_mean"):
+            values = [r[field_name] for r in rows if r[field_name] is not None]
+            out[key][field_name] = statistics.mean(values) if values else float("nan")
+    return out
+
+
+def pair_stats_markdown(results: dict) -> list[str]:
+    """The synthetic pair sets of the whole grid (no training needed): size, length balance, likelihood.
+
+    One table for the plain pair sets, and (when the grid has length controls) one with each length
+    control's pair count and chosen-longer / chosen-shorter shares beside it.
+    """
+    stats = _grouped_stats(results)
+    lengths = list(dict.fromkeys(key[3] for key in stats))
+    lines = ["| strategy | N | filter | pairs | chosen longer | chosen shorter | mean length gap (tokens) | mean confidence | "
              "chosen log-lik / token | rejected log-lik / token |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for (strategy, n, filter_name, length), rows in groups.items():
-        def avg(key):
-            values = [r[key] for r in rows if r[key] is not None]
-            return statistics.mean(values) if values else float("nan")
-        lines.append(f"| {strategy} | {n} | {filter_name} | {length} | {avg('pairs'):.0f} | {100 * avg('chosen_longer_share'):.0f}% | "
-                     f"{avg('mean_length_gap'):+.1f} | {avg('mean_confidence'):.3f} | {avg('chosen_logprob_mean'):.3f} | "
-                     f"{avg('rejected_logprob_mean'):.3f} |")
+    for (strategy, n, filter_name, length), st in stats.items():
+        if length != "none":
+            continue
+        lines.append(f"| {strategy} | {n} | {filter_name} | {st['pairs']:.0f} | {100 * st['chosen_longer_share']:.0f}% | "
+                     f"{100 * st['chosen_shorter_share']:.0f}% | {st['mean_length_gap']:+.1f} | {st['mean_confidence']:.3f} | "
+                     f"{st['chosen_logprob_mean']:.3f} | {st['rejected_logprob_mean']:.3f} |")
+    controls = [length for length in lengths if length != "none"]
+    if controls:
+        lines += ["", "With length control: pairs (chosen longer % / chosen shorter %; equal lengths are the rest).", "",
+                  "| strategy | N | filter | none | " + " | ".join(controls) + " |",
+                  "|---|---|---|---|" + "---|" * len(controls)]
+        arms = list(dict.fromkeys(key[:3] for key in stats))
+        for arm in arms:
+            cells = []
+            for length in ["none", *controls]:
+                st = stats.get((*arm, length))
+                cells.append("–" if st is None else f"{st['pairs']:.0f} ({100 * st['chosen_longer_share']:.0f} / "
+                             f"{100 * st['chosen_shorter_share']:.0f})")
+            lines.append(f"| {arm[0]} | {arm[1]} | {arm[2]} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -426,7 +426,15 @@ def report_header(exp: Experiment) -> dict:
     if exp.path("estimate.json").exists():
         est = read_json(exp.path("estimate.json"))
         header["estimated cost before the run"] = (f"{est['total_seconds'] / 60:.0f} min ("
-                                                   + ", ".join(f"{k} {v / 60:.0f}" for k, v in est["seconds"].items()) + ")")
+                                                   + ", ".join(f"{k} {v / 60:.0f}" for k, v in est["seconds"].items())
+                                                   + f"; {est['students']} students)")
+    if exp.path("estimates.jsonl").exists():
+        for line in exp.path("estimates.jsonl").read_text().splitlines()[1:]:
+            later = json.loads(line)
+            if later["estimate"]["students"]:
+                header[f"estimate when resumed at {later['time']}"] = (
+                    f"{later['estimate']['total_seconds'] / 60:.0f} min for the {later['estimate']['students']} "
+                    f"students still to train (config {later['config']})")
     spent = {"sampling": read_json(exp.path("sampled.json")).get("seconds", 0) if exp.path("sampled.json").exists() else 0,
              "base_models": sum(b["train_seconds"] for b in results["bases"]),
              "students": sum(c["train_seconds"] for c in results["cells"])}
@@ -446,13 +454,25 @@ def write_reports(exp: Experiment, report: str | Path | None, command: str) -> P
     return out
 
 
+def note_estimate(exp: Experiment, home: Path) -> dict:
+    """The cost of what is left, before it runs: estimate.json (the first run's) and one line per run in estimates.jsonl."""
+    import datetime
+
+    est = estimate(exp.config, home)
+    if not exp.path("estimate.json").exists():
+        write_json(exp.path("estimate.json"), estimate(exp.config))
+    with exp.path("estimates.jsonl").open("a") as fh:
+        fh.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="minutes"), "config": exp.config.digest,
+                             "estimate": est}) + "\n")
+    return est
+
+
 def run_and_report(config: ExperimentConfig, home: Path, report: str | Path | None, command: str,
                    run: bool = True) -> Path:
     """Run every missing step (unless `run` is False), then write the report (see write_reports)."""
     exp = Experiment(config, home)
     exp.root.mkdir(parents=True, exist_ok=True)
-    if not exp.path("estimate.json").exists():
-        write_json(exp.path("estimate.json"), estimate(config, home))
     if run:
+        note_estimate(exp, home)
         exp.run()
     return write_reports(exp, report, command)
