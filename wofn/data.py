@@ -188,3 +188,31 @@ def read_prompts(path: str | Path, limit: int | None = None,
 def load_prompts(path: str | Path, limit: int | None = None) -> pa.Table:
     """`read_prompts` without the errors table (for tests and tools that only need the prompts)."""
     return read_prompts(path, limit)[0]
+
+
+def training_preferences(human_pairs: str | Path, max_human_pairs: int | None = None,
+                         extra_human_pairs: str | Path | None = None,
+                         max_extra_human_pairs: int | None = None) -> tuple[pa.Table, dict]:
+    """D_L as the reward models train on it: the first `max_human_pairs` pairs of `human_pairs`, then
+    the first `max_extra_human_pairs` of `extra_human_pairs` (a pair file or folder, e.g. UltraFeedback;
+    None or "" = none), as schemas.PREFERENCES, and {"human_pairs", "extra_human_pairs", "extra_source"}.
+    A pair_id in both files raises InputError naming both."""
+    human = load_preferences(human_pairs, max_human_pairs)
+    counts = {"human_pairs": human.num_rows, "extra_human_pairs": 0, "extra_source": None}
+    if not extra_human_pairs:
+        return human, counts
+    extra = load_preferences(extra_human_pairs, max_extra_human_pairs)
+    clash = set(human.column("pair_id").to_pylist()) & set(extra.column("pair_id").to_pylist())
+    if clash:
+        raise InputError(f"{extra_human_pairs}: pair id {min(clash)!r} (and {len(clash) - 1} more) is also in "
+                         f"{human_pairs}; give the extra pairs their own ids (or drop their id column to use content hashes)")
+    counts.update(extra_human_pairs=extra.num_rows, extra_source=str(extra_human_pairs))
+    return pa.concat_tables([human, extra]), counts
+
+
+def training_pairs(settings: dict) -> list[dict]:
+    """The pairs base and student reward models train on, for a settings dict (a profile's keys):
+    `human_pairs` (first `max_human_pairs`) plus `extra_human_pairs` (first `max_extra_human_pairs`)."""
+    table, _ = training_preferences(settings["human_pairs"], settings.get("max_human_pairs"),
+                                    settings.get("extra_human_pairs"), settings.get("max_extra_human_pairs"))
+    return table.to_pylist()

@@ -21,10 +21,11 @@ from typing import Optional
 
 from dagster import ConfigurableResource, EnvVar
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from wofn import profiles
 from wofn.paths import WofnHome
+from wofn.prompt_sources import check_prompt_sources
 
 
 class WofnHomeResource(ConfigurableResource):
@@ -85,6 +86,9 @@ class WofnSettings(ConfigurableResource):
     max_human_pairs: Optional[int] = Field(description="use the first K human pairs (null = all)")
     max_eval_pairs: Optional[int] = Field(description="use the first K evaluation pairs (null = all)")
     max_prompts: Optional[int] = Field(description="sample K prompts per prompt batch, a stable pseudo-random subset by prompt_id (null = all)")
+    prompt_sources: list[str] = Field(description="where the profile's prompt batch draws prompts from, deduplicated by prompt_id (first wins, in this order): 'unlabeled' (the unlabeled_prompts file), 'human_pairs' (the prompts of the human training pairs), 'earlier_turns' (each earlier turn of those multi-turn prompts, cut just after an 'Assistant:' turn); prompts of eval_pairs are left out of the batch. Inbox batches read their own file only")
+    extra_human_pairs: Optional[str] = Field(description="extra pairs added to the human pairs that base and student reward models train on (e.g. data/uf_train.parquet): a Parquet/JSONL file or folder with prompt, chosen, rejected (null = none); evaluation pairs are unchanged")
+    max_extra_human_pairs: Optional[int] = Field(description="use the first K extra_human_pairs (null = all)")
     n: int = Field(description="N: responses sampled per prompt")
     max_new_tokens: int = Field(description="generation cap per response")
     temperature: float = Field(description="sampling temperature (the paper: ~0.7)")
@@ -115,6 +119,12 @@ class WofnSettings(ConfigurableResource):
     torch_threads: int = Field(description="torch threads per step; 0 = all cores")
     device: str = Field(description="torch device for sampling, scoring and training (cpu, cuda)")
     allow_pickle_weights: bool = Field(default=False, description="load pickle (*.bin) checkpoints in the Beam jobs; they can run code when loaded, so only for files you trust (default: safetensors only)")
+
+    @field_validator("prompt_sources")
+    @classmethod
+    def _known_prompt_sources(cls, value: list[str]) -> list[str]:
+        check_prompt_sources(value)
+        return value
 
     @classmethod
     def from_profile(cls, name: Optional[str] = None, **overrides) -> "WofnSettings":

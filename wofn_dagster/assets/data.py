@@ -1,16 +1,18 @@
 """Input assets: human preference pairs (train and eval) and unlabeled prompts, one batch per partition."""
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from wofn import data, schemas
+from wofn import data, prompt_sources, schemas
 from wofn.paths import content_hash, partition_keys
 from wofn_dagster.assets.common import code_version, error_summary, publish_table, read_table, write_table
 from wofn_dagster.partitions import batch_source, prompt_batches
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
-_CODE = code_version("wofn/data.py", "wofn_dagster/assets/data.py")
+_CODE = code_version("wofn/data.py", "wofn/prompt_sources.py", "wofn_dagster/assets/data.py")
 
 
 def _source_facts(path) -> dict:
@@ -19,11 +21,21 @@ def _source_facts(path) -> dict:
 
 @asset(group_name="inputs", kinds={"parquet"}, code_version=_CODE)
 def human_preferences(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
-    """D_L: human preference pairs (prompt, chosen, rejected) the base reward model learns from."""
-    table = data.load_preferences(settings.human_pairs, settings.max_human_pairs)
-    context.log.info("read %d human pairs from %s", table.num_rows, settings.human_pairs)
-    return publish_table(home.home, "human_preferences", table, {"source_file": MetadataValue.path(settings.human_pairs)},
-                         context=context, facts=_source_facts(settings.human_pairs))
+    """D_L: human preference pairs (prompt, chosen, rejected) the base reward model learns from, plus the
+    `extra_human_pairs` (e.g. UltraFeedback) when set."""
+    table, counts = data.training_preferences(settings.human_pairs, settings.max_human_pairs,
+                                              settings.extra_human_pairs, settings.max_extra_human_pairs)
+    context.log.info("read %d human pairs from %s", counts["human_pairs"], settings.human_pairs)
+    metadata = {"source_file": MetadataValue.path(settings.human_pairs),
+                "human_pairs": MetadataValue.int(counts["human_pairs"]),
+                "extra_human_pairs": MetadataValue.int(counts["extra_human_pairs"])}
+    facts = _source_facts(settings.human_pairs)
+    if counts["extra_source"]:
+        context.log.info("added %d extra pairs from %s", counts["extra_human_pairs"], counts["extra_source"])
+        metadata["extra_source_file"] = MetadataValue.path(counts["extra_source"])
+        facts.update(extra_source=counts["extra_source"], extra_source_hash=content_hash(counts["extra_source"]),
+                     extra_human_pairs=counts["extra_human_pairs"])
+    return publish_table(home.home, "human_preferences", table, metadata, context=context, facts=facts)
 
 
 @asset(group_name="inputs", kinds={"parquet"}, code_version=_CODE)
@@ -46,11 +58,27 @@ def _ids_in_other_batches(h, key: str) -> set[str]:
 @asset(group_name="inputs", kinds={"parquet"}, partitions_def=prompt_batches, code_version=_CODE)
 def prompts(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
     """D_U, one prompt batch per partition: deduplicated prompts, each with a stable prompt_id (hash of the
-    normalized text). A prompt already in another batch stays there and is left out of this one."""
+    normalized text). A prompt already in another batch stays there and is left out of this one. The
+    profile's batch draws from `prompt_sources` and leaves out the prompts of the evaluation pairs."""
     h = home.home
     key = context.partition_key
     source = batch_source(h, settings.unlabeled_prompts, key)
-    table, errors = data.read_prompts(source, settings.max_prompts)
+    extra, facts = {}, _source_facts(source)
+    if source == Path(settings.unlabeled_prompts):  # the profile's batch, not an inbox file
+        table, errors, counts = prompt_sources.gather_prompts(
+            source, settings.human_pairs, settings.eval_pairs, tuple(settings.prompt_sources), settings.max_prompts,
+            max_human_pairs=settings.max_human_pairs)
+        context.log.info(f"batch {key}: prompts per source {counts}")
+        extra = {"prompt_sources": MetadataValue.json(counts),
+                 "eval_prompts_left_out": MetadataValue.int(counts["eval_leaks"]),
+                 **{f"prompts_from_{name}": MetadataValue.int(counts[name]["kept"])
+                    for name in prompt_sources.PROMPT_SOURCES if name in counts}}
+        facts.update(prompt_sources=list(settings.prompt_sources), eval_pairs=settings.eval_pairs,
+                     eval_pairs_hash=content_hash(settings.eval_pairs))
+        if "human_pairs" in settings.prompt_sources:
+            facts.update(human_pairs=settings.human_pairs, human_pairs_hash=content_hash(settings.human_pairs))
+    else:
+        table, errors = data.read_prompts(source, settings.max_prompts)
     write_table(h.partition_dir("prompt_errors", key), errors, schemas.ERRORS, where=f"prompt_errors {key}")
     elsewhere = _ids_in_other_batches(h, key)
     if elsewhere:
@@ -67,5 +95,6 @@ def prompts(context: AssetExecutionContext, settings: WofnSettings, home: WofnHo
     return publish_table(h, "prompts", table, {
         "source_file": MetadataValue.path(str(source)),
         "prompts_in_other_batches": MetadataValue.int(dropped),
+        **extra,
         **error_summary(h, "prompt_errors", partition=key),
-    }, context=context, partition=key, facts=_source_facts(source))
+    }, context=context, partition=key, facts=facts)

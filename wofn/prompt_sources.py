@@ -1,0 +1,103 @@
+"""Where D_U's prompts come from: the unlabeled prompt file, the prompts of the human training pairs,
+and the earlier turns of multi-turn conversations from either, deduplicated by prompt_id.
+
+    unlabeled      the prompt file (wofn.data.read_prompts), sources as the file gives them
+    human_pairs    the prompts of the human training pairs (wofn.data.load_preferences), source "human_pairs"
+    earlier_turns  every earlier prefix of those prompts cut just after an "\\n\\nAssistant:" turn
+                   boundary, source "earlier_turn:unlabeled" or "earlier_turn:human_pairs"
+
+The first occurrence of a prompt_id wins, in the order above. A prompt of the evaluation pairs is
+left out of every source (a leak guard) and counted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from wofn import data, schemas
+
+PROMPT_SOURCES = ("unlabeled", "human_pairs", "earlier_turns")
+_ASSISTANT = "\n\nAssistant:"
+
+
+def check_prompt_sources(sources) -> tuple[str, ...]:
+    """`sources` as a tuple, or ValueError naming the `prompt_sources` setting and its allowed values."""
+    sources = tuple(sources)
+    unknown = [s for s in sources if s not in PROMPT_SOURCES]
+    if unknown or not sources:
+        raise ValueError(f"prompt_sources must be a non-empty list of {', '.join(PROMPT_SOURCES)}; "
+                         f"got {list(sources)!r}" + (f" (unknown: {unknown})" if unknown else ""))
+    if set(sources) == {"earlier_turns"}:
+        raise ValueError("prompt_sources: 'earlier_turns' cuts the prompts of 'unlabeled' or 'human_pairs'; "
+                         "add one of them (e.g. ['unlabeled', 'earlier_turns'])")
+    return sources
+
+
+def earlier_turn_prefixes(prompt: str) -> list[str]:
+    """Each prefix of `prompt` that ends just after an "\\n\\nAssistant:" followed by more text (that
+    assistant's reply and later turns), shortest first. A single-turn prompt gives none."""
+    prefixes = []
+    start = prompt.find(_ASSISTANT)
+    while start != -1:
+        end = start + len(_ASSISTANT)
+        if prompt[end:].strip():
+            prefixes.append(prompt[:end])
+        start = prompt.find(_ASSISTANT, end)
+    return prefixes
+
+
+def gather_prompts(unlabeled: str | Path, human_pairs: str | Path, eval_pairs: str | Path | None,
+                   sources: tuple[str, ...] = ("unlabeled",), limit: int | None = None, *,
+                   max_human_pairs: int | None = None) -> tuple[pa.Table, pa.Table, dict]:
+    """D_U from `sources`: (prompts as schemas.PROMPTS, the unlabeled file's rows left out as
+    schemas.ERRORS, counts).
+
+    The prompts are sorted by prompt_id and cut to the first `limit`, as `data.read_prompts` does,
+    so `sources=("unlabeled",)` gives read_prompts' table (less any prompt of `eval_pairs`).
+    `human_pairs` are the training pairs: its first `max_human_pairs` pairs (all of `eval_pairs`
+    are guarded against, whatever max_eval_pairs is).
+    counts: per source {"read", "kept", "duplicates" (prompt_id already kept), "eval_leaks"}, then
+    "eval_leaks" (all sources), "kept" (before `limit`) and "rows" (after it).
+    """
+    sources = check_prompt_sources(sources)
+    eval_ids = set()
+    if eval_pairs is not None:
+        eval_ids = {data.prompt_id(p) for p in data.load_preferences(eval_pairs).column("prompt").to_pylist()}
+    kept: dict[str, dict] = {}
+    counts: dict = {}
+    origins: list[tuple[str, list[dict]]] = []  # (source, its kept rows): what earlier_turns cuts
+
+    def add(name: str, rows: list[tuple[str, str]]) -> list[dict]:
+        tally = counts[name] = {"read": len(rows), "kept": 0, "duplicates": 0, "eval_leaks": 0}
+        added = []
+        for text, source in rows:
+            pid = data.prompt_id(text)
+            if pid in eval_ids:
+                tally["eval_leaks"] += 1
+            elif pid in kept:
+                tally["duplicates"] += 1
+            else:
+                kept[pid] = {"prompt_id": pid, "prompt": text, "source": source}
+                added.append(kept[pid])
+                tally["kept"] += 1
+        return added
+
+    errors = pa.Table.from_pylist([], schema=schemas.ERRORS)
+    if "unlabeled" in sources:
+        table, errors = data.read_prompts(unlabeled)
+        origins.append(("unlabeled", add("unlabeled", list(zip(table.column("prompt").to_pylist(),
+                                                               table.column("source").to_pylist())))))
+    if "human_pairs" in sources:
+        texts = data.load_preferences(human_pairs, max_human_pairs).column("prompt").to_pylist()
+        origins.append(("human_pairs", add("human_pairs", [(t, "human_pairs") for t in texts])))
+    if "earlier_turns" in sources:
+        add("earlier_turns", [(prefix, f"earlier_turn:{origin}")
+                              for origin, rows in origins for row in rows
+                              for prefix in earlier_turn_prefixes(row["prompt"])])
+    counts["eval_leaks"] = sum(counts[s]["eval_leaks"] for s in PROMPT_SOURCES if s in counts)
+    counts["kept"] = len(kept)
+    rows = sorted(kept.values(), key=lambda r: r["prompt_id"])[:limit]
+    counts["rows"] = len(rows)
+    return pa.Table.from_pylist(rows, schema=schemas.PROMPTS), errors, counts
