@@ -12,6 +12,7 @@ from wofn import cli
 from wofn.experiment import config as xconfig
 from wofn.experiment import report as reporting
 from wofn.experiment import runner
+from wofn.paths import DATA_DIR
 
 TINY = """
 name: tiny
@@ -81,6 +82,8 @@ def test_filter_quantiles():
     (lambda t: t.replace("seeds: [0, 1]", "seeds: [0, 0]"), r"grid.seeds: repeated values"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher: pairwise"), "settings.teacher must be 'pointwise'"),
     (lambda t: "[1, 2", "not valid YAML"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, prompt_sources: [unlabeled, forum]"),
+     r"settings.prompt_sources must be a non-empty list"),
     (lambda t: t.replace("[none, residual, band+balanced]", "[none, shortest]"), r"grid.length: \['shortest'\]"),
     (lambda t: t.replace("n: 4, filter: none, length: [residual", "n: 4, filter: none, length: [band"),
      r"train\[2\].length .*must be in the grid"),
@@ -111,6 +114,16 @@ def test_estimate_from_benchmark_rates():
     assert est["students"] == 10
     with pytest.raises(ValueError, match="run `make bench` first"):
         runner.estimate(cfg, bench={k: v for k, v in BENCH.items() if k != "training"})
+
+
+def test_estimate_counts_prompts_from_every_source_and_extra_pairs():
+    text = TINY.replace("max_prompts: 6", "max_prompts: null")
+    plain = runner.estimate(parse(text), bench=BENCH)
+    more = runner.estimate(parse(text.replace("max_prompts: null", "max_prompts: null, prompt_sources: [unlabeled, "
+                                              f"human_pairs], extra_human_pairs: {DATA_DIR / 'uf_train.parquet'}, "
+                                              "max_extra_human_pairs: 10")), bench=BENCH)
+    assert plain["prompts"] == 809 and plain["human_pairs"] == 40
+    assert more["prompts"] == 809 + 40 and more["human_pairs"] == 50  # the 40 training pairs' prompts are new
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from wofn import pairs, profiles
+from wofn import pairs, profiles, prompt_sources
 
 FILTERS = ("none", "confidence", "likelihood", "both")
 # Length control of a pair set: a selection option of the pair step (pairs.LENGTH_CONTROLS: rank by
@@ -163,6 +163,10 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
     if settings["teacher"] != "pointwise":
         raise ConfigError(f"{source}: settings.teacher must be 'pointwise' for an experiment "
                           "(random_pair and best_vs_random need a reward per candidate)")
+    try:
+        prompt_sources.check_prompt_sources(settings["prompt_sources"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: settings.{exc}") from exc
     pairs.check_filters(settings["confidence_quantile"], settings["logprob_quantile"], settings["likelihood"],
                         settings["min_margin"], settings["max_pair_tokens"])
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wofn import data, evaluation, models, pairs, training
+from wofn import data, evaluation, models, pairs, prompt_sources, training
 from wofn.experiment.config import Cell, ExperimentConfig, filter_quantiles, split_length
 from wofn.paths import REPO_ROOT, content_hash, publish, staging_dir
 
@@ -85,7 +85,8 @@ class Experiment:
 
     # ---- inputs
     def human_pairs(self) -> list[dict]:
-        return data.load_preferences(self.settings["human_pairs"], self.settings["max_human_pairs"]).to_pylist()
+        """D_L: the human pairs, plus `extra_human_pairs` when set (e.g. the UltraFeedback sample)."""
+        return data.training_pairs(self.settings)
 
     def eval_pairs(self) -> list[dict]:
         return data.load_preferences(self.settings["eval_pairs"], self.settings["max_eval_pairs"]).to_pylist()
@@ -105,15 +106,24 @@ class Experiment:
     def prompts(self) -> Path:
         out = self.path("prompts")
         if not out.exists():
-            table, errors = data.read_prompts(self.settings["unlabeled_prompts"], self.settings["max_prompts"])
+            table, errors, counts = self.gather_prompts()
             staging = staging_dir(out)
             pq.write_table(table, staging / "part-00000.parquet")
             publish(staging, out)
             if errors.num_rows:
                 self.path("prompt_errors").mkdir(parents=True, exist_ok=True)
                 pq.write_table(errors, self.path("prompt_errors", "part-00000.parquet"))
-            log.info("prompts: %d kept, %d left out (prompt_errors/)", table.num_rows, errors.num_rows)
+            write_json(self.path("prompt_counts.json"), counts)
+            log.info("prompts: %d kept, %d left out (prompt_errors/); by source %s", table.num_rows, errors.num_rows,
+                     counts)
         return out
+
+    def gather_prompts(self):
+        """D_U from the `prompt_sources` setting, deduplicated by prompt_id, evaluation prompts left out."""
+        s = self.settings
+        return prompt_sources.gather_prompts(s["unlabeled_prompts"], s["human_pairs"], s["eval_pairs"],
+                                             tuple(s.get("prompt_sources") or ("unlabeled",)), s["max_prompts"],
+                                             max_human_pairs=s["max_human_pairs"])
 
     def sampling_args(self) -> list[str]:
         s = self.settings
@@ -354,8 +364,8 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     seqs_per_s = bench["scoring"]["ours"][score_dtype]["sequences_per_s"]
     pairs_per_s = bench["training"]["ours"]["bf16" if s["rm_bf16"] else "fp32"]["pairs_per_s"]
 
-    prompts = data.read_prompts(s["unlabeled_prompts"], s["max_prompts"])[0].num_rows
-    human = data.load_preferences(s["human_pairs"], s["max_human_pairs"]).num_rows
+    prompts = Experiment(config, Path(".")).gather_prompts()[0].num_rows
+    human = len(data.training_pairs(s))
     n_eval = data.load_preferences(s["eval_pairs"], s["max_eval_pairs"]).num_rows
     candidates = prompts * config.max_n
     exp = Experiment(config, home) if home is not None else None
