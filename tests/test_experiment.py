@@ -246,3 +246,29 @@ def test_dagster_job_reports_the_same_run(tiny_run, monkeypatch):
         estimate = result.output_for_node("experiment_estimate")
         assert estimate == str(cfg_path)
     assert "| student | west_of_n | 4 | both | none | 2 |" in out.read_text()
+
+
+def test_dagster_job_runs_a_grid_from_scratch(tmp_path):
+    """The job does the work itself: sampling, base RM, scoring, pair sets, the student, the report."""
+    from dagster import DagsterInstance
+
+    from wofn_dagster.experiment import experiment
+    from wofn_dagster.resources import WofnHomeResource
+
+    cfg_path = tmp_path / "one.yaml"
+    cfg_path.write_text(TINY.split("grid:")[0].replace("name: tiny", "name: one") +
+                        "grid: {strategies: [west_of_n], n: [2], filters: [none], seeds: [0]}\n")
+    out = tmp_path / "one.md"
+    with DagsterInstance.ephemeral() as instance:
+        result = experiment.execute_in_process(
+            run_config={"ops": {"experiment_estimate": {"config": {"config": str(cfg_path)}},
+                                "experiment_report": {"config": {"config": str(cfg_path), "report": str(out)}}}},
+            resources={"home": WofnHomeResource(root=str(tmp_path / "home"))}, instance=instance)
+    assert result.success
+    exp = runner.Experiment(xconfig.load(cfg_path), tmp_path / "home")
+    assert json.loads(exp.path("sampled.json").read_text())["candidates"] == 6 * 2
+    [cell] = exp.results()["cells"]
+    assert cell["cell"] == "west_of_n-n2-none-seed0" and 0 <= cell["accuracy"] <= 1
+    logs = [e.message for e in result.all_events if e.event_type_value == "ENGINE_EVENT" or e.message]
+    assert any("cell 1/1 west_of_n-n2-none-seed0" in (m or "") for m in logs)
+    assert "| student | west_of_n | 2 | none | none | 1 |" in out.read_text()
