@@ -264,11 +264,11 @@ def test_dagster_job_runs_a_grid_from_scratch(tmp_path):
             run_config={"ops": {"experiment_estimate": {"config": {"config": str(cfg_path)}},
                                 "experiment_report": {"config": {"config": str(cfg_path), "report": str(out)}}}},
             resources={"home": WofnHomeResource(root=str(tmp_path / "home"))}, instance=instance)
+        messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert result.success
+    assert any("cell 1/1 west_of_n-n2-none-seed0" in m for m in messages)  # progress in the run's log
     exp = runner.Experiment(xconfig.load(cfg_path), tmp_path / "home")
     assert json.loads(exp.path("sampled.json").read_text())["candidates"] == 6 * 2
     [cell] = exp.results()["cells"]
     assert cell["cell"] == "west_of_n-n2-none-seed0" and 0 <= cell["accuracy"] <= 1
-    logs = [e.message for e in result.all_events if e.event_type_value == "ENGINE_EVENT" or e.message]
-    assert any("cell 1/1 west_of_n-n2-none-seed0" in (m or "") for m in logs)
     assert "| student | west_of_n | 2 | none | none | 1 |" in out.read_text()
