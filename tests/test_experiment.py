@@ -82,6 +82,10 @@ def test_filter_quantiles():
     (lambda t: t.replace("seeds: [0, 1]", "seeds: [0, 0]"), r"grid.seeds: repeated values"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher: pairwise"), "settings.teacher must be 'pointwise'"),
     (lambda t: "[1, 2", "not valid YAML"),
+    (lambda t: t + "\ntune: {rm_dropout: [0.1]}\n", r"tune: \['rm_dropout'\] cannot be tuned"),
+    (lambda t: t + "\ntune: {rm_epochs: [1, -2]}\n", "tune.rm_epochs: every value must be a positive float"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, rm_val_fraction: 0") + "\ntune: {rm_epochs: [1, 2]}\n",
+     "tune needs a validation split"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, prompt_sources: [unlabeled, forum]"),
      r"settings.prompt_sources must be a non-empty list"),
     (lambda t: t.replace("[none, residual, band+balanced]", "[none, shortest]"), r"grid.length: \['shortest'\]"),
@@ -257,7 +261,8 @@ def test_dagster_job_runs_a_grid_from_scratch(tmp_path):
 
     cfg_path = tmp_path / "one.yaml"
     cfg_path.write_text(TINY.split("grid:")[0].replace("name: tiny", "name: one") +
-                        "grid: {strategies: [west_of_n], n: [2], filters: [none], seeds: [0]}\n")
+                        "grid: {strategies: [west_of_n], n: [2], filters: [none], seeds: [0]}\n"
+                        "tune: {rm_learning_rate: [0.001, 0.0001]}\n")
     out = tmp_path / "one.md"
     with DagsterInstance.ephemeral() as instance:
         result = experiment.execute_in_process(
@@ -269,6 +274,14 @@ def test_dagster_job_runs_a_grid_from_scratch(tmp_path):
     assert any("cell 1/1 west_of_n-n2-none-seed0" in m for m in messages)  # progress in the run's log
     exp = runner.Experiment(xconfig.load(cfg_path), tmp_path / "home")
     assert json.loads(exp.path("sampled.json").read_text())["candidates"] == 6 * 2
+    tuned = json.loads(exp.path("tune", "chosen.json").read_text())
+    assert [t["settings"]["rm_learning_rate"] for t in tuned["trials"]] == [0.001, 0.0001]
+    best = max(tuned["trials"], key=lambda t: (t["val_accuracy"], -t["val_loss"]))
+    assert tuned["settings"] == best["settings"]
+    manifest = json.loads((exp.base_dir(0) / "model" / "manifest.json").read_text())
+    assert manifest["train_config"]["learning_rate"] == tuned["settings"]["rm_learning_rate"]
+    assert exp.settings["rm_learning_rate"] == tuned["settings"]["rm_learning_rate"]  # a new Experiment reads it
     [cell] = exp.results()["cells"]
     assert cell["cell"] == "west_of_n-n2-none-seed0" and 0 <= cell["accuracy"] <= 1
     assert "| student | west_of_n | 2 | none | none | 1 |" in out.read_text()
+    assert "| rm_learning_rate | validation accuracy | validation loss | chosen |" in out.read_text()
