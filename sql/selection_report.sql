@@ -14,7 +14,7 @@
 --              west_of_n, random_pair, best_vs_random, worst_vs_random, else an error.
 --
 -- One row per (strategy in pair_draws, reason), by step. The candidate rules are those of
--- sql/strategies/*.sql; the candidate-level counts are the same for every strategy.
+-- sql/candidate_pool.sql; the candidate-level counts are the same for every strategy.
 --   1  candidate_rows            rows        rows of candidates
 --   2  duplicate_candidate_rows  rows        rows beyond the first of a (prompt_id, candidate_idx)
 --   3  duplicate_score_rows      rows        the same, in candidate_scores

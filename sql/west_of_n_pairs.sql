@@ -2,7 +2,7 @@
 -- at most (the asset of this name holds the configured strategy's, default west_of_n).
 --
 -- Reads:
---   pair_draws  (wofn.schemas.PAIR_DRAWS, written by sql/strategies/<strategy>.sql)
+--   pair_draws  (wofn.schemas.PAIR_DRAWS, written by sql/label_picks.sql)
 --               every column but strategy, pair_seed and outcome; filters on strategy, outcome
 --
 -- Produces (wofn.schemas.PAIRS, in this order):

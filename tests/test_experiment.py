@@ -12,6 +12,7 @@ from wofn import cli
 from wofn.experiment import config as xconfig
 from wofn.experiment import report as reporting
 from wofn.experiment import runner
+from wofn.paths import DATA_DIR
 
 TINY = """
 name: tiny
@@ -81,6 +82,12 @@ def test_filter_quantiles():
     (lambda t: t.replace("seeds: [0, 1]", "seeds: [0, 0]"), r"grid.seeds: repeated values"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher: pairwise"), "settings.teacher must be 'pointwise'"),
     (lambda t: "[1, 2", "not valid YAML"),
+    (lambda t: t + "\ntune: {rm_dropout: [0.1]}\n", r"tune: \['rm_dropout'\] cannot be tuned"),
+    (lambda t: t + "\ntune: {rm_epochs: [1, -2]}\n", "tune.rm_epochs: every value must be a positive float"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, rm_val_fraction: 0") + "\ntune: {rm_epochs: [1, 2]}\n",
+     "tune needs a validation split"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, prompt_sources: [unlabeled, forum]"),
+     r"settings.prompt_sources must be a non-empty list"),
     (lambda t: t.replace("[none, residual, band+balanced]", "[none, shortest]"), r"grid.length: \['shortest'\]"),
     (lambda t: t.replace("n: 4, filter: none, length: [residual", "n: 4, filter: none, length: [band"),
      r"train\[2\].length .*must be in the grid"),
@@ -111,6 +118,16 @@ def test_estimate_from_benchmark_rates():
     assert est["students"] == 10
     with pytest.raises(ValueError, match="run `make bench` first"):
         runner.estimate(cfg, bench={k: v for k, v in BENCH.items() if k != "training"})
+
+
+def test_estimate_counts_prompts_from_every_source_and_extra_pairs():
+    text = TINY.replace("max_prompts: 6", "max_prompts: null")
+    plain = runner.estimate(parse(text), bench=BENCH)
+    more = runner.estimate(parse(text.replace("max_prompts: null", "max_prompts: null, prompt_sources: [unlabeled, "
+                                              f"human_pairs], extra_human_pairs: {DATA_DIR / 'uf_train.parquet'}, "
+                                              "max_extra_human_pairs: 10")), bench=BENCH)
+    assert plain["prompts"] == 809 and plain["human_pairs"] == 40
+    assert more["prompts"] == 809 + 40 and more["human_pairs"] == 50  # the 40 training pairs' prompts are new
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +250,38 @@ def test_dagster_job_reports_the_same_run(tiny_run, monkeypatch):
         estimate = result.output_for_node("experiment_estimate")
         assert estimate == str(cfg_path)
     assert "| student | west_of_n | 4 | both | none | 2 |" in out.read_text()
+
+
+def test_dagster_job_runs_a_grid_from_scratch(tmp_path):
+    """The job does the work itself: sampling, base RM, scoring, pair sets, the student, the report."""
+    from dagster import DagsterInstance
+
+    from wofn_dagster.experiment import experiment
+    from wofn_dagster.resources import WofnHomeResource
+
+    cfg_path = tmp_path / "one.yaml"
+    cfg_path.write_text(TINY.split("grid:")[0].replace("name: tiny", "name: one") +
+                        "grid: {strategies: [west_of_n], n: [2], filters: [none], seeds: [0]}\n"
+                        "tune: {rm_learning_rate: [0.001, 0.0001]}\n")
+    out = tmp_path / "one.md"
+    with DagsterInstance.ephemeral() as instance:
+        result = experiment.execute_in_process(
+            run_config={"ops": {"experiment_estimate": {"config": {"config": str(cfg_path)}},
+                                "experiment_report": {"config": {"config": str(cfg_path), "report": str(out)}}}},
+            resources={"home": WofnHomeResource(root=str(tmp_path / "home"))}, instance=instance)
+        messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert result.success
+    assert any("cell 1/1 west_of_n-n2-none-seed0" in m for m in messages)  # progress in the run's log
+    exp = runner.Experiment(xconfig.load(cfg_path), tmp_path / "home")
+    assert json.loads(exp.path("sampled.json").read_text())["candidates"] == 6 * 2
+    tuned = json.loads(exp.path("tune", "chosen.json").read_text())
+    assert [t["settings"]["rm_learning_rate"] for t in tuned["trials"]] == [0.001, 0.0001]
+    best = max(tuned["trials"], key=lambda t: (t["val_accuracy"], -t["val_loss"]))
+    assert tuned["settings"] == best["settings"]
+    manifest = json.loads((exp.base_dir(0) / "model" / "manifest.json").read_text())
+    assert manifest["train_config"]["learning_rate"] == tuned["settings"]["rm_learning_rate"]
+    assert exp.settings["rm_learning_rate"] == tuned["settings"]["rm_learning_rate"]  # a new Experiment reads it
+    [cell] = exp.results()["cells"]
+    assert cell["cell"] == "west_of_n-n2-none-seed0" and 0 <= cell["accuracy"] <= 1
+    assert "| student | west_of_n | 2 | none | none | 1 |" in out.read_text()
+    assert "| rm_learning_rate | validation accuracy | validation loss | chosen |" in out.read_text()

@@ -40,8 +40,7 @@ def crafted(con, tmp_path):
 
 
 def draws(con, strategy: str, seed: int = 0) -> pa.Table:
-    params = None if strategy == "west_of_n" else {"seed": seed}
-    return catalog.run_sql_file(con, f"strategies/{strategy}", params, schema=schemas.PAIR_DRAWS)
+    return pairs.draw(con, strategy, seed)
 
 
 def as_reference(table: pa.Table) -> dict[str, tuple]:

@@ -3,7 +3,10 @@
 Used by the pair assets and by iterative rounds alike; each call opens its own in-memory DuckDB
 with temporary views, so it never waits on the shared catalog file.
 
-    sql/strategies/<strategy>.sql   candidates + candidate_scores -> pair_draws (one row per prompt)
+    sql/candidate_pool.sql          candidates + candidate_scores -> one row per candidate, is_valid
+    sql/prompt_summary.sql          candidate_pool -> per prompt: valid candidates, reward range
+    sql/strategies/<strategy>.sql   candidate_pool -> the strategy's two picks per prompt
+    sql/label_picks.sql             picks + pool + summary -> pair_draws (one row per prompt)
     sql/west_of_n_pairs.sql         pair_draws -> the pairs of one strategy (wofn.schemas.PAIRS)
     sql/selection_report.sql        why prompts and candidates were left out, per strategy
     sql/filter_pairs.sql            pairs -> the pairs kept by the filters
@@ -132,12 +135,42 @@ def _view(con, name: str, source: Path | pa.Table) -> None:
         catalog.create_view(con, name, source, temporary=True)
 
 
+def _draw_steps(con, seed: int, strategies: tuple[str, ...]) -> list[pa.Table]:
+    """Each strategy's draws (wofn.schemas.PAIR_DRAWS) on `con`, which has the candidates and
+    candidate_scores views: the pool and prompt summary once, then each strategy's picks, labelled.
+    Leaves the steps' views (candidate_pool, prompt_summary, pair_picks) registered on `con`."""
+    con.register("candidate_pool", catalog.run_sql_file(con, "candidate_pool", schema=schemas.CANDIDATE_POOL))
+    con.register("prompt_summary", catalog.run_sql_file(con, "prompt_summary", schema=schemas.PROMPT_SUMMARY))
+    tables = []
+    for strategy in strategies:
+        picks = catalog.run_sql_file(con, f"strategies/{strategy}", _strategy_params(strategy, seed),
+                                     schema=schemas.PAIR_PICKS)
+        con.register("pair_picks", picks)
+        tables.append(catalog.run_sql_file(con, "label_picks",
+                                           {"strategy": strategy, "pair_seed": seed_for(strategy, seed)},
+                                           schema=schemas.PAIR_DRAWS))
+    return tables
+
+
+def draw(con, strategy: str, seed: int = 0) -> pa.Table:
+    """One strategy's draw for every prompt (wofn.schemas.PAIR_DRAWS) on an open connection that has
+    the candidates and candidate_scores views: sql/candidate_pool.sql, sql/prompt_summary.sql,
+    sql/strategies/<strategy>.sql and sql/label_picks.sql in turn (their views are dropped after)."""
+    check_strategy(strategy)
+    try:
+        return _draw_steps(con, seed, (strategy,))[0]
+    finally:
+        for name in ("pair_picks", "prompt_summary", "candidate_pool"):
+            con.unregister(name)
+
+
 def draw_pairs(candidates_dir: Path, scores_dir: Path, seed: int = 0,
                strategies: tuple[str, ...] = STRATEGIES, length_control: str = "none",
                length_band: float = 0.3) -> pa.Table:
     """Every strategy's draw for every prompt (wofn.schemas.PAIR_DRAWS), strategies stacked in order.
 
-    With a `length_control` other than "none", the strategies read length_controlled_scores: their
+    The candidate pool and prompt summary are computed once and shared by the strategies. With a
+    `length_control` other than "none", the strategies read length_controlled_scores: their
     rewards (chosen_reward, margin, confidence) are then the residuals, or the band's.
     """
     for strategy in strategies:
@@ -147,8 +180,7 @@ def draw_pairs(candidates_dir: Path, scores_dir: Path, seed: int = 0,
     try:
         catalog.create_view(con, "candidates", candidates_dir, temporary=True)
         _view(con, "candidate_scores", scores)
-        tables = [catalog.run_sql_file(con, f"strategies/{s}", _strategy_params(s, seed), schema=schemas.PAIR_DRAWS)
-                  for s in strategies]
+        tables = _draw_steps(con, seed, tuple(strategies))
     finally:
         con.close()
     return pa.concat_tables(tables) if tables else schemas.PAIR_DRAWS.empty_table()
@@ -194,8 +226,8 @@ def select_pairs(candidates_dir: Path, judged_dir: Path, pairwise: bool = False,
                  seed: int = 0, length_control: str = "none", length_band: float = 0.3) -> tuple[pa.Table, int]:
     """One strategy's pairs (default west_of_n: best vs worst); also the number of prompts with candidates.
 
-    Pointwise teacher: `judged_dir` holds candidate_scores; sql/strategies/<strategy>.sql draws
-    (from length_controlled_scores when `length_control` is not "none") and
+    Pointwise teacher: `judged_dir` holds candidate_scores; draw_pairs draws (from
+    length_controlled_scores when `length_control` is not "none") and
     sql/west_of_n_pairs.sql keeps the pairs. Pairwise teacher (west_of_n, length_control "none"
     only): it holds tournament_pairs (the knockout winners and losers) and
     sql/west_of_n_pairs_pairwise.sql joins them to the candidates.

@@ -94,6 +94,44 @@ STRATEGIES = ("west_of_n", "random_pair", "best_vs_random", "worst_vs_random")
 # Why a prompt does or does not yield a pair (pair_draws.outcome), checked in this order.
 OUTCOMES = ("fewer_than_2_valid", "all_rewards_equal", "tied_rewards", "identical_texts", "pair")
 
+# The steps of a strategy's draw (sql/candidate_pool.sql -> sql/prompt_summary.sql ->
+# sql/strategies/<name>.sql -> sql/label_picks.sql), held only in wofn.pairs' in-memory DuckDB.
+# One row per candidate (prompt_id, candidate_idx), its duplicate rows collapsed; is_valid = its
+# copies agree, it has a score row, and its reward is not NULL and finite.
+CANDIDATE_POOL = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("candidate_idx", pa.int32(), nullable=False),
+        pa.field("prompt", pa.string()),
+        pa.field("response", pa.string()),
+        pa.field("num_tokens", pa.int32()),
+        pa.field("logprob_sum", pa.float64()),
+        pa.field("logprob_mean", pa.float64()),
+        pa.field("policy", pa.string()),
+        pa.field("reward", pa.float64()),  # null when unscored
+        pa.field("reward_model", pa.string()),
+        pa.field("is_valid", pa.bool_(), nullable=False),
+    ]
+)
+# One row per prompt_id with candidate rows: its valid candidates' count and reward range.
+PROMPT_SUMMARY = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("n_valid", pa.int64(), nullable=False),
+        pa.field("min_reward", pa.float64()),  # null when n_valid = 0
+        pa.field("max_reward", pa.float64()),
+    ]
+)
+# A strategy's two picks per prompt with at least 2 valid candidates (pick 1 and pick 2).
+PAIR_PICKS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("candidate_idx", pa.int32(), nullable=False),
+        pa.field("pick", pa.int32(), nullable=False),  # 1 or 2; on a reward tie pick 1 is chosen
+    ]
+)
+
 # Every strategy's draw for every prompt that has candidate rows (written for pointwise teachers):
 # the two candidates it picked, labelled by the teacher (chosen = the higher reward), and whether
 # they make a pair. The pair columns are null when the prompt has fewer than 2 valid candidates.

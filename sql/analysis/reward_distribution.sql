@@ -11,7 +11,7 @@
 --
 -- Parameters: none.
 --
--- Rewards are reward-model units (unnormalized). As in sql/strategies/*.sql, a candidate with
+-- Rewards are reward-model units (unnormalized). As in sql/candidate_pool.sql, a candidate with
 -- several score rows counts once when they agree and not at all when they disagree, and NULL,
 -- NaN and +-inf rewards are not valid; invalid candidates are left out of the statistics.
 -- Quantiles are quantile_cont (interpolated).

@@ -23,7 +23,7 @@
 -- Parameters: none.
 --
 -- A candidate's student reward counts when its score rows agree and it is finite (the rule of
--- sql/strategies/*.sql). Margins are each model's own reward units.
+-- sql/candidate_pool.sql). Margins are each model's own reward units.
 
 with
 

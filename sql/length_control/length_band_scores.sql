@@ -14,7 +14,7 @@
 --   $band  DOUBLE >= 0: the band's half-width as a share of the best candidate's length
 --          (0.3 = within 30%; 0 = the same length only). Negative or NULL is an error.
 --
--- Per prompt_id, best = the valid candidate (as in sql/strategies/*.sql: its candidate rows agree
+-- Per prompt_id, best = the valid candidate (as in sql/candidate_pool.sql: its candidate rows agree
 -- on the response, its score rows on one finite reward) with the highest reward, ties broken by
 -- the lowest candidate_idx; best_len = its num_tokens (policy tokens, EOS included; a candidate's
 -- smallest num_tokens over its rows). Kept: every candidate_scores row, rewards unchanged, of a
@@ -38,7 +38,7 @@ checked_params as (
 
 candidate_rows as (
 
-    -- one row per candidate, however many rows it has (as in sql/strategies/*.sql)
+    -- one row per candidate, however many rows it has (as in sql/candidate_pool.sql)
     select
         prompt_id,
         candidate_idx,

@@ -16,7 +16,7 @@
 --
 -- The fit: reward ~ intercept + slope * num_tokens, by least squares (regr_slope,
 -- regr_intercept), over one point per candidate (prompt_id, candidate_idx) that the strategies
--- count as valid (sql/strategies/*.sql: its candidate rows agree on the response, its score rows
+-- count as valid (sql/candidate_pool.sql: its candidate rows agree on the response, its score rows
 -- agree on one reward, and that reward is finite). A fit whose points all have the same length
 -- (e.g. a prompt whose candidates are equally long) has slope 0, so residual = reward - the mean
 -- reward; a group with no point keeps its rewards (intercept 0, slope 0).
@@ -43,7 +43,7 @@ checked_params as (
 
 candidate_rows as (
 
-    -- one row per candidate, however many rows it has (as in sql/strategies/*.sql)
+    -- one row per candidate, however many rows it has (as in sql/candidate_pool.sql)
     select
         prompt_id,
         candidate_idx,

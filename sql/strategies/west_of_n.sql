@@ -2,145 +2,32 @@
 -- 2024): the teacher's highest- and lowest-rewarded of the N responses.
 --
 -- Reads:
---   candidates        (wofn.schemas.CANDIDATES)
---                     prompt_id, candidate_idx, prompt, response, num_tokens,
---                     logprob_sum, logprob_mean, policy
---   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)
---                     prompt_id, candidate_idx, reward, reward_model
+--   candidate_pool  (wofn.schemas.CANDIDATE_POOL)  prompt_id, candidate_idx, reward, is_valid
 --
--- Produces (wofn.schemas.PAIR_DRAWS, in this order; one row per prompt_id with candidate rows):
---   strategy, pair_seed, prompt_id, outcome, prompt, chosen, rejected, chosen_idx, rejected_idx,
---   chosen_reward, rejected_reward, margin, confidence,
---   chosen_logprob_sum, rejected_logprob_sum, chosen_logprob_mean, rejected_logprob_mean,
---   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model
+-- Produces (wofn.schemas.PAIR_PICKS, in this order; two rows per prompt with 2 or more valid candidates):
+--   prompt_id, candidate_idx, pick
 --
--- Parameters: none (nothing is random; pair_seed is NULL).
+-- Parameters: none (nothing is random; label_picks gets pair_seed NULL).
 --
 -- Picks: best = highest reward, ties broken by the lowest candidate_idx; worst = lowest reward,
--- ties broken by the highest candidate_idx (so best and worst differ when n_candidates >= 2).
+-- ties broken by the highest candidate_idx (so best and worst differ when n_valid >= 2).
 --
--- The candidate pool (the same in every strategy file):
---   * Prompts are keyed by prompt_id, never by their text: two prompt_ids with the same text
---     are two prompts; prompt = the smallest prompt text among the prompt_id's rows.
---   * A candidate is one (prompt_id, candidate_idx). Duplicate rows of it (in candidates or in
---     candidate_scores) collapse to one when the copies agree (same response; same reward).
---     When they disagree the candidate is dropped: neither copy can be trusted.
---   * Valid = it has a score row, its copies agree, and its reward is not NULL and finite
---     (NULL, NaN, +inf and -inf rewards are dropped). n_candidates = valid candidates.
--- Labelling and outcome (the same in every strategy file): the teacher labels the two picks,
--- chosen = the higher reward. outcome is the first that applies:
---   fewer_than_2_valid  fewer than 2 valid candidates (the pair columns are NULL)
---   all_rewards_equal   every valid candidate has the same reward
---   tied_rewards        the two picks have the same reward
---   identical_texts     the two picks have the same response text
---   pair                a pair: chosen_reward > rejected_reward and chosen <> rejected
--- So chosen is never rejected, and duplicate rows never give a prompt a second row.
--- margin = chosen_reward - rejected_reward (reward-model units); confidence = sigmoid(margin) =
--- 1 / (1 + exp(-margin)) (the Bradley-Terry probability); logprob_* (nats, temperature 1) and
--- num_tokens (EOS included) are the policy's for each response; policy comes from the chosen
+-- The candidate pool (the same for every strategy: sql/candidate_pool.sql) holds the valid
+-- candidates, duplicate rows collapsed; n_valid counts them. Labelling and outcome (the same for
+-- every strategy: sql/label_picks.sql): chosen = the higher-reward pick; policy comes from the chosen
 -- candidate's row, reward_model from its score row.
--- Ordered by prompt_id. The pairs themselves: sql/west_of_n_pairs.sql.
+-- wofn.pairs.draw_pairs runs candidate_pool, prompt_summary, this file, then label_picks, which
+-- turns the picks into pair_draws (wofn.schemas.PAIR_DRAWS).
 
 with
 
-draw_params as (
-
-    select
-        'west_of_n' as strategy,
-        cast(null as bigint) as pair_seed
-
-),
-
--- ---- shared candidate pool (the same text in every sql/strategies/*.sql file) ----
-
-candidate_rows as (
-
-    -- one candidate = one (prompt_id, candidate_idx), however many rows it has; its copies
-    -- agree when they have the same response (then min() of each column is that copy's value)
-    select
-        prompt_id,
-        candidate_idx,
-        min(prompt) as prompt,
-        min(response) as response,
-        min(num_tokens) as num_tokens,
-        min(logprob_sum) as logprob_sum,
-        min(logprob_mean) as logprob_mean,
-        min(policy) as policy,
-        min(response) = max(response) as copies_agree
-    from candidates
-    group by prompt_id, candidate_idx
-
-),
-
-score_rows as (
-
-    -- copies agree when all their rewards are NULL, or none is and they are equal
-    select
-        prompt_id,
-        candidate_idx,
-        min(reward) as reward,
-        min(reward_model) as reward_model,
-        count(reward) = 0 or (count(reward) = count(*) and min(reward) = max(reward)) as copies_agree
-    from candidate_scores
-    group by prompt_id, candidate_idx
-
-),
-
-pool as (
-
-    -- valid = its copies agree, it has a score row, and its reward is not NULL and finite
-    select
-        candidate_rows.prompt_id,
-        candidate_rows.candidate_idx,
-        candidate_rows.prompt,
-        candidate_rows.response,
-        candidate_rows.num_tokens,
-        candidate_rows.logprob_sum,
-        candidate_rows.logprob_mean,
-        candidate_rows.policy,
-        score_rows.reward,
-        score_rows.reward_model,
-        coalesce(
-            candidate_rows.copies_agree
-                and score_rows.copies_agree
-                and isfinite(score_rows.reward),
-            false
-        ) as is_valid
-    from candidate_rows
-    left join score_rows
-        on candidate_rows.prompt_id = score_rows.prompt_id
-        and candidate_rows.candidate_idx = score_rows.candidate_idx
-
-),
+-- ---- shared candidate pool (sql/candidate_pool.sql; the same text in every strategy file) ----
 
 valid_candidates as (
 
-    select
-        prompt_id,
-        candidate_idx,
-        response,
-        num_tokens,
-        logprob_sum,
-        logprob_mean,
-        policy,
-        reward,
-        reward_model
-    from pool
+    select prompt_id, candidate_idx, reward
+    from candidate_pool
     where is_valid
-
-),
-
-prompt_summary as (
-
-    -- every prompt that has candidate rows, with its valid candidates' count and reward range
-    select
-        prompt_id,
-        min(prompt) as prompt,
-        count(*) filter (where is_valid) as n_valid,
-        min(reward) filter (where is_valid) as min_reward,
-        max(reward) filter (where is_valid) as max_reward
-    from pool
-    group by prompt_id
 
 ),
 
@@ -160,93 +47,26 @@ ranked as (
 picks as (
 
     -- pick 1 = the best, pick 2 = the worst
-    select
-        prompt_id, candidate_idx, response, num_tokens, logprob_sum, logprob_mean, policy,
-        reward, reward_model, 1 as pick
+    select prompt_id, candidate_idx, 1 as pick
     from ranked
     where best_rank = 1 and n_valid >= 2
     union all
-    select
-        prompt_id, candidate_idx, response, num_tokens, logprob_sum, logprob_mean, policy,
-        reward, reward_model, 2 as pick
+    select prompt_id, candidate_idx, 2 as pick
     from ranked
     where worst_rank = 1 and n_valid >= 2
 
 ),
 
--- ---- shared labelling (the same text in every sql/strategies/*.sql file) ----
-
-labelled as (
-
-    -- the teacher labels the two picks: chosen = the higher reward (on a tie, the first pick)
-    select
-        prompt_id,
-        candidate_idx,
-        response,
-        num_tokens,
-        logprob_sum,
-        logprob_mean,
-        policy,
-        reward,
-        reward_model,
-        row_number() over (partition by prompt_id order by reward desc, pick asc) as label_rank
-    from picks
-
-),
-
-chosen as (
-
-    select * from labelled where label_rank = 1
-
-),
-
-rejected as (
-
-    select * from labelled where label_rank = 2
-
-),
+-- ---- shared labelling (sql/label_picks.sql labels the picks; the same text in every strategy file) ----
 
 final as (
 
-    select
-        draw_params.strategy,
-        draw_params.pair_seed,
-        prompt_summary.prompt_id,
-        case
-            when prompt_summary.n_valid < 2 then 'fewer_than_2_valid'
-            when prompt_summary.max_reward = prompt_summary.min_reward then 'all_rewards_equal'
-            when chosen.reward = rejected.reward then 'tied_rewards'
-            when chosen.response = rejected.response then 'identical_texts'
-            else 'pair'
-        end as outcome,
-        prompt_summary.prompt,
-        chosen.response as chosen,
-        rejected.response as rejected,
-        cast(chosen.candidate_idx as integer) as chosen_idx,
-        cast(rejected.candidate_idx as integer) as rejected_idx,
-        cast(chosen.reward as double) as chosen_reward,
-        cast(rejected.reward as double) as rejected_reward,
-        cast(chosen.reward - rejected.reward as double) as margin,
-        cast(1.0 / (1.0 + exp(-(chosen.reward - rejected.reward))) as double) as confidence,
-        cast(chosen.logprob_sum as double) as chosen_logprob_sum,
-        cast(rejected.logprob_sum as double) as rejected_logprob_sum,
-        cast(chosen.logprob_mean as double) as chosen_logprob_mean,
-        cast(rejected.logprob_mean as double) as rejected_logprob_mean,
-        cast(chosen.num_tokens as integer) as chosen_num_tokens,
-        cast(rejected.num_tokens as integer) as rejected_num_tokens,
-        cast(prompt_summary.n_valid as integer) as n_candidates,
-        chosen.policy,
-        chosen.reward_model
-    from prompt_summary
-    cross join draw_params
-    left join chosen
-        on prompt_summary.prompt_id = chosen.prompt_id
-    left join rejected
-        on prompt_summary.prompt_id = rejected.prompt_id
+    select prompt_id, candidate_idx, cast(pick as integer) as pick
+    from picks
 
 )
 
 -- ---- end of the shared labelling ----
 
 select * from final
-order by prompt_id
+order by prompt_id, pick

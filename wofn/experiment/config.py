@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from wofn import pairs, profiles
+from wofn import pairs, profiles, prompt_sources
 
 FILTERS = ("none", "confidence", "likelihood", "both")
 # Length control of a pair set: a selection option of the pair step (pairs.LENGTH_CONTROLS: rank by
@@ -40,7 +40,11 @@ LENGTHS = ("none", "residual", "residual_per_prompt", "band", "balanced",
 GRID_KEYS = {"strategies": "strategy", "n": "n", "filters": "filter", "seeds": "seed"}
 OPTIONAL_GRID_KEYS = {"length": "length"}
 SLICE_KEYS = ("strategy", "n", "filter", "length")
-TOP_KEYS = ("name", "profile", "settings", "grid", "train", "teacher_seed", "keep_students")
+TOP_KEYS = ("name", "profile", "settings", "grid", "train", "teacher_seed", "keep_students", "tune")
+# Reward-model training settings `tune:` may sweep: each combination trains a base RM on the training
+# split of the human pairs, the best accuracy on the held-out validation split (rm_val_fraction) wins,
+# and base RMs and students then train with it. The evaluation pairs are never looked at.
+TUNABLE = {"rm_learning_rate": float, "rm_epochs": float, "rm_batch_size": int, "rm_max_length": int}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -101,6 +105,7 @@ class ExperimentConfig:
     lengths: tuple[str, ...] = field(default=("none",), metadata={"help": "length controls (LENGTHS)"})
     teacher_seed: int = field(default=0, metadata={"help": "the base RM (by seed) that scores the candidates"})
     keep_students: bool = field(default=False, metadata={"help": "keep student model folders after evaluation"})
+    tune: tuple[tuple[str, tuple], ...] = field(default=(), metadata={"help": "(setting, values) swept on validation"})
     source: str = field(default="", metadata={"help": "the config file"})
     text: str = field(default="", metadata={"help": "the config file's text, as run"})
 
@@ -163,6 +168,10 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
     if settings["teacher"] != "pointwise":
         raise ConfigError(f"{source}: settings.teacher must be 'pointwise' for an experiment "
                           "(random_pair and best_vs_random need a reward per candidate)")
+    try:
+        prompt_sources.check_prompt_sources(settings["prompt_sources"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: settings.{exc}") from exc
     pairs.check_filters(settings["confidence_quantile"], settings["logprob_quantile"], settings["likelihood"],
                         settings["min_margin"], settings["max_pair_tokens"])
 
@@ -215,10 +224,33 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
     keep = raw.get("keep_students", False)
     if not isinstance(keep, bool):
         raise ConfigError(f"{source}: keep_students must be true or false, got {keep!r}")
-    return ExperimentConfig(name=name, profile=profile, settings=settings, strategies=tuple(strategies),
+    tune = _parse_tune(raw.get("tune"), settings, source)
+    return ExperimentConfig(name=name, profile=profile, settings=settings, tune=tune, strategies=tuple(strategies),
                             ns=tuple(sorted(ns)), filters=tuple(filters), seeds=tuple(seeds), train=tuple(train),
                             lengths=tuple(lengths),
                             teacher_seed=teacher_seed, keep_students=keep, source=source, text=text)
+
+
+def _parse_tune(raw, settings: dict, source: str) -> tuple[tuple[str, tuple], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{source}: tune must be a mapping of settings to lists of values, e.g. "
+                          "{rm_learning_rate: [1e-5, 3e-5, 1e-4]}")
+    unknown = sorted(set(raw) - set(TUNABLE))
+    if unknown:
+        raise ConfigError(f"{source}: tune: {unknown} cannot be tuned; tunable: {list(TUNABLE)}")
+    if not settings["rm_val_fraction"] > 0:
+        raise ConfigError(f"{source}: tune needs a validation split: set settings.rm_val_fraction > 0")
+    out = []
+    for key, values in raw.items():
+        values = _as_list(values, f"{source}: tune.{key}")
+        kind = TUNABLE[key]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (kind is int and not isinstance(v, int))
+               for v in values):
+            raise ConfigError(f"{source}: tune.{key}: every value must be a positive {kind.__name__}, got {values}")
+        out.append((key, tuple(kind(v) for v in values)))
+    return tuple(out)
 
 
 def load(path: str | Path) -> ExperimentConfig:

@@ -250,6 +250,15 @@ def write_report(results: dict, config: ExperimentConfig, path: Path, command: s
              "## How it was made", "", "```", command, "```", "",
              f"Config (`{config.source}`, digest {config.digest}):", "", "```yaml", config.text.strip(), "```", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
+    if results.get("tune"):
+        lines += ["", "Training settings tuned on the validation split of the human pairs (one base RM per row, "
+                  "seed = teacher_seed); base RMs and students use the chosen row:", "",
+                  "| " + " | ".join(results["tune"]["settings"]) + " | validation accuracy | validation loss | chosen |",
+                  "|" + "---|" * (len(results["tune"]["settings"]) + 3)]
+        for trial in results["tune"]["trials"]:
+            mark = "✓" if trial["settings"] == results["tune"]["settings"] else ""
+            lines.append("| " + " | ".join(f"{v:g}" for v in trial["settings"].values())
+                         + f" | {100 * trial['val_accuracy']:.1f} | {trial['val_loss']:.4f} | {mark} |")
     lines += ["", f"Students trained: **{done} of {total}** cells." + ("" if done == total else " (run not finished)"), "",
               "## Results", ""]
     lines += results_markdown(results, config)

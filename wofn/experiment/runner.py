@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
+from itertools import product
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wofn import data, evaluation, models, pairs, training
+from wofn import data, evaluation, models, pairs, prompt_sources, training
 from wofn.experiment.config import Cell, ExperimentConfig, filter_quantiles, split_length
 from wofn.paths import REPO_ROOT, content_hash, publish, staging_dir
 
@@ -57,8 +59,10 @@ class Experiment:
 
     def __init__(self, config: ExperimentConfig, home: Path):
         self.config = config
-        self.settings = config.settings
         self.root = Path(home).resolve() / "experiments" / config.name
+        self.settings = config.settings
+        if config.tune and self.path("tune", "chosen.json").exists():
+            self.settings = {**config.settings, **read_json(self.path("tune", "chosen.json"))["settings"]}
 
     # ---- layout
     def path(self, *parts: str) -> Path:
@@ -85,7 +89,8 @@ class Experiment:
 
     # ---- inputs
     def human_pairs(self) -> list[dict]:
-        return data.load_preferences(self.settings["human_pairs"], self.settings["max_human_pairs"]).to_pylist()
+        """D_L: the human pairs, plus `extra_human_pairs` when set (e.g. the UltraFeedback sample)."""
+        return data.training_pairs(self.settings)
 
     def eval_pairs(self) -> list[dict]:
         return data.load_preferences(self.settings["eval_pairs"], self.settings["max_eval_pairs"]).to_pylist()
@@ -105,15 +110,24 @@ class Experiment:
     def prompts(self) -> Path:
         out = self.path("prompts")
         if not out.exists():
-            table, errors = data.read_prompts(self.settings["unlabeled_prompts"], self.settings["max_prompts"])
+            table, errors, counts = self.gather_prompts()
             staging = staging_dir(out)
             pq.write_table(table, staging / "part-00000.parquet")
             publish(staging, out)
             if errors.num_rows:
                 self.path("prompt_errors").mkdir(parents=True, exist_ok=True)
                 pq.write_table(errors, self.path("prompt_errors", "part-00000.parquet"))
-            log.info("prompts: %d kept, %d left out (prompt_errors/)", table.num_rows, errors.num_rows)
+            write_json(self.path("prompt_counts.json"), counts)
+            log.info("prompts: %d kept, %d left out (prompt_errors/); by source %s", table.num_rows, errors.num_rows,
+                     counts)
         return out
+
+    def gather_prompts(self):
+        """D_U from the `prompt_sources` setting, deduplicated by prompt_id, evaluation prompts left out."""
+        s = self.settings
+        return prompt_sources.gather_prompts(s["unlabeled_prompts"], s["human_pairs"], s["eval_pairs"],
+                                             tuple(s.get("prompt_sources") or ("unlabeled",)), s["max_prompts"],
+                                             max_human_pairs=s["max_human_pairs"])
 
     def sampling_args(self) -> list[str]:
         s = self.settings
@@ -291,12 +305,53 @@ class Experiment:
                  if (self.base_dir(s) / EVAL_FILE).exists()]
         cells = [read_json(self.cell_file(c)) for c in self.config.cells() if self.cell_file(c).exists()]
         stats = read_json(self.path("pair_stats.json")) if self.path("pair_stats.json").exists() else []
-        return {"bases": bases, "cells": cells, "pair_stats": stats,
+        tuned = read_json(self.path("tune", "chosen.json")) if self.path("tune", "chosen.json").exists() else None
+        return {"bases": bases, "cells": cells, "pair_stats": stats, "tune": tuned,
                 "cells_total": len(self.config.cells())}
 
+    def tune(self) -> dict | None:
+        """Sweep the `tune:` settings: one base RM per combination (seed teacher_seed), the best
+        validation accuracy (ties: lower validation loss) becomes the settings of every later training."""
+        if not self.config.tune:
+            return None
+        chosen_file = self.path("tune", "chosen.json")
+        if chosen_file.exists():
+            return read_json(chosen_file)
+        keys = [key for key, _ in self.config.tune]
+        trials = []
+        for values in product(*(values for _, values in self.config.tune)):
+            combo = dict(zip(keys, values))
+            name = "_".join(f"{k}={v:g}" for k, v in combo.items())
+            result_file = self.path("tune", f"{name}.json")
+            if not result_file.exists():
+                models.set_torch_threads(self.threads())
+                settings, self.settings = self.settings, {**self.config.settings, **combo}
+                try:
+                    out = self.path("tune", name)
+                    log.info("tune %s: training a base RM", name)
+                    metrics = training.train_reward_model(self.settings["rm_backbone"], self.human_pairs(),
+                                                          self.train_config(self.config.teacher_seed), out)
+                finally:
+                    self.settings = settings
+                shutil.rmtree(out, ignore_errors=True)
+                best = max(metrics["validations"], key=lambda v: (v["val_accuracy"], -v["val_loss"]))
+                write_json(result_file, {"settings": combo, "val_accuracy": best["val_accuracy"],
+                                         "val_loss": best["val_loss"], "best_step": best["step"],
+                                         "train_seconds": metrics["seconds"]})
+                log.info("tune %s: validation accuracy %.3f", name, best["val_accuracy"])
+            trials.append(read_json(result_file))
+        chosen = max(trials, key=lambda t: (t["val_accuracy"], -t["val_loss"]))
+        result = {"settings": chosen["settings"], "trials": trials}
+        write_json(chosen_file, result)
+        self.settings = {**self.config.settings, **chosen["settings"]}
+        log.info("tune: chose %s (validation accuracy %.3f)", chosen["settings"], chosen["val_accuracy"])
+        return result
+
     def inputs(self) -> None:
-        """Everything before the students: candidates, the base RMs, the teacher's scores, the pair sets."""
+        """Everything before the students: tuning (if asked), candidates, the base RMs, the teacher's
+        scores, the pair sets."""
         teacher = self.config.teacher_seed
+        self.tune()
         self.sample()
         self.base(teacher)
         self.score()
@@ -354,8 +409,8 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     seqs_per_s = bench["scoring"]["ours"][score_dtype]["sequences_per_s"]
     pairs_per_s = bench["training"]["ours"]["bf16" if s["rm_bf16"] else "fp32"]["pairs_per_s"]
 
-    prompts = data.read_prompts(s["unlabeled_prompts"], s["max_prompts"])[0].num_rows
-    human = data.load_preferences(s["human_pairs"], s["max_human_pairs"]).num_rows
+    prompts = Experiment(config, Path(".")).gather_prompts()[0].num_rows
+    human = len(data.training_pairs(s))
     n_eval = data.load_preferences(s["eval_pairs"], s["max_eval_pairs"]).num_rows
     candidates = prompts * config.max_n
     exp = Experiment(config, home) if home is not None else None
@@ -369,6 +424,8 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     steps = {"sampling": 0.0 if done(lambda: exp.path("sampled.json")) else
              candidates * tokens_per_candidate / sampling["generated_tokens_per_s"]}
     steps["scoring"] = 0.0 if done(lambda: exp.path("scores")) else candidates / seqs_per_s
+    combos = math.prod(len(values) for _, values in config.tune) if config.tune else 0
+    steps["tuning"] = 0.0 if done(lambda: exp.path("tune", "chosen.json")) else combos * train_seconds(human)
     steps["base_models"] = sum(train_seconds(human) for seed in config.seeds
                                if not done(lambda: exp.base_dir(seed) / EVAL_FILE))
     cells = [c for c in config.cells() if not done(exp.cell_file, c)] if exp else config.cells()
@@ -396,6 +453,8 @@ def format_estimate(est: dict) -> str:
              f"  base RMs   {minutes['base_models']:6.1f} min  ({est['human_pairs']} human pairs, "
              f"{est['rates']['training_pairs_per_s']:.1f} training pairs/s)",
              f"  students   {minutes['students']:6.1f} min  ({est['students']} of {est['students_total']} still to train)"]
+    if minutes.get("tuning"):
+        lines.insert(3, f"  tuning     {minutes['tuning']:6.1f} min  (one base RM per combination of the tune: settings)")
     return "\n".join(lines)
 
 
