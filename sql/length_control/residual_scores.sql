@@ -26,6 +26,8 @@
 -- units; num_tokens = policy tokens, EOS included (a candidate's smallest num_tokens over its
 -- rows). Per prompt, a fit through two points leaves both residuals 0 (no pair): it needs three
 -- or more candidates of at least two lengths to rank anything.
+-- The fit's sums run in DuckDB's (parallel) order, so residuals repeat to ~1e-12, not always to
+-- the last bit; a pick can only change on a tie that close.
 -- Rows: one output row per candidate_scores row that has a candidate row (duplicate score rows
 -- stay duplicates, one to one, so the strategies judge their copies as before); score rows of no
 -- candidate are dropped. Ordered by prompt_id, candidate_idx.
