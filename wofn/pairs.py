@@ -13,8 +13,9 @@ with temporary views, so it never waits on the shared catalog file.
     sql/pair_funnel.sql             how many pairs each filter step kept
 
 Length control (the base reward model may prefer short answers, and West-of-N then teaches length):
-    sql/length_control/residual_scores.sql     candidate_scores -> rewards minus a fit on length
-    sql/length_control/length_band_scores.sql  candidate_scores -> only candidates near the best's length
+    sql/length_control/residual_scores.sql     candidate_pool, candidate_scores -> rewards minus a fit on length
+    sql/length_control/length_band_scores.sql  candidate_pool, candidate_scores -> only candidates near the
+                                               best's length
     sql/length_control/balance_pairs.sql       pairs -> as many chosen-longer as chosen-shorter pairs
 """
 
@@ -98,7 +99,9 @@ def length_controlled_scores(candidates_dir: Path, scores_dir: Path, length_cont
 
     "residual" / "residual_per_prompt": sql/length_control/residual_scores.sql (rewards replaced by
     their residuals); "band": sql/length_control/length_band_scores.sql (rows outside the band
-    dropped). Score rows of no candidate are dropped by both.
+    dropped). Both read sql/candidate_pool.sql's candidate_pool (which candidates are valid, their
+    lengths and rewards) and pass candidate_scores' rows through. Score rows of no candidate are
+    dropped by both.
     """
     check_length_control(length_control, length_band)
     if length_control == "none":
@@ -111,6 +114,7 @@ def length_controlled_scores(candidates_dir: Path, scores_dir: Path, length_cont
     try:
         catalog.create_view(con, "candidates", candidates_dir, temporary=True)
         catalog.create_view(con, "candidate_scores", scores_dir, temporary=True)
+        register_candidate_pool(con)
         return catalog.run_sql_file(con, name, params, schema=_CONTROLLED_SCORES)
     finally:
         con.close()
@@ -135,11 +139,17 @@ def _view(con, name: str, source: Path | pa.Table) -> None:
         catalog.create_view(con, name, source, temporary=True)
 
 
+def register_candidate_pool(con) -> None:
+    """Register sql/candidate_pool.sql's result (wofn.schemas.CANDIDATE_POOL) as the candidate_pool
+    view on `con`, which has the candidates and candidate_scores views."""
+    con.register("candidate_pool", catalog.run_sql_file(con, "candidate_pool", schema=schemas.CANDIDATE_POOL))
+
+
 def _draw_steps(con, seed: int, strategies: tuple[str, ...]) -> list[pa.Table]:
     """Each strategy's draws (wofn.schemas.PAIR_DRAWS) on `con`, which has the candidates and
     candidate_scores views: the pool and prompt summary once, then each strategy's picks, labelled.
     Leaves the steps' views (candidate_pool, prompt_summary, pair_picks) registered on `con`."""
-    con.register("candidate_pool", catalog.run_sql_file(con, "candidate_pool", schema=schemas.CANDIDATE_POOL))
+    register_candidate_pool(con)
     con.register("prompt_summary", catalog.run_sql_file(con, "prompt_summary", schema=schemas.PROMPT_SUMMARY))
     tables = []
     for strategy in strategies:

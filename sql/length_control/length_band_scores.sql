@@ -3,9 +3,10 @@
 -- responses of similar length and its pairs cannot teach "shorter is better".
 --
 -- Reads:
---   candidates        (wofn.schemas.CANDIDATES)         prompt_id, candidate_idx, response,
---                                                       num_tokens
---   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)   every column
+--   candidate_pool    (wofn.schemas.CANDIDATE_POOL)     prompt_id, candidate_idx, num_tokens,
+--                                                       reward, is_valid (sql/candidate_pool.sql
+--                                                       over the candidate_scores below)
+--   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)   every column (its rows are passed through)
 --
 -- Produces (wofn.schemas.CANDIDATE_SCORES, the same columns and order as candidate_scores):
 --   prompt_id, candidate_idx, reward, reward_model, reward_model_revision
@@ -14,8 +15,8 @@
 --   $band  DOUBLE >= 0: the band's half-width as a share of the best candidate's length
 --          (0.3 = within 30%; 0 = the same length only). Negative or NULL is an error.
 --
--- Per prompt_id, best = the valid candidate (as in sql/candidate_pool.sql: its candidate rows agree
--- on the response, its score rows on one finite reward) with the highest reward, ties broken by
+-- Per prompt_id, best = the valid candidate (candidate_pool.is_valid: its candidate rows agree on
+-- the response, its score rows on one finite reward) with the highest reward, ties broken by
 -- the lowest candidate_idx; best_len = its num_tokens (policy tokens, EOS included; a candidate's
 -- smallest num_tokens over its rows). Kept: every candidate_scores row, rewards unchanged, of a
 -- candidate with best_len * (1 - $band) <= num_tokens <= best_len * (1 + $band); the best is
@@ -36,48 +37,18 @@ checked_params as (
 
 ),
 
-candidate_rows as (
-
-    -- one row per candidate, however many rows it has (as in sql/candidate_pool.sql)
-    select
-        prompt_id,
-        candidate_idx,
-        min(num_tokens) as num_tokens,
-        min(response) = max(response) as copies_agree
-    from candidates
-    group by prompt_id, candidate_idx
-
-),
-
-score_rows as (
-
-    select
-        prompt_id,
-        candidate_idx,
-        min(reward) as reward,
-        count(reward) = count(*) and min(reward) = max(reward) as copies_agree
-    from candidate_scores
-    group by prompt_id, candidate_idx
-
-),
-
 ranked as (
 
     -- the valid candidates, best first
     select
-        candidate_rows.prompt_id,
-        candidate_rows.num_tokens,
+        prompt_id,
+        num_tokens,
         row_number() over (
-            partition by candidate_rows.prompt_id
-            order by score_rows.reward desc, candidate_rows.candidate_idx asc
+            partition by prompt_id
+            order by reward desc, candidate_idx asc
         ) as best_rank
-    from candidate_rows
-    inner join score_rows
-        on candidate_rows.prompt_id = score_rows.prompt_id
-        and candidate_rows.candidate_idx = score_rows.candidate_idx
-    where candidate_rows.copies_agree
-        and score_rows.copies_agree
-        and isfinite(score_rows.reward)
+    from candidate_pool
+    where is_valid
 
 ),
 
@@ -96,13 +67,13 @@ bands as (
 in_band as (
 
     select
-        candidate_rows.prompt_id,
-        candidate_rows.candidate_idx
-    from candidate_rows
+        candidate_pool.prompt_id,
+        candidate_pool.candidate_idx
+    from candidate_pool
     inner join bands
-        on candidate_rows.prompt_id = bands.prompt_id
-    where candidate_rows.num_tokens >= bands.min_tokens
-        and candidate_rows.num_tokens <= bands.max_tokens
+        on candidate_pool.prompt_id = bands.prompt_id
+    where candidate_pool.num_tokens >= bands.min_tokens
+        and candidate_pool.num_tokens <= bands.max_tokens
 
 ),
 

@@ -3,9 +3,10 @@
 -- by what the reward says beyond length (the base reward model tends to prefer short answers).
 --
 -- Reads:
---   candidates        (wofn.schemas.CANDIDATES)         prompt_id, candidate_idx, response,
---                                                       num_tokens
---   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)   every column
+--   candidate_pool    (wofn.schemas.CANDIDATE_POOL)     prompt_id, candidate_idx, num_tokens,
+--                                                       reward, is_valid (sql/candidate_pool.sql
+--                                                       over the candidate_scores below)
+--   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)   every column (its rows are passed through)
 --
 -- Produces (wofn.schemas.CANDIDATE_SCORES, the same columns and order as candidate_scores):
 --   prompt_id, candidate_idx, reward, reward_model, reward_model_revision
@@ -16,8 +17,8 @@
 --
 -- The fit: reward ~ intercept + slope * num_tokens, by least squares (regr_slope,
 -- regr_intercept), over one point per candidate (prompt_id, candidate_idx) that the strategies
--- count as valid (sql/candidate_pool.sql: its candidate rows agree on the response, its score rows
--- agree on one reward, and that reward is finite). A fit whose points all have the same length
+-- count as valid (candidate_pool.is_valid: its candidate rows agree on the response, its score
+-- rows agree on one reward, and that reward is finite). A fit whose points all have the same length
 -- (e.g. a prompt whose candidates are equally long) has slope 0, so residual = reward - the mean
 -- reward; a group with no point keeps its rewards (intercept 0, slope 0).
 -- reward := reward - (intercept + slope * num_tokens) for finite rewards; NULL, NaN, +inf and
@@ -25,6 +26,8 @@
 -- units; num_tokens = policy tokens, EOS included (a candidate's smallest num_tokens over its
 -- rows). Per prompt, a fit through two points leaves both residuals 0 (no pair): it needs three
 -- or more candidates of at least two lengths to rank anything.
+-- The fit's sums run in DuckDB's (parallel) order, so residuals repeat to ~1e-12, not always to
+-- the last bit; a pick can only change on a tie that close.
 -- Rows: one output row per candidate_scores row that has a candidate row (duplicate score rows
 -- stay duplicates, one to one, so the strategies judge their copies as before); score rows of no
 -- candidate are dropped. Ordered by prompt_id, candidate_idx.
@@ -41,46 +44,16 @@ checked_params as (
 
 ),
 
-candidate_rows as (
-
-    -- one row per candidate, however many rows it has (as in sql/candidate_pool.sql)
-    select
-        prompt_id,
-        candidate_idx,
-        min(num_tokens) as num_tokens,
-        min(response) = max(response) as copies_agree
-    from candidates
-    group by prompt_id, candidate_idx
-
-),
-
-score_rows as (
-
-    select
-        prompt_id,
-        candidate_idx,
-        min(reward) as reward,
-        count(reward) = count(*) and min(reward) = max(reward) as copies_agree
-    from candidate_scores
-    group by prompt_id, candidate_idx
-
-),
-
 fit_points as (
 
     -- the valid candidates; fit_group = their prompt_id per prompt, '' for one global fit
     select
-        case when checked_params.per_prompt then candidate_rows.prompt_id else '' end as fit_group,
-        cast(candidate_rows.num_tokens as double) as num_tokens,
-        score_rows.reward
-    from candidate_rows
-    inner join score_rows
-        on candidate_rows.prompt_id = score_rows.prompt_id
-        and candidate_rows.candidate_idx = score_rows.candidate_idx
+        case when checked_params.per_prompt then candidate_pool.prompt_id else '' end as fit_group,
+        cast(candidate_pool.num_tokens as double) as num_tokens,
+        candidate_pool.reward
+    from candidate_pool
     cross join checked_params
-    where candidate_rows.copies_agree
-        and score_rows.copies_agree
-        and isfinite(score_rows.reward)
+    where candidate_pool.is_valid
 
 ),
 
@@ -111,12 +84,12 @@ scored_rows as (
         candidate_scores.reward,
         candidate_scores.reward_model,
         candidate_scores.reward_model_revision,
-        candidate_rows.num_tokens,
+        candidate_pool.num_tokens,
         case when checked_params.per_prompt then candidate_scores.prompt_id else '' end as fit_group
     from candidate_scores
-    inner join candidate_rows
-        on candidate_scores.prompt_id = candidate_rows.prompt_id
-        and candidate_scores.candidate_idx = candidate_rows.candidate_idx
+    inner join candidate_pool
+        on candidate_scores.prompt_id = candidate_pool.prompt_id
+        and candidate_scores.candidate_idx = candidate_pool.candidate_idx
     cross join checked_params
 
 ),

@@ -17,7 +17,8 @@ from wofn.paths import content_hash, partition_keys
 from wofn_dagster.assets.common import batch_versions, code_version, png_markdown, publish_table, quantiles, read_table
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
-_SELECTION_CODE = code_version("wofn/pairs.py", "sql/strategies", "sql/west_of_n_pairs.sql",
+_SELECTION_CODE = code_version("wofn/pairs.py", "sql/strategies", "sql/candidate_pool.sql", "sql/prompt_summary.sql",
+                               "sql/label_picks.sql", "sql/west_of_n_pairs.sql",
                                "sql/west_of_n_pairs_pairwise.sql", "sql/selection_report.sql",
                                "sql/selection_report_pairwise.sql", "sql/length_control/residual_scores.sql",
                                "sql/length_control/length_band_scores.sql", "wofn_dagster/assets/pairs.py")
