@@ -110,7 +110,7 @@ class Experiment:
     def prompts(self) -> Path:
         out = self.path("prompts")
         if not out.exists():
-            table, errors, counts = self.gather_prompts()
+            table, errors, counts = gather_prompts(self.settings)
             staging = staging_dir(out)
             pq.write_table(table, staging / "part-00000.parquet")
             publish(staging, out)
@@ -121,13 +121,6 @@ class Experiment:
             log.info("prompts: %d kept, %d left out (prompt_errors/); by source %s", table.num_rows, errors.num_rows,
                      counts)
         return out
-
-    def gather_prompts(self):
-        """D_U from the `prompt_sources` setting, deduplicated by prompt_id, evaluation prompts left out."""
-        s = self.settings
-        return prompt_sources.gather_prompts(s["unlabeled_prompts"], s["human_pairs"], s["eval_pairs"],
-                                             tuple(s.get("prompt_sources") or ("unlabeled",)), s["max_prompts"],
-                                             max_human_pairs=s["max_human_pairs"])
 
     def sampling_args(self) -> list[str]:
         s = self.settings
@@ -368,6 +361,13 @@ class Experiment:
         return self.results()
 
 
+def gather_prompts(settings: dict):
+    """D_U from the `prompt_sources` setting, deduplicated by prompt_id, evaluation prompts left out."""
+    return prompt_sources.gather_prompts(settings["unlabeled_prompts"], settings["human_pairs"], settings["eval_pairs"],
+                                         tuple(settings.get("prompt_sources") or ("unlabeled",)),
+                                         settings["max_prompts"], max_human_pairs=settings["max_human_pairs"])
+
+
 def pair_summary(table: pa.Table) -> dict:
     """pairs.pair_stats plus the pairs' mean per-token log-likelihood under the policy."""
     n = table.num_rows
@@ -409,7 +409,7 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     seqs_per_s = bench["scoring"]["ours"][score_dtype]["sequences_per_s"]
     pairs_per_s = bench["training"]["ours"]["bf16" if s["rm_bf16"] else "fp32"]["pairs_per_s"]
 
-    prompts = Experiment(config, Path(".")).gather_prompts()[0].num_rows
+    prompts = gather_prompts(s)[0].num_rows
     human = len(data.training_pairs(s))
     n_eval = data.load_preferences(s["eval_pairs"], s["max_eval_pairs"]).num_rows
     candidates = prompts * config.max_n
