@@ -137,12 +137,15 @@ def test_student_worse_than_base_warns(tmp_path):
     home = WofnHome(tmp_path)
     student = home.model_dir("student_reward_model")
     student.mkdir(parents=True)
-    (student / "manifest.json").write_text(json.dumps({"evaluation": {"accuracy": 0.50, "n": 40},
-                                                       "teacher_evaluation": {"accuracy": 0.60, "n": 40}}))
+    (student / "manifest.json").write_text(json.dumps({
+        "evaluation": {"accuracy": 0.50, "length_balanced_accuracy": 0.52, "n": 40},
+        "teacher_evaluation": {"accuracy": 0.60, "length_balanced_accuracy": 0.55, "n": 40}}))
     resources = wofn_resources(home=str(tmp_path), profile="tiny")
     result = checks.student_not_worse_than_base(settings=resources["settings"], home=resources["home"])
     assert not result.passed and result.severity == AssetCheckSeverity.WARN
     assert math.isclose(result.metadata["accuracy_drop"].value, 0.10)
+    assert result.metadata["student_length_balanced_accuracy"].value == 0.52
+    assert result.metadata["base_length_balanced_accuracy"].value == 0.55
     (spec,) = checks.student_not_worse_than_base.check_specs
     assert spec.asset_key == AssetKey("student_reward_model") and not spec.blocking
     (student / "manifest.json").write_text(json.dumps({"evaluation": {"accuracy": 0.59, "n": 40},

@@ -76,6 +76,27 @@ def test_models_and_lineage(tiny_run):
         assert list((home / "rounds" / "round_2" / table).glob("*.parquet")), table
 
 
+def test_length_balanced_accuracy_beside_accuracy_in_metadata(tiny_run):
+    """Wherever a model's accuracy is shown (base, student, the check), its length-balanced accuracy is too."""
+    from dagster import AssetKey, DagsterInstance
+
+    home, env, log = tiny_run
+    manifest = json.loads((home / "models" / "student_reward_model" / "manifest.json").read_text())
+    ev, teacher_ev = manifest["evaluation"], manifest["teacher_evaluation"]
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        def metadata(asset):
+            event = instance.get_latest_materialization_event(AssetKey(asset))
+            return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+        base, student = metadata("base_reward_model"), metadata("student_reward_model")
+    assert base["eval_length_balanced_accuracy"] == pytest.approx(teacher_ev["length_balanced_accuracy"])
+    assert student["student_length_balanced_accuracy"] == pytest.approx(ev["length_balanced_accuracy"])
+    assert student["base_length_balanced_accuracy"] == pytest.approx(teacher_ev["length_balanced_accuracy"])
+    assert student["length_balanced_delta"] == pytest.approx(
+        ev["length_balanced_accuracy"] - teacher_ev["length_balanced_accuracy"])
+    assert re.search(r"length-balanced teacher [0-9.]+, student [0-9.]+", log)
+
+
 def test_cli_sql_and_evaluate(tiny_run):
     home, env, _ = tiny_run
     out = subprocess.run([str(BIN / "wofn"), "sql", "select count(*) as n from filtered_pairs", "--format", "json"],

@@ -144,6 +144,10 @@ def student_not_worse_than_base(settings: WofnSettings, home: WofnHomeResource) 
         "base_accuracy": MetadataValue.float(base),
         "student_accuracy": MetadataValue.float(student),
         "accuracy_drop": MetadataValue.float(drop),
+        "base_length_balanced_accuracy": MetadataValue.float(
+            (manifest.get("teacher_evaluation") or {}).get("length_balanced_accuracy", float("nan"))),
+        "student_length_balanced_accuracy": MetadataValue.float(
+            (manifest.get("evaluation") or {}).get("length_balanced_accuracy", float("nan"))),
         "tolerance": MetadataValue.float(settings.max_accuracy_drop),
         "eval_n": MetadataValue.int((manifest.get("evaluation") or {}).get("n", 0)),
     })

@@ -51,6 +51,8 @@ def experiment_inputs(context: OpExecutionContext, config_path: str, home: WofnH
         exp.inputs()
     stats = exp.results()
     context.add_output_metadata({"base_accuracy": MetadataValue.json({b["seed"]: b["accuracy"] for b in stats["bases"]}),
+                                 "base_length_balanced_accuracy": MetadataValue.json(
+                                     {b["seed"]: b["length_balanced_accuracy"] for b in stats["bases"]}),
                                  "pair_sets": MetadataValue.int(len(stats["pair_stats"]))})
     return config_path
 
@@ -62,7 +64,8 @@ def experiment_students(context: OpExecutionContext, config_path: str, home: Wof
 
     def report(progress: dict) -> None:
         context.log.info(f"cell {progress['cells_done']}/{progress['cells_total']} {progress['last']}: accuracy "
-                         f"{progress['last_accuracy']:.3f}; ETA {progress['eta_s'] / 60:.0f} min")
+                         f"{progress['last_accuracy']:.3f}, length-balanced {progress['last_length_balanced_accuracy']:.3f}; "
+                         f"ETA {progress['eta_s'] / 60:.0f} min")
 
     with forward_logs(context, "wofn.experiment"):
         exp.cells(on_cell=report)

@@ -116,10 +116,12 @@ def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, ho
     result = evaluate_model(h, model_dir, settings)
     manifest = models.read_manifest(str(model_dir))
     _record_model(context, h, "base_reward_model", manifest)
-    context.log.info("base RM accuracy on eval pairs: %.3f (n=%d)", result["accuracy"], result["n"])
+    context.log.info("base RM on eval pairs: accuracy %.3f, length-balanced %.3f (n=%d)",
+                     result["accuracy"], result["length_balanced_accuracy"], result["n"])
     return MaterializeResult(
         metadata={
             "eval_accuracy": MetadataValue.float(result["accuracy"]),
+            "eval_length_balanced_accuracy": MetadataValue.float(result["length_balanced_accuracy"]),
             "eval_n": MetadataValue.int(result["n"]),
             "longer_wins_accuracy": MetadataValue.float(result["longer_wins_accuracy"]),
             "shorter_wins_accuracy": MetadataValue.float(result["shorter_wins_accuracy"]),
@@ -174,20 +176,29 @@ def train_student(context: AssetExecutionContext, settings: WofnSettings, reward
     delta = student_eval["accuracy"] - teacher_eval["accuracy"]
     manifest = _add_to_manifest(out_dir, {"teacher_evaluation": teacher_eval, "accuracy_delta_vs_teacher": delta})
     context.log.info(f"round {round_k}: eval accuracy teacher {teacher_eval['accuracy']:.3f}, "
-                     f"student {student_eval['accuracy']:.3f} (delta {delta:+.3f}, n={student_eval['n']})")
+                     f"student {student_eval['accuracy']:.3f} (delta {delta:+.3f}); length-balanced teacher "
+                     f"{teacher_eval['length_balanced_accuracy']:.3f}, student {student_eval['length_balanced_accuracy']:.3f} "
+                     f"(n={student_eval['n']})")
     return {"metrics": metrics, "manifest": manifest, "mix": mix, "lineage": lineage,
             "teacher_eval": teacher_eval, "student_eval": student_eval, "delta": delta}
 
 
 def _accuracy_bars(teacher_eval: dict, student_eval: dict) -> MetadataValue:
-    fig = Figure(figsize=(4, 3))
+    """Teacher and student, accuracy beside length-balanced accuracy, with the length-only rules."""
+    fig = Figure(figsize=(5, 3))
     ax = fig.subplots()
-    bars = {"teacher": teacher_eval["accuracy"], "student": student_eval["accuracy"],
-            "longer wins": teacher_eval["longer_wins_accuracy"], "shorter wins": teacher_eval["shorter_wins_accuracy"]}
-    ax.bar(list(bars), list(bars.values()), color=["grey", "tab:blue", "lightgrey", "lightgrey"])
+    labels = ["teacher", "student", "longer wins", "shorter wins"]
+    plain = [teacher_eval["accuracy"], student_eval["accuracy"],
+             teacher_eval["longer_wins_accuracy"], teacher_eval["shorter_wins_accuracy"]]
+    balanced = [teacher_eval["length_balanced_accuracy"], student_eval["length_balanced_accuracy"], 0.5, 0.5]
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], plain, width=0.4, color="tab:blue", label="accuracy")
+    ax.bar([i + 0.2 for i in x], balanced, width=0.4, color="tab:orange", label="length-balanced")
+    ax.set_xticks(list(x), labels)
     ax.axhline(0.5, color="black", linewidth=0.5)
     ax.set_ylim(0, 1)
-    ax.set_ylabel(f"accuracy on {student_eval['n']} eval pairs")
+    ax.set_ylabel(f"on {student_eval['n']} eval pairs")
+    ax.legend(fontsize=7)
     return png_markdown(fig)
 
 
@@ -224,6 +235,10 @@ def student_reward_model(context: AssetExecutionContext, settings: WofnSettings,
             "base_accuracy": MetadataValue.float(base_eval["accuracy"]),
             "student_accuracy": MetadataValue.float(student_eval["accuracy"]),
             "accuracy_delta": MetadataValue.float(result["delta"]),
+            "base_length_balanced_accuracy": MetadataValue.float(base_eval["length_balanced_accuracy"]),
+            "student_length_balanced_accuracy": MetadataValue.float(student_eval["length_balanced_accuracy"]),
+            "length_balanced_delta": MetadataValue.float(student_eval["length_balanced_accuracy"]
+                                                         - base_eval["length_balanced_accuracy"]),
             "eval_n": MetadataValue.int(student_eval["n"]),
             "longer_wins_accuracy": MetadataValue.float(base_eval["longer_wins_accuracy"]),
             "shorter_wins_accuracy": MetadataValue.float(base_eval["shorter_wins_accuracy"]),
