@@ -120,6 +120,17 @@ def test_estimate_from_benchmark_rates():
         runner.estimate(cfg, bench={k: v for k, v in BENCH.items() if k != "training"})
 
 
+def test_estimate_says_when_the_sampling_rate_was_measured_at_other_batch_rows():
+    cfg = parse(TINY)  # N=4 x the profile's 8 prompts per batch = 32 rows
+    assert "rows per generation batch" not in runner.format_estimate(runner.estimate(cfg, bench=BENCH))
+    sampling = {**BENCH["sampling"], "config": {"n": 8, "ours_batch_prompts": 8}}
+    est = runner.estimate(cfg, bench={**BENCH, "sampling": sampling})
+    assert est["sampling_rows_per_batch"] == {"run": 32, "benchmark": 64}
+    assert "at 64 rows per generation batch, prompts x N; this run has 32: expect it slower" in runner.format_estimate(est)
+    same = {**BENCH, "sampling": {**sampling, "config": {"n": 4, "ours_batch_prompts": 8}}}
+    assert "rows per generation batch" not in runner.format_estimate(runner.estimate(cfg, bench=same))
+
+
 def test_estimate_counts_prompts_from_every_source_and_extra_pairs():
     text = TINY.replace("max_prompts: 6", "max_prompts: null")
     plain = runner.estimate(parse(text), bench=BENCH)

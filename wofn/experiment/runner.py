@@ -435,7 +435,12 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
         synthetic = min(prompts * (1 - confidence) * (1 - likelihood), s["synthetic_ratio"] * human)
         student += train_seconds(human + synthetic)
     steps["students"] = student
+    # the rate holds for the benchmark's rows per generation batch (prompts x N); fewer rows decode
+    # less in parallel (N=4 x 8 prompts ran at ~45% of the N=8 x 8 rate here), more rows more
+    bench_config = bench["sampling"].get("config") or {}
+    bench_rows = (bench_config.get("n") or 0) * (bench_config.get("ours_batch_prompts") or 0)
     return {"prompts": prompts, "candidates": candidates, "human_pairs": human, "eval_pairs": n_eval,
+            "sampling_rows_per_batch": {"run": config.max_n * s["sample_batch_size"], "benchmark": bench_rows or None},
             "students": len(cells), "students_total": len(config.cells()), "seconds": steps,
             "total_seconds": sum(steps.values()),
             "rates": {"sampling_tokens_per_s": sampling["generated_tokens_per_s"],
@@ -453,6 +458,11 @@ def format_estimate(est: dict) -> str:
              f"  base RMs   {minutes['base_models']:6.1f} min  ({est['human_pairs']} human pairs, "
              f"{est['rates']['training_pairs_per_s']:.1f} training pairs/s)",
              f"  students   {minutes['students']:6.1f} min  ({est['students']} of {est['students_total']} still to train)"]
+    rows = est.get("sampling_rows_per_batch") or {}
+    if rows.get("benchmark") and rows["run"] != rows["benchmark"]:
+        lines.insert(2, f"             (the rate is the benchmark's at {rows['benchmark']} rows per generation batch, "
+                        f"prompts x N; this run has {rows['run']}: expect it "
+                        f"{'slower' if rows['run'] < rows['benchmark'] else 'faster'})")
     if minutes.get("tuning"):
         lines.insert(3, f"  tuning     {minutes['tuning']:6.1f} min  (one base RM per combination of the tune: settings)")
     return "\n".join(lines)
