@@ -53,6 +53,8 @@ def test_metrics_by_hand():
     # (1 + 1/3) / 2 = 2/3
     assert m["length_balanced_accuracy"] == exact(2 / 3, abs=1e-12)
     assert m["length_balanced_sides"] == 2
+    assert (m["chosen_longer_accuracy"], m["chosen_longer_n"]) == (1.0, 2)
+    assert m["chosen_shorter_accuracy"] == exact(1 / 3, abs=1e-12) and m["chosen_shorter_n"] == 3
     # longer wins: i=0,3 right, i=2 half -> 2.5/6; shorter wins: i=1,4,5 right, i=2 half -> 3.5/6
     assert m["longer_wins_accuracy"] == exact(2.5 / 6, abs=1e-12)
     assert m["shorter_wins_accuracy"] == exact(3.5 / 6, abs=1e-12)
@@ -85,12 +87,15 @@ def test_high_confidence_ties_keep_input_order_and_edge_cases():
     m = evaluation.metrics_from_margins([0.0, 0.0], pairs)
     # equal lengths everywhere: no length-balanced accuracy; no source: "unknown"; ties are half right
     assert m["length_balanced_accuracy"] is None and m["length_balanced_sides"] == 0
+    assert m["chosen_longer_accuracy"] is None and m["chosen_shorter_accuracy"] is None
+    assert m["chosen_longer_n"] == m["chosen_shorter_n"] == 0
     assert m["by_source"] == {"unknown": {"n": 2, "accuracy": 0.5, "length_balanced_accuracy": None}}
     assert m["calibration_error"] == 0.0 and m["mean_confidence"] == 0.5
     # only one length direction: that side's accuracy, flagged by length_balanced_sides
     one_side = [{"prompt": "p", "chosen": "long", "rejected": "s"}] * 4
     m = evaluation.metrics_from_margins([1.0, 1.0, 1.0, -1.0], one_side)
     assert m["length_balanced_accuracy"] == 0.75 and m["length_balanced_sides"] == 1
+    assert m["chosen_longer_accuracy"] == 0.75 and m["chosen_shorter_accuracy"] is None
     with pytest.raises(ValueError, match="no evaluation pairs"):
         evaluation.metrics_from_margins([], [])
     with pytest.raises(ValueError, match="1 margins for 2 pairs"):
@@ -123,6 +128,7 @@ def test_length_only_judge_is_exactly_half_length_balanced():
     m = evaluation.metrics_from_margins(length_margins, pairs)
     assert m["length_balanced_sides"] == 2
     assert m["length_balanced_accuracy"] == 0.5
+    assert (m["chosen_longer_accuracy"], m["chosen_shorter_accuracy"]) == (1.0, 0.0)
     assert m["accuracy"] == m["longer_wins_accuracy"]
 
 

@@ -3,6 +3,8 @@ the report, and the Dagster job over the same folder."""
 
 import json
 import os
+import re
+import statistics
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -213,6 +215,14 @@ def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
     for strategy, n, filter_name, length in cfg.train:
         assert f"| student | {strategy} | {n} | {filter_name} | {length} | 2 |" in text
     assert "Students trained: **10 of 10** cells." in text
+    # the two halves of the length-balanced accuracy, base and every arm, from the stored evaluations
+    assert "| model | strategy | N | filter | length control | acc, chosen longer | Δ | acc, chosen shorter | Δ |" in text
+    base = exp.results()["bases"]
+    longer = [100 * b["chosen_longer_accuracy"] for b in base]
+    assert f"| **base** | – | – | – | – | {statistics.mean(longer):.1f} ± {statistics.stdev(longer):.1f} | – |" in text
+    for strategy, n, filter_name, length in cfg.train:
+        assert re.search(rf"\| student \| {strategy} \| {n} \| {filter_name} \| {re.escape(length)} \| [0-9.]+ ± [0-9.]+ \| "
+                         r"[+-][0-9.]+ ± [0-9.]+ \|", text)
     assert "| west_of_n | 4 | none | none | residual | band+balanced |" not in text  # pivot header below
     assert "| strategy | N | filter | none | residual | band+balanced |" in text
     assert "estimate when resumed" not in text  # one run so far

@@ -17,6 +17,9 @@ Metrics (ties, margin == 0, count half wherever "correct" is counted):
   longer than the rejected one and on pairs where it is shorter; equal lengths are left out. A
   length-only judge scores exactly 0.5. When one side has no pairs it is the other side's accuracy,
   and `length_balanced_sides` (2, 1 or 0) says how many sides it averages (0: None).
+- chosen_longer_accuracy / chosen_shorter_accuracy (with _n): the two sides themselves (None when
+  a side has no pairs). A model that learned "shorter is better" is high on the second and low on
+  the first; length_balanced_accuracy is their mean.
 - longer_wins_accuracy / shorter_wins_accuracy: what always picking the longer / shorter response
   would score (equal lengths count half). They depend only on the pairs.
 - by_source: {source: {n, accuracy, length_balanced_accuracy}} by the pairs' `source` key
@@ -42,11 +45,15 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _length_sides(correct: list[float], length_diff: list[int]) -> tuple[float | None, float | None]:
+    """(accuracy where chosen is longer, accuracy where chosen is shorter); None for a side without pairs."""
+    return (_mean([c for c, d in zip(correct, length_diff) if d > 0]),
+            _mean([c for c, d in zip(correct, length_diff) if d < 0]))
+
+
 def _length_balanced(correct: list[float], length_diff: list[int]) -> tuple[float | None, int]:
     """(mean of the accuracy where chosen is longer and where it is shorter, number of sides used)."""
-    sides = [_mean([c for c, d in zip(correct, length_diff) if d > 0]),
-             _mean([c for c, d in zip(correct, length_diff) if d < 0])]
-    present = [s for s in sides if s is not None]
+    present = [s for s in _length_sides(correct, length_diff) if s is not None]
     return _mean(present), len(present)
 
 
@@ -91,6 +98,7 @@ def metrics_from_margins(margins: list[float], pairs: list[dict], high_confidenc
     ece = sum(len(b) / n * abs(_mean([c for _, c in b]) - _mean([p for p, _ in b])) for b in bins if b)
 
     balanced, sides = _length_balanced(correct, length_diff)
+    longer_side, shorter_side = _length_sides(correct, length_diff)
 
     by_source: dict[str, dict] = {}
     groups: dict[str, list[int]] = {}
@@ -115,6 +123,10 @@ def metrics_from_margins(margins: list[float], pairs: list[dict], high_confidenc
         "calibration_bins": calibration_bins,
         "length_balanced_accuracy": balanced,
         "length_balanced_sides": sides,
+        "chosen_longer_accuracy": longer_side,
+        "chosen_longer_n": sum(1 for d in length_diff if d > 0),
+        "chosen_shorter_accuracy": shorter_side,
+        "chosen_shorter_n": sum(1 for d in length_diff if d < 0),
         "longer_wins_accuracy": _mean([_correct(d) for d in length_diff]),
         "shorter_wins_accuracy": _mean([_correct(-d) for d in length_diff]),
         "by_source": by_source,

@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 from wofn.experiment.config import ExperimentConfig
 
 METRICS = (("accuracy", "acc"), ("length_balanced_accuracy", "len-bal acc"), ("high_confidence_accuracy", "high-conf acc"))
+# the two sides of the length-balanced accuracy (evaluations before they were recorded lack them)
+SIDES = (("chosen_longer_accuracy", "acc, chosen longer"), ("chosen_shorter_accuracy", "acc, chosen shorter"))
 DISCUSSION_MARKER = "<!-- discussion: kept when the report is regenerated -->"
 
 
@@ -48,15 +50,40 @@ def arms_table(results: dict, config: ExperimentConfig) -> list[dict]:
                "synthetic_pairs": statistics.mean(c["mix"]["synthetic_pairs"] for c in cells),
                "chosen_longer_share": statistics.mean(c["pairs"]["chosen_longer_share"] for c in cells),
                "mean_confidence": statistics.mean(c["pairs"]["mean_confidence"] for c in cells)}
-        for key, _ in METRICS:
-            row[key] = [c[key] for c in cells]
-            row[f"delta_{key}"] = [c[key] - base[c["seed"]][key] for c in cells if c["seed"] in base]
+        for key, _ in METRICS + SIDES:
+            row[key] = [c.get(key) for c in cells]
+            row[f"delta_{key}"] = [c[key] - base[c["seed"]][key] for c in cells
+                                   if c["seed"] in base and c.get(key) is not None
+                                   and base[c["seed"]].get(key) is not None]
         rows.append(row)
     return rows
 
 
 def _base_row(results: dict) -> dict:
-    return {key: [b[key] for b in results["bases"]] for key, _ in METRICS}
+    return {key: [b.get(key) for b in results["bases"]] for key, _ in METRICS + SIDES}
+
+
+def sides_markdown(results: dict, config: ExperimentConfig) -> list[str]:
+    """Accuracy on the evaluation pairs whose chosen response is longer / shorter, base and every arm.
+
+    Empty when the evaluations predate these metrics."""
+    bases = results["bases"]
+    if not bases or any(b.get("chosen_longer_accuracy") is None for b in bases):
+        return []
+    b0, base = bases[0], _base_row(results)
+    lines = [f"The two halves of the length-balanced accuracy: accuracy on the {b0['chosen_longer_n']} evaluation pairs "
+             f"whose chosen response is longer and on the {b0['chosen_shorter_n']} where it is shorter (in characters; "
+             f"mean ± sd over seeds, Δ paired by seed). A model that learned \"shorter is better\" is high on the second "
+             "and low on the first.", "",
+             "| model | strategy | N | filter | length control | acc, chosen longer | Δ | acc, chosen shorter | Δ |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| **base** | – | – | – | – | {fmt(base['chosen_longer_accuracy'])} | – | "
+             f"{fmt(base['chosen_shorter_accuracy'])} | – |"]
+    for row in arms_table(results, config):
+        lines.append(f"| student | {row['strategy']} | {row['n']} | {row['filter']} | {row['length']} | "
+                     f"{fmt(row['chosen_longer_accuracy'])} | {fmt(row['delta_chosen_longer_accuracy'], signed=True)} | "
+                     f"{fmt(row['chosen_shorter_accuracy'])} | {fmt(row['delta_chosen_shorter_accuracy'], signed=True)} |")
+    return lines
 
 
 def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
@@ -262,6 +289,9 @@ def write_report(results: dict, config: ExperimentConfig, path: Path, command: s
     lines += ["", f"Students trained: **{done} of {total}** cells." + ("" if done == total else " (run not finished)"), "",
               "## Results", ""]
     lines += results_markdown(results, config)
+    sides = sides_markdown(results, config)
+    if sides:
+        lines += ["", *sides]
     rel = plots_dir.name
     lines += ["", f"![accuracy vs N]({rel}/accuracy_vs_n.png)", "", f"![every trained arm]({rel}/arms.png)", "",
               "## The synthetic pair sets (whole grid, before training)", "",
