@@ -142,9 +142,10 @@ def test_format_table_puts_baselines_on_their_own_rows():
     assert sum(line.startswith("[shorter wins]") for line in lines) == 2
     rows = [line.split() for line in lines if line.startswith("rm-")]
     assert len(rows) == 4
-    assert rows[0][:5] == ["rm-one", "f1.jsonl", "6", "58.3%", "66.7%"]
+    # chosen longer: 2 pairs, both right; chosen shorter: 3 pairs, 1 right
+    assert rows[0][:7] == ["rm-one", "f1.jsonl", "6", "58.3%", "66.7%", "100.0%", "33.3%"]
     longer = next(line.split() for line in lines if line.startswith("[longer wins]"))
-    assert longer[2:5] == ["f1.jsonl", "6", "41.7%"]
+    assert longer[2:8] == ["f1.jsonl", "6", "41.7%", "50.0%", "100.0%", "0.0%"]
 
 
 # --- a real (tiny) trained reward model -------------------------------------------------------

@@ -185,7 +185,8 @@ def format_table(results: list[dict]) -> str:
     The baselines are rows of their own (`[longer wins]`, `[shorter wins]`), printed once per pairs
     file, so a length heuristic is never read as a reward model's score.
     """
-    header = ["model", "pairs", "n", "accuracy", "len-balanced acc", "high-conf acc", "mean margin", "ECE"]
+    header = ["model", "pairs", "n", "accuracy", "len-balanced acc", "chosen longer", "chosen shorter", "high-conf acc",
+              "mean margin", "ECE"]
     rows: list[list[str]] = []
     one_sided = False
     fractions: list[float] = []
@@ -194,8 +195,9 @@ def format_table(results: list[dict]) -> str:
         by_file.setdefault(str(result.get("pairs", "-")), []).append(result)
     for pairs_name, group in by_file.items():
         first = group[0]
-        for label, key in (("[longer wins]", "longer_wins_accuracy"), ("[shorter wins]", "shorter_wins_accuracy")):
-            rows.append([label, pairs_name, str(first["n"]), _pct(first[key]), "-", "-", "-", "-"])
+        for label, key, sides in (("[longer wins]", "longer_wins_accuracy", ("100.0%", "0.0%")),
+                                  ("[shorter wins]", "shorter_wins_accuracy", ("0.0%", "100.0%"))):
+            rows.append([label, pairs_name, str(first["n"]), _pct(first[key]), "50.0%", *sides, "-", "-", "-"])
         for r in group:
             balanced = _pct(r.get("length_balanced_accuracy"))
             if r.get("length_balanced_sides", 2) < 2 and r.get("length_balanced_accuracy") is not None:
@@ -206,6 +208,7 @@ def format_table(results: list[dict]) -> str:
                 fractions.append(fraction)
             ece = r.get("calibration_error")
             rows.append([str(r["model"]), pairs_name, str(r["n"]), _pct(r["accuracy"]), balanced,
+                         _pct(r.get("chosen_longer_accuracy")), _pct(r.get("chosen_shorter_accuracy")),
                          _pct(r.get("high_confidence_accuracy")), _signed(r["mean_margin"]),
                          "-" if ece is None else f"{ece:.3f}"])
     widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
@@ -216,8 +219,8 @@ def format_table(results: list[dict]) -> str:
                          for c, (cell, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(row) for row in rows]
-    notes = ["len-balanced acc: mean of the accuracy where the chosen response is longer and where it is "
-             "shorter (a length-only judge scores 50.0%)"]
+    notes = ["len-balanced acc: mean of the accuracy where the chosen response is longer (chosen longer) and "
+             "where it is shorter (chosen shorter); a length-only judge scores 50.0%"]
     if fractions:
         notes.append("high-conf acc: accuracy on the " + " / ".join(f"{100 * f:g}%" for f in fractions)
                      + " of pairs with the largest |margin|")
