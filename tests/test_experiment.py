@@ -212,8 +212,13 @@ def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
     assert cfg.text.strip() in text
     assert "| **base** (human pairs only) | – | – | – | – | 2 |" in text
     assert "[longer response wins]" in text and "[shorter response wins]" in text
+    cells = exp.results()["cells"]
     for strategy, n, filter_name, length in cfg.train:
-        assert f"| student | {strategy} | {n} | {filter_name} | {length} | 2 |" in text
+        arm = [c["pairs"] for c in cells if (c["strategy"], c["n"], c["filter"], c["length"]) == (strategy, n, filter_name, length)]
+        longer = 100 * statistics.mean(p["chosen_longer_share"] for p in arm)
+        shorter = 100 * statistics.mean(p["chosen_shorter_share"] for p in arm)
+        assert re.search(rf"\| student \| {strategy} \| {n} \| {filter_name} \| {re.escape(length)} \| 2 \| [0-9]+ \| "
+                         rf"{longer:.0f}% / {shorter:.0f}% \|", text)
     assert "Students trained: **10 of 10** cells." in text
     # the two halves of the length-balanced accuracy, base and every arm, from the stored evaluations
     assert "| model | strategy | N | filter | length control | acc, chosen longer | Δ | acc, chosen shorter | Δ |" in text

@@ -35,6 +35,12 @@ def fmt(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
     return text + (f" ± {scale * sd:.1f}" if sd is not None else "")
 
 
+def _longer_shorter(row: dict) -> str:
+    """The pair set's chosen-longer / chosen-shorter shares ("3% / 55%"; equal lengths are the rest)."""
+    longer = f"{100 * row['chosen_longer_share']:.0f}%"
+    return longer if row.get("chosen_shorter_share") is None else f"{longer} / {100 * row['chosen_shorter_share']:.0f}%"
+
+
 def arms_table(results: dict, config: ExperimentConfig) -> list[dict]:
     """One row per (strategy, N, filter) with trained students: metrics and paired deltas over seeds."""
     base = {b["seed"]: b for b in results["bases"]}
@@ -49,6 +55,8 @@ def arms_table(results: dict, config: ExperimentConfig) -> list[dict]:
         row = {"strategy": arm[0], "n": arm[1], "filter": arm[2], "length": arm[3], "seeds": len(cells),
                "synthetic_pairs": statistics.mean(c["mix"]["synthetic_pairs"] for c in cells),
                "chosen_longer_share": statistics.mean(c["pairs"]["chosen_longer_share"] for c in cells),
+               "chosen_shorter_share": (statistics.mean(c["pairs"]["chosen_shorter_share"] for c in cells)
+                                        if all("chosen_shorter_share" in c["pairs"] for c in cells) else None),
                "mean_confidence": statistics.mean(c["pairs"]["mean_confidence"] for c in cells)}
         for key, _ in METRICS + SIDES:
             row[key] = [c.get(key) for c in cells]
@@ -96,9 +104,11 @@ def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
     lines += [f"Evaluation: {b0['eval_n']} held-out human pairs. Accuracy in %, mean ± sd over seeds; Δ is paired by seed "
               "(student of seed s minus base of seed s). len-bal acc: mean of the accuracy where the chosen response "
               "is longer and where it is shorter (any length-only rule scores 50.0). "
-              f"high-conf acc: accuracy on the {100 * b0['high_confidence_fraction']:g}% of pairs with the largest |margin|.",
+              f"high-conf acc: accuracy on the {100 * b0['high_confidence_fraction']:g}% of pairs with the largest |margin|. "
+              "chosen longer / shorter: share of the student's synthetic pairs whose chosen response is the longer / "
+              "the shorter one (policy tokens; equal lengths are the rest).",
               "",
-              "| model | strategy | N | filter | length control | seeds | synthetic pairs | chosen longer | acc | Δ acc | len-bal acc | Δ len-bal | high-conf acc | Δ high-conf |",
+              "| model | strategy | N | filter | length control | seeds | synthetic pairs | chosen longer / shorter | acc | Δ acc | len-bal acc | Δ len-bal | high-conf acc | Δ high-conf |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
               f"| **base** (human pairs only) | – | – | – | – | {len(bases)} | 0 | – | {fmt(base['accuracy'])} | – | "
               f"{fmt(base['length_balanced_accuracy'])} | – | {fmt(base['high_confidence_accuracy'])} | – |",
@@ -107,7 +117,7 @@ def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
     for row in arms_table(results, config):
         lines.append(
             f"| student | {row['strategy']} | {row['n']} | {row['filter']} | {row['length']} | {row['seeds']} | {row['synthetic_pairs']:.0f} | "
-            f"{100 * row['chosen_longer_share']:.0f}% | {fmt(row['accuracy'])} | {fmt(row['delta_accuracy'], signed=True)} | "
+            f"{_longer_shorter(row)} | {fmt(row['accuracy'])} | {fmt(row['delta_accuracy'], signed=True)} | "
             f"{fmt(row['length_balanced_accuracy'])} | {fmt(row['delta_length_balanced_accuracy'], signed=True)} | "
             f"{fmt(row['high_confidence_accuracy'])} | {fmt(row['delta_high_confidence_accuracy'], signed=True)} |")
     return lines
