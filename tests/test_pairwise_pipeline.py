@@ -47,3 +47,17 @@ def test_pairwise_teacher_materializes_tournament_pairs(tmp_path):
     con = duckdb.connect(str(tmp_path / "wofn.duckdb"), read_only=True)
     assert con.sql("select count(*) from tournament_pairs").fetchall()[0][0] == len(tournaments)
     con.close()
+
+
+def test_pairwise_teacher_with_a_length_control_fails_before_training(tmp_path):
+    # the tournaments give no reward per candidate to regress on or band by: refuse at the first asset
+    resources = wofn_resources(home=str(tmp_path), profile="tiny", teacher="pairwise", length_control="band")
+    result = materialize(
+        list(defs.assets), selection=AssetSelection.assets("base_reward_model").upstream(),
+        resources=resources, instance=DagsterInstance.ephemeral(), raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "base_reward_model"
+    assert "length_control 'band' needs a reward per candidate" in str(failure.event_specific_data.error)
+    assert not WofnHome(tmp_path).model_dir("base_reward_model").exists()

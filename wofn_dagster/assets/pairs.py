@@ -92,6 +92,10 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
     is_pairwise = pairwise.is_pairwise(str(h.model_dir("base_reward_model")))
     pairs.check_strategy(settings.strategy, pairwise=is_pairwise)
     pairs.check_length_control(settings.length_control, settings.length_band, pairwise=is_pairwise)
+    if settings.length_control == "residual_per_prompt" and settings.n < 3:
+        context.log.warning(f"length_control 'residual_per_prompt' with n={settings.n}: a line through two candidates "
+                            "leaves both residuals 0, so only equal-length candidates can form a pair; use n >= 3, "
+                            "or 'band' / 'residual'")
     length = {"length_control": settings.length_control, "length_band": settings.length_band}
     pair_seed = pairs.seed_for(settings.strategy, settings.pair_seed)
     candidates_dir = h.table_dir("candidates")

@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from wofn import evaluation, lineage, models, pairwise, training
+from wofn.pairs import check_length_control
 from wofn.paths import WofnHome, content_hash
 from wofn_dagster.assets.common import batch_versions, code_version, png_markdown, read_table
 from wofn_dagster.resources import PolicyResource, RewardModelResource, WofnHomeResource, WofnSettings
@@ -104,6 +105,8 @@ def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, ho
     models.set_torch_threads(settings.threads())
     if reward_models.teacher not in ("pointwise", "pairwise"):
         raise ValueError(f"teacher must be 'pointwise' or 'pairwise', got {reward_models.teacher!r}")
+    # the pair step would refuse a length control the teacher cannot serve: say so before training it
+    check_length_control(settings.length_control, settings.length_band, pairwise=reward_models.teacher == "pairwise")
     objective = pairwise.PAIRWISE if reward_models.teacher == "pairwise" else training.POINTWISE
     pairs = read_table(h, "human_preferences").to_pylist()
     model_dir = h.model_dir("base_reward_model")
