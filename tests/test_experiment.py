@@ -83,6 +83,8 @@ def test_filter_quantiles():
     (lambda t: t + "\nteacher_seed: 5\n", "teacher_seed 5 must be one of grid.seeds"),
     (lambda t: t.replace("seeds: [0, 1]", "seeds: [0, 0]"), r"grid.seeds: repeated values"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher: pairwise"), "settings.teacher must be 'pointwise'"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, length_control: band"),
+     r"settings: \['length_control'\] are set per arm in an experiment: list them under grid.length"),
     (lambda t: "[1, 2", "not valid YAML"),
     (lambda t: t + "\ntune: {rm_dropout: [0.1]}\n", r"tune: \['rm_dropout'\] cannot be tuned"),
     (lambda t: t + "\ntune: {rm_epochs: [1, -2]}\n", "tune.rm_epochs: every value must be a positive float"),

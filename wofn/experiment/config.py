@@ -164,6 +164,11 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise ConfigError(f"{source}: settings: unknown key(s) {unknown}; profile keys are {sorted(base)}")
+    per_arm = sorted({"length_control", "length_balance"} & set(overrides))
+    if per_arm:
+        raise ConfigError(f"{source}: settings: {per_arm} are set per arm in an experiment: list them under "
+                          "grid.length (e.g. [none, residual_per_prompt, band+balanced]); settings.length_band "
+                          "sets the band's width")
     settings = {**base, **overrides}
     if settings["teacher"] != "pointwise":
         raise ConfigError(f"{source}: settings.teacher must be 'pointwise' for an experiment "
