@@ -12,6 +12,10 @@
 -- Parameters (DuckDB named parameters, bound from Python, e.g. {"strategy": "west_of_n"}):
 --   $strategy  VARCHAR: the strategy whose pairs are west_of_n_pairs (selected = true); one of
 --              west_of_n, random_pair, best_vs_random, worst_vs_random, else an error.
+--   $length_control  VARCHAR: the length control the draws were made with (none, residual,
+--              residual_per_prompt, band; else an error). candidate_scores are the teacher's own
+--              scores either way; under 'band' step 11 is named fewer_than_2_in_band (the
+--              draws only saw the candidates within the band of the best one).
 --
 -- One row per (strategy in pair_draws, reason), by step. The candidate rules are those of
 -- sql/candidate_pool.sql; the candidate-level counts are the same for every strategy.
@@ -25,7 +29,8 @@
 --   8  nonfinite_reward          candidates  reward is NaN, +inf or -inf: dropped
 --   9  valid_candidates          candidates  the rest; 5 + 6 + 7 + 8 + 9 = distinct candidates
 --  10  prompts                   prompts     prompt_ids with candidate rows
---  11  fewer_than_2_valid        prompts     no pair: fewer than 2 valid candidates
+--  11  fewer_than_2_valid        prompts     no pair: fewer than 2 valid candidates (under 'band':
+--      fewer_than_2_in_band                  fewer than 2 valid candidates within the length band)
 --  12  all_rewards_equal         prompts     no pair: every valid candidate has the same reward
 --  13  tied_rewards              prompts     no pair: the strategy's two picks tie
 --  14  identical_texts           prompts     no pair: the two picks have the same text
@@ -42,7 +47,13 @@ checked_params as (
                 then $strategy
             else error('selection_report: strategy must be one of west_of_n, random_pair, '
                 || 'best_vs_random, worst_vs_random; got ' || coalesce(cast($strategy as varchar), 'NULL'))
-        end as selected_strategy
+        end as selected_strategy,
+        case
+            when $length_control in ('none', 'residual', 'residual_per_prompt') then 'fewer_than_2_valid'
+            when $length_control = 'band' then 'fewer_than_2_in_band'
+            else error('selection_report: length_control must be one of none, residual, '
+                || 'residual_per_prompt, band; got ' || coalesce(cast($length_control as varchar), 'NULL'))
+        end as too_few_reason
 
 ),
 
@@ -157,15 +168,16 @@ outcome_counts as (
     select
         strategies.strategy,
         outcomes.step,
-        outcomes.reason,
+        case when outcomes.step = 11 then checked_params.too_few_reason else outcomes.reason end as reason,
         'prompts' as unit,
         count(pair_draws.prompt_id) as count
     from strategies
     cross join outcomes
+    cross join checked_params
     left join pair_draws
         on pair_draws.strategy = strategies.strategy
         and pair_draws.outcome = outcomes.outcome
-    group by strategies.strategy, outcomes.step, outcomes.reason
+    group by strategies.strategy, outcomes.step, outcomes.reason, checked_params.too_few_reason
 
 ),
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pair_tables import HUMAN_PAIRS, build_home, scores_table
-from wofn import catalog, cli, schemas
+from wofn import catalog, cli, pairs, schemas
 from wofn.paths import SQL_DIR
 
 ANALYSIS = sorted(p.name for p in (SQL_DIR / "analysis").glob("*.sql"))
@@ -87,6 +87,22 @@ def test_funnel(capsys, home):
     assert rows[-1]["mean_length_gap"] == mean(gaps, 2)
     all_gaps = [p["chosen_num_tokens"] - p["rejected_num_tokens"] for p in selected]
     assert rows[5]["mean_length_gap"] == mean(all_gaps, 2)
+
+
+def test_funnel_ends_with_the_length_balance_when_the_run_balanced(capsys, tmp_path):
+    home = build_home(tmp_path, round_2=False)
+    kept = pq.read_table(home.table_dir("filtered_pairs"))
+    balanced = pairs.balance_pairs(kept)
+    funnel = pairs.with_balance_step(pq.read_table(home.table_dir("pair_funnel")), balanced)
+    catalog.write_parquet(balanced, home.table_dir("filtered_pairs"))
+    catalog.write_parquet(funnel, home.table_dir("pair_funnel"))
+    rows = analysis(capsys, home, "funnel")
+    assert [r["stage"] for r in rows[-2:]] == ["max_tokens", "length_balance"]
+    assert (rows[-2]["count"], rows[-1]["count"]) == (kept.num_rows, balanced.num_rows)
+    gaps = [p["chosen_num_tokens"] - p["rejected_num_tokens"] for p in balanced.to_pylist()]
+    assert rows[-1]["chosen_longer_share"] == rows[-1]["chosen_shorter_share"] == share([g > 0 for g in gaps])
+    assert rows[-1]["mean_length_gap"] == mean(gaps, 2)
+    assert balanced.num_rows < kept.num_rows, "the crafted pairs are not balanced: the step must drop some"
 
 
 def test_strategies(capsys, home):

@@ -249,9 +249,19 @@ def test_band_report_agrees_with_the_draws(tmp_path):
     draws = pairs.draw_pairs(cands, scores, **options)
     report = {r["reason"]: r["count"] for r in pairs.selection_report(cands, scores, draws, "west_of_n", **options)
               .to_pylist() if r["selected"]}
-    # left out by the band: w 3, 4, 6 and t 0, 2, 4 count as unscored; w 5's NaN as non-finite
-    assert (report["unscored_candidates"], report["nonfinite_reward"], report["valid_candidates"]) == (6, 1, 8)
+    # the candidates are counted over the teacher's own scores, band or not: w 5 (NaN) and w 6 (+inf)
+    # are not finite, the other 13 valid (the band's left-out ones are not "unscored")
+    assert (report["unscored_candidates"], report["nonfinite_reward"], report["valid_candidates"]) == (0, 2, 13)
     assert report["pairs"] == 3 and report["prompts"] == 3
+    assert report["fewer_than_2_in_band"] == 0 and "fewer_than_2_valid" not in report
+    # band 0: only z has two valid candidates of its best's length; w and t have none beside the best
+    options["length_band"] = 0.0
+    draws = pairs.draw_pairs(cands, scores, **options)
+    report = {r["reason"]: r["count"] for r in pairs.selection_report(cands, scores, draws, "west_of_n", **options)
+              .to_pylist() if r["selected"]}
+    assert (report["fewer_than_2_in_band"], report["pairs"], report["valid_candidates"]) == (2, 1, 13)
+    plain = pairs.selection_report(cands, scores, pairs.draw_pairs(cands, scores), "west_of_n").to_pylist()
+    assert {r["reason"]: r["count"] for r in plain if r["selected"]}["fewer_than_2_valid"] == 0
 
 
 # --- balanced pairs -------------------------------------------------------------------------------
@@ -290,6 +300,28 @@ def test_balance_keeps_equal_numbers_the_most_confident_and_every_equal_pair(tmp
 def test_balance_with_one_direction_keeps_only_the_equal_pairs():
     one_way = {p: v for p, v in BALANCE.items() if not p.startswith("s")}
     assert pairs.balance_pairs(pair_rows(one_way)).column("prompt_id").to_pylist() == ["e1", "e2"]
+
+
+def test_balance_step_ends_the_funnel_with_what_the_balance_kept():
+    funnel = pairs.pair_funnel(pair_rows(BALANCE), 0.0, 0.0)
+    balanced = pairs.balance_pairs(pair_rows(BALANCE))
+    steps = pairs.with_balance_step(funnel, balanced).to_pylist()
+    assert [r["step"] for r in steps] == ["selected", "confidence", "likelihood", "margin", "max_tokens",
+                                          "length_balance"]
+    assert steps[:5] == funnel.to_pylist()
+    last = steps[-1]
+    assert (last["step_order"], last["pairs_in"], last["pairs_kept"], last["kept_share"]) == (6, 8, 6, 0.75)
+    assert (last["strategy"], last["pair_seed"], last["threshold"]) == ("west_of_n", None, None)
+    assert last["chosen_longer_share"] == last["chosen_shorter_share"] == pytest.approx(2 / 6)
+    assert last["mean_length_gap"] == pytest.approx((10 + 1 - 5 - 1) / 6)  # l1, l3, s1, s2; e1, e2 equal
+    assert last["mean_confidence"] == pytest.approx((0.55 + 0.99 + 0.9 + 0.8 + 0.7 + 0.95) / 6)
+    # nothing left: counts, no length statistics (as sql/pair_funnel.sql writes an empty step)
+    one_way = pair_rows({p: v for p, v in BALANCE.items() if p.startswith("l")})
+    empty = pairs.with_balance_step(pairs.pair_funnel(one_way, 0.0, 0.0), pairs.balance_pairs(one_way))
+    last = empty.to_pylist()[-1]
+    assert (last["pairs_in"], last["pairs_kept"], last["kept_share"], last["chosen_longer_share"]) == (4, 0, 0.0, None)
+    with pytest.raises(ValueError, match="no steps"):
+        pairs.with_balance_step(schemas.PAIR_FUNNEL.empty_table(), balanced)
 
 
 def test_balance_of_no_pairs_is_empty(tmp_path):
@@ -384,6 +416,11 @@ def test_pair_assets_with_residual_control_and_balance(tmp_path):
     assert (meta["pairs_before_balance"].value, meta["pairs_after_balance"].value) == (11, 10)
     assert meta["chosen_longer_share_before_balance"].value == pytest.approx(1 / 11)
     assert meta["chosen_longer_share"].value == pytest.approx(1 / 10)
+    assert meta["funnel"].value["length_balance"] == 10
+    funnel = pq.read_table(tmp_path / "tables" / "pair_funnel").sort_by("step_order").to_pylist()
+    assert [(r["step"], r["pairs_in"], r["pairs_kept"]) for r in funnel[-2:]] == [("max_tokens", 11, 11),
+                                                                                 ("length_balance", 11, 10)]
+    assert funnel[-1]["chosen_longer_share"] == pytest.approx(1 / 10)
 
 
 def test_pair_assets_refuse_length_control_with_a_pairwise_teacher(tmp_path):

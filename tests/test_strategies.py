@@ -190,7 +190,7 @@ def test_the_strategy_files_share_the_pool_and_the_labelling():
 def report(con, draws_table: pa.Table, strategy: str = "west_of_n") -> list[dict]:
     con.register("pair_draws", draws_table)
     try:
-        return catalog.run_sql_file(con, "selection_report", {"strategy": strategy},
+        return catalog.run_sql_file(con, "selection_report", {"strategy": strategy, "length_control": "none"},
                                     schema=schemas.SELECTION_REPORT).to_pylist()
     finally:
         con.unregister("pair_draws")

@@ -213,9 +213,9 @@ def selection_report(candidates_dir: Path, judged_dir: Path, draws: Path | pa.Ta
 
     Pointwise: `judged_dir` holds candidate_scores and `draws` the pair_draws of every strategy
     (sql/selection_report.sql). Pairwise: `judged_dir` holds tournament_pairs, `draws` is unused
-    (sql/selection_report_pairwise.sql). With a `length_control`, the report reads the scores the
-    draws were made from (length_controlled_scores): a band's left-out candidates then count as
-    unscored_candidates, and scores_without_candidate is 0 (the controls drop those rows).
+    (sql/selection_report_pairwise.sql). The candidate counts are over the teacher's own scores
+    whatever the `length_control` the draws were made with; under "band" the prompts whose best
+    candidate has no other valid candidate within the band are counted as fewer_than_2_in_band.
     """
     check_strategy(strategy, pairwise)
     check_length_control(length_control, length_band, pairwise)
@@ -225,9 +225,10 @@ def selection_report(candidates_dir: Path, judged_dir: Path, draws: Path | pa.Ta
         if pairwise:
             catalog.create_view(con, "tournament_pairs", judged_dir, temporary=True)
             return catalog.run_sql_file(con, "selection_report_pairwise", schema=schemas.SELECTION_REPORT)
-        _view(con, "candidate_scores", _scores(candidates_dir, judged_dir, length_control, length_band))
+        _view(con, "candidate_scores", judged_dir)
         _view(con, "pair_draws", draws)
-        return catalog.run_sql_file(con, "selection_report", {"strategy": strategy}, schema=schemas.SELECTION_REPORT)
+        return catalog.run_sql_file(con, "selection_report", {"strategy": strategy, "length_control": length_control},
+                                    schema=schemas.SELECTION_REPORT)
     finally:
         con.close()
 
@@ -323,6 +324,24 @@ def balance_pairs(pairs: Path | pa.Table) -> pa.Table:
         return catalog.run_sql_file(con, "length_control/balance_pairs", schema=schemas.PAIRS)
     finally:
         con.close()
+
+
+def with_balance_step(funnel: pa.Table, balanced: pa.Table) -> pa.Table:
+    """`funnel` (sql/pair_funnel.sql) with one more step, "length_balance": what
+    sql/length_control/balance_pairs.sql kept of the filters' last step (wofn.schemas.PAIR_FUNNEL)."""
+    rows = sorted(funnel.to_pylist(), key=lambda r: r["step_order"])
+    if not rows:
+        raise ValueError("pair funnel has no steps to add the length balance to")
+    last, stats = rows[-1], pair_stats(balanced)
+    n_in, n = last["pairs_kept"], balanced.num_rows
+    rows.append({
+        "strategy": last["strategy"], "pair_seed": last["pair_seed"], "step_order": last["step_order"] + 1,
+        "step": "length_balance", "setting": "longer = shorter", "threshold": None,
+        "pairs_in": n_in, "pairs_kept": n, "kept_share": n / n_in if n_in else None,
+        **{k: (stats[k] if n else None)
+           for k in ("chosen_longer_share", "chosen_shorter_share", "mean_length_gap", "mean_confidence")},
+    })
+    return pa.Table.from_pylist(rows, schema=schemas.PAIR_FUNNEL)
 
 
 def pair_stats(table: pa.Table) -> dict:

@@ -176,14 +176,15 @@ SELECTION_REPORT = pa.schema(
     ]
 )
 
-# How many pairs each filter step kept (sql/pair_funnel.sql). Steps are cumulative; every
-# threshold is computed over all selected pairs. Lengths are policy tokens (EOS included).
+# How many pairs each filter step kept (sql/pair_funnel.sql), then, when length_balance is on, what
+# the length balance kept (wofn.pairs.with_balance_step). Steps are cumulative; every threshold is
+# computed over all selected pairs. Lengths are policy tokens (EOS included).
 PAIR_FUNNEL = pa.schema(
     [
         pa.field("strategy", pa.string(), nullable=False),  # of the selected pairs
         pa.field("pair_seed", pa.int64()),
         pa.field("step_order", pa.int32(), nullable=False),
-        pa.field("step", pa.string(), nullable=False),  # selected, confidence, likelihood, margin, max_tokens
+        pa.field("step", pa.string(), nullable=False),  # selected, confidence, likelihood, margin, max_tokens[, length_balance]
         pa.field("setting", pa.string(), nullable=False),  # the configured value, as text ("off" = no-op)
         pa.field("threshold", pa.float64()),  # the value applied (e.g. the confidence quantile); null = off
         pa.field("pairs_in", pa.int64(), nullable=False),

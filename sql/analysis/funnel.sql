@@ -12,7 +12,8 @@
 -- Parameters: none.
 --
 -- Stages: "prompts" (prompts with candidates); "no pair: <reason>" (prompts that gave no pair,
--- per reason); then each filter step with the pairs it kept ("selected" = every pair). Lengths
+-- per reason); then each filter step with the pairs it kept ("selected" = every pair), and
+-- "length_balance" when the run balanced the kept pairs (length_balance: true). Lengths
 -- (policy tokens) describe the pairs kept at that step: chosen_longer_share / chosen_shorter_share
 -- = share whose chosen response is longer / shorter than the rejected one; mean_length_gap =
 -- mean(chosen - rejected tokens).

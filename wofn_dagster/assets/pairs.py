@@ -158,6 +158,9 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
                         "pairs_after_balance": MetadataValue.int(table.num_rows),
                         "chosen_longer_share_before_balance": MetadataValue.float(before["chosen_longer_share"])})
     funnel = pairs.pair_funnel(h.table_dir("west_of_n_pairs"), **filters, strategy=strategy, pair_seed=pair_seed)
+    if settings.length_balance:
+        funnel = pairs.with_balance_step(funnel, table)
+        steps["length_balance"] = table.num_rows
     inputs = {"west_of_n_pairs": content_hash(h.table_dir("west_of_n_pairs"))}
     publish_table(h, "pair_funnel", funnel, context=context, inputs=inputs)
     context.log.info("filter funnel: %s", steps)
