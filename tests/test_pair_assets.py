@@ -63,8 +63,9 @@ def test_non_default_strategy_materializes_pairs_report_and_funnel(tmp_path):
             ("best_vs_random", 3)]
         funnel = con.sql("select strategy, pair_seed, step, setting, pairs_kept from pair_funnel "
                          "order by step_order").fetchall()
-        assert [r[:2] for r in funnel] == [("best_vs_random", 3)] * 5
-        assert [r[3] for r in funnel] == ["all pairs", "q=0.0", "q=0.0 of logprob_sum", "off", "<= 3"]
+        assert [r[:2] for r in funnel] == [("best_vs_random", 3)] * 6
+        assert [r[3] for r in funnel] == ["all pairs", "q=0.0", "q=0.0 of logprob_sum", "off", "<= 3",
+                                          "longer = shorter"]  # the profile's length_balance
         kept = con.sql("select count(*) from filtered_pairs").fetchall()[0][0]
         assert funnel[-1][4] == kept and kept < funnel[0][4]
         assert con.sql("select max(greatest(chosen_num_tokens, rejected_num_tokens)) from filtered_pairs"
@@ -102,11 +103,12 @@ def test_pairwise_teacher_refuses_other_strategies_and_drops_stale_draws(tmp_pat
     ], schema=schemas.TOURNAMENT_PAIRS)
     catalog.write_parquet(tournaments, home / "tables" / "tournament_pairs")
 
-    refused = run(home, strategy="random_pair")
+    # A pairwise teacher has no pointwise rewards to length-control: the profile's band is turned off here.
+    refused = run(home, strategy="random_pair", length_control="none")
     assert not refused.success
     assert "teacher is pairwise" in failure(refused)
 
-    assert run(home).success
+    assert run(home, length_control="none").success
     assert not (home / "tables" / "pair_draws").exists()
     report = pq.read_table(home / "tables" / "pair_selection_report").to_pylist()
     counts = {r["reason"]: r["count"] for r in report}

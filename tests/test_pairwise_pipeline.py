@@ -61,3 +61,13 @@ def test_pairwise_teacher_with_a_length_control_fails_before_training(tmp_path):
     assert failure.step_key == "base_reward_model"
     assert "length_control 'band' needs a reward per candidate" in str(failure.event_specific_data.error)
     assert not WofnHome(tmp_path).model_dir("base_reward_model").exists()
+
+
+def test_pairwise_teacher_turns_the_profiles_length_band_off(tmp_path, monkeypatch):
+    assert wofn_resources(home=str(tmp_path), profile="tiny")["settings"].length_control == "band"
+    assert wofn_resources(home=str(tmp_path), profile="tiny", teacher="pairwise")["settings"].length_control == "none"
+    monkeypatch.setenv("WOFN_TEACHER", "pairwise")
+    settings = wofn_resources(home=str(tmp_path), profile="tiny")["settings"]
+    assert (settings.length_control, settings.length_balance) == ("none", True)  # balancing needs no reward
+    explicit = wofn_resources(home=str(tmp_path), profile="tiny", length_control="residual")["settings"]
+    assert explicit.length_control == "residual"  # an explicit choice is kept (and refused before training)

@@ -111,9 +111,9 @@ class WofnSettings(ConfigurableResource):
     likelihood: str = Field(description="likelihood measure for logprob_quantile: 'mean' (log-prob per token) or 'sum' (summed log-prob, penalises length)")
     min_margin: Optional[float] = Field(description="keep pairs with margin r+ - r- >= this (reward units); null = off")
     max_pair_tokens: Optional[int] = Field(description="keep pairs whose both responses have at most this many policy tokens; null = off")
-    length_control: str = Field(description="what the strategy ranks candidates by (sql/length_control/; pointwise teachers only): 'none' (the teacher's rewards), 'residual' (rewards minus a least-squares fit of reward on length over all candidates), 'residual_per_prompt' (one fit per prompt), 'band' (only candidates within length_band of the best candidate's length)")
+    length_control: str = Field(description="what the strategy ranks candidates by (sql/length_control/; pointwise teachers only): 'none' (the teacher's rewards), 'residual' (rewards minus a least-squares fit of reward on length over all candidates), 'residual_per_prompt' (one fit per prompt), 'band' (only candidates within length_band of the best candidate's length; the default profile's, with length_balance: docs/results_length.md); a pairwise teacher needs 'none'")
     length_band: float = Field(description="length_control 'band': keep candidates with best_len * (1 - band) <= num_tokens <= best_len * (1 + band), band >= 0 (0 = the same length only)")
-    length_balance: bool = Field(description="after the filters, keep as many chosen-longer as chosen-shorter pairs (the most confident of each) plus every equal-length pair (sql/length_control/balance_pairs.sql)")
+    length_balance: bool = Field(description="after the filters, keep as many chosen-longer as chosen-shorter pairs (the most confident of each) plus every equal-length pair (sql/length_control/balance_pairs.sql); on in the default profile")
     max_accuracy_drop: float = Field(description="asset check student_not_worse_than_base warns when the student's eval accuracy is below the base's by more than this (0.02 = 2 points)")
     high_confidence_fraction: float = Field(description="evaluation: share of pairs, most confident first, for high-confidence accuracy")
     torch_threads: int = Field(description="torch threads per step; 0 = all cores")
@@ -157,11 +157,16 @@ def _env_or(name: Optional[str], default):
 def wofn_resources(home: Optional[str] = None, profile: Optional[str] = None, **overrides) -> dict:
     """Every resource of the pipeline, from the profile (default: $WOFN_PROFILE), the environment
     and `overrides` (profile keys, e.g. teacher="pairwise"; an override wins over the environment).
+    A pairwise teacher (override or $WOFN_TEACHER) sets length_control "none" unless it is overridden too.
 
     `home` defaults to $WOFN_HOME, else `.wofn`; the DuckDB catalog is `<home>/wofn.duckdb`.
     """
     root = str(Path(home or os.environ.get("WOFN_HOME", ".wofn")).resolve())
     name, values = profiles.active() if profile is None else (profile, dict(profiles.PROFILES[profile]))
+    teacher = overrides.get("teacher") or os.environ.get("WOFN_TEACHER") or values["teacher"]
+    if teacher == "pairwise" and "length_control" not in overrides:
+        # the profile's length band needs a reward per candidate; tournaments give none
+        overrides = {**overrides, "length_control": "none"}
     values = {**values, **overrides}
     owned: dict[str, dict] = {"policy": {}, "reward_models": {}}
     for key, (resource, field, env) in _RESOURCE_FIELDS.items():
