@@ -74,6 +74,11 @@ def test_models_and_lineage(tiny_run):
     assert round2["lineage"]["teacher"]["revision"] == manifest["revision"], "round 2 is taught by round 1's student"
     for table in ("candidate_scores", "west_of_n_pairs", "filtered_pairs"):
         assert list((home / "rounds" / "round_2" / table).glob("*.parquet")), table
+    # the tiny profile balances the pairs (length_balance): round 2's funnel ends with that step
+    funnel = duckdb.sql(f"select step, pairs_kept from '{home}/rounds/round_2/pair_funnel/*.parquet' "
+                        "order by step_order").fetchall()
+    kept = duckdb.sql(f"select count(*) from '{home}/rounds/round_2/filtered_pairs/*.parquet'").fetchall()[0][0]
+    assert funnel[-1] == ("length_balance", kept) and funnel[-2][0] == "max_tokens"
 
 
 def test_length_balanced_accuracy_beside_accuracy_in_metadata(tiny_run):

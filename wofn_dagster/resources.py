@@ -163,7 +163,8 @@ def wofn_resources(home: Optional[str] = None, profile: Optional[str] = None, **
     """
     root = str(Path(home or os.environ.get("WOFN_HOME", ".wofn")).resolve())
     name, values = profiles.active() if profile is None else (profile, dict(profiles.PROFILES[profile]))
-    teacher = overrides.get("teacher") or os.environ.get("WOFN_TEACHER") or values["teacher"]
+    teacher_env = _RESOURCE_FIELDS["teacher"][2]  # the teacher as the loop below resolves it
+    teacher = overrides["teacher"] if "teacher" in overrides else os.environ.get(teacher_env) or values["teacher"]
     if teacher == "pairwise" and "length_control" not in overrides:
         # the profile's length band needs a reward per candidate; tournaments give none
         overrides = {**overrides, "length_control": "none"}

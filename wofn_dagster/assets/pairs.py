@@ -149,18 +149,17 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
                "max_tokens": settings.max_pair_tokens}
     strategy, pair_seed = _selected_strategy(context, h, settings)
     table, steps = pairs.filter_pairs(h.table_dir("west_of_n_pairs"), **filters)
+    funnel = pairs.pair_funnel(h.table_dir("west_of_n_pairs"), **filters, strategy=strategy, pair_seed=pair_seed)
     balance = {"length_balance": MetadataValue.bool(settings.length_balance)}
     if settings.length_balance:
         before = pairs.pair_stats(table)
         table = pairs.balance_pairs(table)
+        funnel = pairs.with_balance_step(funnel, table)
+        steps["length_balance"] = table.num_rows
         context.log.info("length balance: %d -> %d pairs", before["pairs"], table.num_rows)
         balance.update({"pairs_before_balance": MetadataValue.int(before["pairs"]),
                         "pairs_after_balance": MetadataValue.int(table.num_rows),
                         "chosen_longer_share_before_balance": MetadataValue.float(before["chosen_longer_share"])})
-    funnel = pairs.pair_funnel(h.table_dir("west_of_n_pairs"), **filters, strategy=strategy, pair_seed=pair_seed)
-    if settings.length_balance:
-        funnel = pairs.with_balance_step(funnel, table)
-        steps["length_balance"] = table.num_rows
     inputs = {"west_of_n_pairs": content_hash(h.table_dir("west_of_n_pairs"))}
     publish_table(h, "pair_funnel", funnel, context=context, inputs=inputs)
     context.log.info("filter funnel: %s", steps)

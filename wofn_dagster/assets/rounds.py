@@ -63,18 +63,17 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
                                 context, strategy=settings.strategy, length_control=settings.length_control,
                                 length_band=settings.length_band)
         kept, funnel = pairs.filter_pairs(rdir / "west_of_n_pairs", **filters)
+        funnel_table = pairs.pair_funnel(rdir / "west_of_n_pairs", **filters, strategy=settings.strategy,
+                                         pair_seed=pairs.seed_for(settings.strategy, settings.pair_seed))
         if settings.length_balance:
             before = kept.num_rows
             kept = pairs.balance_pairs(kept)
             funnel = {**funnel, "length_balance": kept.num_rows}
+            funnel_table = pairs.with_balance_step(funnel_table, kept)
             context.log.info(f"round {k}: length balance {before} -> {kept.num_rows} pairs")
         write_table(rdir / "filtered_pairs", kept, schemas.PAIRS, where=f"round {k} filtered_pairs")
         kept_version = _record_table(h, k, "filtered_pairs", {f"round_{k}/west_of_n_pairs": pairs_version}, context,
                                strategy=settings.strategy, length_balance=settings.length_balance)
-        funnel_table = pairs.pair_funnel(rdir / "west_of_n_pairs", **filters, strategy=settings.strategy,
-                                         pair_seed=pairs.seed_for(settings.strategy, settings.pair_seed))
-        if settings.length_balance:
-            funnel_table = pairs.with_balance_step(funnel_table, kept)
         write_table(rdir / "pair_funnel", funnel_table, schemas.PAIR_FUNNEL, where=f"round {k} pair_funnel")
         context.log.info(f"round {k}: funnel {funnel}")
         result = train_student(context, settings, reward_models, policy, h, teacher_dir=teacher,
