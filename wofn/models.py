@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from wofn import reward_head
 from wofn.paths import cache_dir, content_hash
 
 log = logging.getLogger(__name__)
@@ -239,24 +240,51 @@ def read_manifest(resolved: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def load_reward_model(spec: str, device: str = "cpu", dtype: str = "float32",
-                      trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
-    """A sequence-classification model with one output (the reward).
+def reward_head_of(resolved: str, head: str | None = None) -> str:
+    """The head a reward model loaded from `resolved` gets (see `wofn.reward_head`).
 
-    A backbone without a trained head (e.g. `minilm-l6`) gets a freshly initialised scalar head:
-    fine for smoke tests, benchmarks and as the start of training, meaningless as a judge.
+    A trained reward-model folder keeps the head it was trained with (`reward_head.json`, else
+    transformers' own head); asking it for another one is an error. A backbone gets `head`
+    (`auto` resolved for it; None: transformers' own head, as before heads were a setting).
     """
-    from transformers import AutoModelForSequenceClassification
+    stored = None
+    if Path(resolved).is_dir():
+        stored = reward_head.stored_pooling(resolved)
+        if stored is None and read_manifest(resolved).get("kind"):
+            stored = "hf"  # a reward model trained with transformers' head (all of them, before heads)
+    if stored is not None:
+        if head not in (None, "auto", stored):
+            raise ValueError(f"{resolved} is a reward model trained with the {stored!r} head; it cannot be "
+                             f"loaded with head {head!r} (use rm_head: auto, or train from a backbone)")
+        return stored
+    return "hf" if head is None else reward_head.resolve_head(head, resolved)
+
+
+def load_reward_model(spec: str, device: str = "cpu", dtype: str = "float32",
+                      trust_remote_code: bool = False, allow_pickle: bool = False,
+                      head: str | None = None) -> LoadedModel:
+    """A model with one output per sequence (the reward): `model(**inputs).logits` is [batch, 1].
+
+    A backbone without a trained head (e.g. `minilm-l6`) gets a freshly initialised one, of the
+    kind `head` names (`reward_head_of`): fine for smoke tests, benchmarks and as the start of
+    training, meaningless as a judge. A trained folder is read with the head it was saved with.
+    """
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     _quiet_progress_bars()
     resolved = resolve(spec)
     check_safetensors(resolved, allow_pickle)
     tokenizer = load_tokenizer(resolved, trust_remote_code)
+    chosen = reward_head_of(resolved, head)
     torch.manual_seed(0)  # an untrained head is initialised the same way every time
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolved, num_labels=1, dtype=torch_dtype(dtype), use_safetensors=not allow_pickle,
-        trust_remote_code=trust_remote_code,
-    ).to(device).eval()
+    common = {"dtype": torch_dtype(dtype), "use_safetensors": not allow_pickle, "trust_remote_code": trust_remote_code}
+    if chosen == "hf":
+        model = AutoModelForSequenceClassification.from_pretrained(resolved, num_labels=1, **common)
+    else:
+        model = reward_head.PooledRewardModel(AutoModel.from_pretrained(resolved, **common), chosen)
+        if Path(resolved).is_dir() and reward_head.stored_pooling(resolved):
+            reward_head.load_head(model, resolved)  # a trained folder; a backbone keeps the fresh head
+    model = model.to(device).eval()
     ensure_pad_token(tokenizer, model)
     return LoadedModel(model, tokenizer, spec, revision(resolved), resolved)
 

@@ -1,6 +1,6 @@
 """Bradley-Terry reward-model training: -log sigmoid(r(x, y+) - r(x, y-)).
 
-The model is any `AutoModelForSequenceClassification` with one output; the input is built by
+The model is a backbone with a one-output reward head (`wofn.reward_head`); the input is built by
 `wofn.rm_format.encode`, the same function scoring and evaluation use. The trained model is
 written as a folder (safetensors, tokenizer, `manifest.json`) that every wofn loader accepts.
 """
@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from wofn import models, rm_format
+from wofn import models, reward_head, rm_format
 from wofn.paths import publish
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class TrainConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"})
     batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step (before accumulation)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
-    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW peak learning rate"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate (docs/results_teacher.md)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warmup, then linear decay to 0"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=256, metadata={"help": "tokens per (prompt, response), cut from the left"})
@@ -42,6 +42,7 @@ class TrainConfig:
     val_fraction: float = field(default=0.1, metadata={"help": "share of the training pairs held out for validation (0 = none)"})
     eval_every: int = field(default=0, metadata={"help": "optimizer steps between validation passes (0 = once per epoch)"})
     select_best: bool = field(default=True, metadata={"help": "keep the checkpoint with the best validation accuracy (as the paper does)"})
+    head: str | None = field(default=None, metadata={"help": "reward head for a backbone (wofn.reward_head): hf (transformers' own), mean, last or auto; None: the init's own (a trained reward model's, else hf). A reward-model init keeps its head; naming another is an error"})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_length", "log_every"):
@@ -53,6 +54,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.head is not None and self.head not in reward_head.HEADS:
+            raise ValueError(f"TrainConfig.head must be one of {', '.join(reward_head.HEADS)}, got {self.head!r}")
         if self.eval_every < 0:
             raise ValueError(f"TrainConfig.eval_every must be >= 0, got {self.eval_every}")
 
@@ -101,18 +104,40 @@ def _forward(model, tokenizer, objective: Objective, encoded: list[list[list[int
 
 
 @torch.inference_mode()
-def _validate(model, tokenizer, objective: Objective, encoded, device, bf16: bool, batch_size: int) -> dict:
+def _validate(model, tokenizer, objective: Objective, encoded, device, bf16: bool, batch_size: int,
+              margins_out: list | None = None) -> dict:
+    """Validation loss and accuracy; with `margins_out`, also each pair's margin, in input order."""
     model.eval()
     losses, correct = [], 0.0
     order = sorted(range(len(encoded)), key=lambda i: max(len(s) for s in encoded[i]))  # little padding
+    by_pair = [0.0] * len(encoded)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         outputs = _forward(model, tokenizer, objective, encoded, batch, device, bf16)
         losses.append(objective.loss(outputs).item() * len(batch))
         margins = objective.margins(outputs)
         correct += (margins > 0).float().sum().item() + 0.5 * (margins == 0).float().sum().item()
+        for i, m in zip(batch, margins.tolist()):
+            by_pair[i] = m
     model.train()
+    if margins_out is not None:
+        margins_out[:] = by_pair
     return {"val_loss": sum(losses) / len(encoded), "val_accuracy": correct / len(encoded)}
+
+
+def validation_report(model, tokenizer, objective: Objective, val_pairs: list[Pair], val_encoded, device,
+                      bf16: bool, batch_size: int) -> dict | None:
+    """The saved weights on the validation split: accuracy, length-balanced accuracy and the length-only
+    rules' accuracy (`wofn.evaluation.metrics_from_margins`), or None without a validation split."""
+    if not val_pairs:
+        return None
+    from wofn import evaluation  # evaluation imports pairwise, which imports this module
+
+    margins: list[float] = []
+    _validate(model, tokenizer, objective, val_encoded, device, bf16, batch_size, margins)
+    result = evaluation.metrics_from_margins(margins, val_pairs)
+    result.pop("by_source")
+    return result
 
 
 def split_validation(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -136,7 +161,7 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
     if not pairs:
         raise ValueError("no training pairs")
     torch.manual_seed(config.seed)
-    rm = models.load_reward_model(init, device=config.device)
+    rm = models.load_reward_model(init, device=config.device, head=config.head)
     model, tokenizer = rm.model, rm.tokenizer
     model.train()
     train_pairs, val_pairs = split_validation(pairs, config.val_fraction, config.seed)
@@ -204,6 +229,8 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
     if config.select_best and best_state is not None:
         model.load_state_dict(best_state)
         log.info("restored the best validation checkpoint (step %d, accuracy %.3f)", best["step"], best["val_accuracy"])
+    validation = validation_report(model, tokenizer, objective, val_pairs, val_encoded, device, config.bf16,
+                                   config.batch_size * 2)
     model.eval()
     seconds = time.monotonic() - started
     metrics = {
@@ -212,11 +239,13 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
         "pairs_per_s": total_steps * per_step / seconds, "history": history, "validations": validations,
         "best_step": best["step"] if (best and config.select_best) else total_steps,
         "best_val_accuracy": best["val_accuracy"] if best else None,
+        "validation": validation,
     }
     full_manifest = {
         "kind": objective.kind,
         "init": init,
         "init_revision": rm.revision,
+        "head": models.reward_head_of(rm.path, config.head),
         "max_length": config.max_length,
         "train_config": asdict(config),
         "train_metrics": {k: v for k, v in metrics.items() if k not in ("history",)},

@@ -20,9 +20,11 @@ from wofn_dagster.resources import (BeamRunnerResource, PolicyResource, RewardMo
                                     WofnSettings)
 
 _SAMPLING_CODE = code_version("beam_jobs/sample_candidates.py", "beam_jobs/inference.py", "beam_jobs/io.py",
-                              "wofn/generation.py", "wofn/vllm_sampling.py", "wofn_dagster/assets/generation.py")
+                              "wofn/generation.py", "wofn/vllm_sampling.py", "wofn/models.py",
+                              "wofn_dagster/assets/generation.py")
 _SCORING_CODE = code_version("beam_jobs/score_candidates.py", "beam_jobs/inference.py", "beam_jobs/io.py",
-                             "wofn/scoring.py", "wofn/tournament.py", "wofn/rm_format.py",
+                             "wofn/scoring.py", "wofn/tournament.py", "wofn/rm_format.py", "wofn/models.py",
+                             "wofn/reward_head.py",
                              "wofn_dagster/assets/generation.py")
 
 
