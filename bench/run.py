@@ -438,6 +438,7 @@ def bench_training(sizes: dict, peaks: dict) -> dict:
         def train(bf16: bool) -> dict:
             config = training.TrainConfig(epochs=1.0, batch_size=settings["rm_batch_size"],
                                           max_length=settings["rm_max_length"], bf16=bf16, val_fraction=0.0,
+                                          head=settings["rm_head"],
                                           log_every=1000)
             return training.train_reward_model(settings["rm_backbone"], pairs, config, Path(tmp) / f"rm-{bf16}")
         train(True)  # warm-up: model files cached, kernels built

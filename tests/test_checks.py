@@ -151,3 +151,32 @@ def test_student_worse_than_base_warns(tmp_path):
     (student / "manifest.json").write_text(json.dumps({"evaluation": {"accuracy": 0.59, "n": 40},
                                                        "teacher_evaluation": {"accuracy": 0.60, "n": 40}}))
     assert checks.student_not_worse_than_base(settings=resources["settings"], home=resources["home"]).passed
+
+
+def test_teacher_gate_reads_the_base_models_validation_and_warns_or_blocks(tmp_path):
+    """A real base_reward_model materialization reports its validation beside the length-only rules; the
+    gate fails below the threshold, as a warning by default and as an error (blocking) when asked."""
+    result = run(tmp_path, AssetSelection.assets("human_preferences", "eval_preferences", "base_reward_model")
+                 | AssetSelection.checks(checks.teacher_learns_preference), teacher_min_length_balanced_accuracy=1.0)
+    assert result.success  # the default gate warns
+    gate = evaluations(result)["teacher_learns_preference"]
+    assert not gate.passed and gate.severity == AssetCheckSeverity.WARN
+    assert "distil little more than length" in gate.metadata["reason"].value
+    [base] = [m for m in result.get_asset_materialization_events()
+              if m.asset_key.to_user_string() == "base_reward_model"]
+    metadata = base.event_specific_data.materialization.metadata
+    validation = json.loads((WofnHome(tmp_path).model_dir("base_reward_model") / "manifest.json").read_text()
+                            )["train_metrics"]["validation"]
+    assert validation["n"] == 6  # 10% of the tiny profile's 64 human pairs
+    assert metadata["val_length_balanced_accuracy"].value == validation["length_balanced_accuracy"]
+    assert metadata["val_shorter_wins_accuracy"].value == validation["shorter_wins_accuracy"]
+    assert gate.metadata["val_length_balanced_accuracy"].value == validation["length_balanced_accuracy"]
+
+    resources = wofn_resources(home=str(tmp_path), profile="tiny", teacher_gate="block",
+                               teacher_min_length_balanced_accuracy=1.0)
+    blocked = checks.teacher_learns_preference(settings=resources["settings"], home=resources["home"])
+    assert not blocked.passed and blocked.severity == AssetCheckSeverity.ERROR
+    resources = wofn_resources(home=str(tmp_path), profile="tiny", teacher_min_length_balanced_accuracy=-1.0)
+    assert checks.teacher_learns_preference(settings=resources["settings"], home=resources["home"]).passed
+    (spec,) = checks.teacher_learns_preference.check_specs
+    assert spec.asset_key == AssetKey("base_reward_model") and spec.blocking

@@ -54,7 +54,8 @@ def test_checks_sensor_schedule_and_jobs():
     blocking = {key for key, spec in checks.items() if spec.blocking}
     assert blocking == {("candidates", "candidates_complete"), ("candidates", "candidates_unique"),
                         ("candidate_scores", "rewards_finite"), ("west_of_n_pairs", "west_of_n_pairs_valid"),
-                        ("filtered_pairs", "filtered_pairs_valid")}
+                        ("filtered_pairs", "filtered_pairs_valid"),
+                        ("base_reward_model", "teacher_learns_preference")}  # blocks only with teacher_gate: block
     assert set(checks) - blocking == {("student_reward_model", "student_not_worse_than_base")}
     assert [s.name for s in defs.sensors] == ["prompt_inbox", "evaluations_follow_models"]
     assert [s.name for s in defs.schedules] == ["refresh_student"]

@@ -145,7 +145,8 @@ def test_graphql_lists_assets_schedule_sensors_and_checks(dagster_ui):
     assert checks == {("candidates", "candidates_complete"): True, ("candidates", "candidates_unique"): True,
                       ("candidate_scores", "rewards_finite"): True, ("west_of_n_pairs", "west_of_n_pairs_valid"): True,
                       ("filtered_pairs", "filtered_pairs_valid"): True,
-                      ("student_reward_model", "student_not_worse_than_base"): False}
+                      ("student_reward_model", "student_not_worse_than_base"): False,
+                      ("base_reward_model", "teacher_learns_preference"): True}
     (repo,) = data["repositoriesOrError"]["nodes"]
     assert [(s["name"], s["cronSchedule"], s["scheduleState"]["status"]) for s in repo["schedules"]] == [
         ("refresh_student", os.environ.get("WOFN_REFRESH_CRON", "0 * * * *"), "RUNNING")]

@@ -153,5 +153,35 @@ def student_not_worse_than_base(settings: WofnSettings, home: WofnHomeResource) 
     })
 
 
-CHECKS = [candidates_complete, candidates_unique, rewards_finite, west_of_n_pairs_valid, filtered_pairs_valid,
+@asset_check(asset="base_reward_model", blocking=True,
+             description="the teacher learned more than length: its length-balanced validation accuracy is above "
+                         "teacher_min_length_balanced_accuracy (warns; blocks with teacher_gate: block)")
+def teacher_learns_preference(settings: WofnSettings, home: WofnHomeResource) -> AssetCheckResult:
+    manifest = models.read_manifest(str(home.home.model_dir("base_reward_model")))
+    validation = (manifest.get("train_metrics") or {}).get("validation") or {}
+    severity = AssetCheckSeverity.ERROR if settings.teacher_gate == "block" else AssetCheckSeverity.WARN
+    balanced = validation.get("length_balanced_accuracy")
+    if balanced is None:
+        return AssetCheckResult(passed=False, severity=severity, metadata={"reason": MetadataValue.text(
+            "the base RM has no validation evaluation (rm_val_fraction 0, or a model trained before the gate)")})
+    floor = settings.teacher_min_length_balanced_accuracy
+    passed = balanced > floor
+    metadata = {
+        "val_length_balanced_accuracy": MetadataValue.float(balanced),
+        "val_accuracy": MetadataValue.float(validation["accuracy"]),
+        "val_longer_wins_accuracy": MetadataValue.float(validation["longer_wins_accuracy"]),
+        "val_shorter_wins_accuracy": MetadataValue.float(validation["shorter_wins_accuracy"]),
+        "val_mean_margin": MetadataValue.float(validation["mean_margin"]),
+        "val_n": MetadataValue.int(validation["n"]),
+        "threshold": MetadataValue.float(floor),
+    }
+    if not passed:
+        metadata["reason"] = MetadataValue.text(
+            f"the teacher's length-balanced validation accuracy is {100 * balanced:.1f}% <= {100 * floor:.0f}% (a "
+            f"length-only judge scores 50%): West-of-N would distil little more than length. Train it longer or "
+            f"with a larger learning rate (docs/results_teacher.md), or give it more human pairs")
+    return AssetCheckResult(passed=passed, severity=severity, metadata=metadata)
+
+
+CHECKS = [teacher_learns_preference, candidates_complete, candidates_unique, rewards_finite, west_of_n_pairs_valid, filtered_pairs_valid,
           student_not_worse_than_base]

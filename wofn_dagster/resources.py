@@ -23,7 +23,7 @@ from dagster import ConfigurableResource, EnvVar
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, field_validator
 
-from wofn import profiles
+from wofn import profiles, reward_head
 from wofn.paths import WofnHome
 from wofn.prompt_sources import check_prompt_sources
 
@@ -99,6 +99,8 @@ class WofnSettings(ConfigurableResource):
     rm_epochs: float = Field(description="training epochs for base and student RMs")
     rm_batch_size: int = Field(description="pairs per RM optimizer step")
     rm_learning_rate: float = Field(description="AdamW peak learning rate")
+    rm_warmup_ratio: float = Field(description="share of the RM training steps with linear warmup, then linear decay to 0, in [0, 1)")
+    rm_head: str = Field(description="reward head on the RM backbone (wofn/reward_head.py): 'auto' (mean pooling for sentence-transformer encoders such as all-MiniLM-L6-v2, which were trained for it; transformers' own head otherwise, i.e. the last real token for decoders), 'mean', 'last', or 'hf' (AutoModelForSequenceClassification's head: BERT's pooler, a decoder's last token); stored in the model folder")
     rm_bf16: bool = Field(description="bfloat16 autocast in RM training")
     rm_val_fraction: float = Field(description="share of the human pairs held out to pick the best checkpoint")
     rounds: int = Field(description="West-of-N rounds; round k >= 2 uses round k-1's student as teacher (1 = student_reward_model only)")
@@ -115,6 +117,8 @@ class WofnSettings(ConfigurableResource):
     length_band: float = Field(description="length_control 'band': keep candidates with best_len * (1 - band) <= num_tokens <= best_len * (1 + band), band >= 0 (0 = the same length only)")
     length_balance: bool = Field(description="after the filters, keep as many chosen-longer as chosen-shorter pairs (the most confident of each) plus every equal-length pair (sql/length_control/balance_pairs.sql); on in the default profile")
     max_accuracy_drop: float = Field(description="asset check student_not_worse_than_base warns when the student's eval accuracy is below the base's by more than this (0.02 = 2 points)")
+    teacher_min_length_balanced_accuracy: float = Field(description="asset check teacher_learns_preference fails when the base RM's length-balanced accuracy on its validation split is at most this (0.52: a length-only judge scores 0.50); West-of-N would then distil little more than length")
+    teacher_gate: str = Field(description="what a failed teacher_learns_preference does: 'warn' (the run goes on) or 'block' (nothing downstream of base_reward_model runs in that run)")
     high_confidence_fraction: float = Field(description="evaluation: share of pairs, most confident first, for high-confidence accuracy")
     torch_threads: int = Field(description="torch threads per step; 0 = all cores")
     device: str = Field(description="torch device for sampling, scoring and training (cpu, cuda)")
@@ -124,6 +128,20 @@ class WofnSettings(ConfigurableResource):
     @classmethod
     def _known_prompt_sources(cls, value: list[str]) -> list[str]:
         check_prompt_sources(value)
+        return value
+
+    @field_validator("teacher_gate")
+    @classmethod
+    def _known_gate(cls, value: str) -> str:
+        if value not in ("warn", "block"):
+            raise ValueError(f"teacher_gate must be 'warn' or 'block', got {value!r}")
+        return value
+
+    @field_validator("rm_head")
+    @classmethod
+    def _known_head(cls, value: str) -> str:
+        if value not in reward_head.HEADS:
+            raise ValueError(f"rm_head must be one of {', '.join(reward_head.HEADS)}, got {value!r}")
         return value
 
     @classmethod

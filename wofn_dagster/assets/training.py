@@ -12,7 +12,7 @@ from wofn.paths import WofnHome, content_hash
 from wofn_dagster.assets.common import batch_versions, code_version, png_markdown, read_table
 from wofn_dagster.resources import PolicyResource, RewardModelResource, WofnHomeResource, WofnSettings
 
-_TRAINING_CODE = code_version("wofn/training.py", "wofn/pairwise.py", "wofn/models.py", "wofn/rm_format.py",
+_TRAINING_CODE = code_version("wofn/training.py", "wofn/pairwise.py", "wofn/models.py", "wofn/reward_head.py", "wofn/rm_format.py",
                               "wofn/evaluation.py", "wofn_dagster/assets/training.py")
 
 
@@ -20,6 +20,7 @@ def _train_config(settings: WofnSettings) -> training.TrainConfig:
     return training.TrainConfig(
         epochs=settings.rm_epochs, batch_size=settings.rm_batch_size,
         learning_rate=settings.rm_learning_rate, max_length=settings.rm_max_length,
+        warmup_ratio=settings.rm_warmup_ratio, head=settings.rm_head,
         seed=settings.seed, bf16=settings.rm_bf16, device=settings.device,
         val_fraction=settings.rm_val_fraction,
     )
@@ -121,8 +122,19 @@ def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, ho
     _record_model(context, h, "base_reward_model", manifest)
     context.log.info("base RM on eval pairs: accuracy %.3f, length-balanced %.3f (n=%d)",
                      result["accuracy"], result["length_balanced_accuracy"], result["n"])
+    validation = metrics.get("validation") or {}
+    if validation:
+        context.log.info(
+            "base RM on its validation split: accuracy %.3f, length-balanced %.3f, mean margin %+.3f "
+            "(longer wins %.3f, shorter wins %.3f; n=%d)", validation["accuracy"],
+            validation["length_balanced_accuracy"] or float("nan"), validation["mean_margin"],
+            validation["longer_wins_accuracy"], validation["shorter_wins_accuracy"], validation["n"])
     return MaterializeResult(
         metadata={
+            **{f"val_{key}": MetadataValue.float(validation[key]) for key in (
+                "accuracy", "length_balanced_accuracy", "mean_margin", "longer_wins_accuracy", "shorter_wins_accuracy")
+               if validation.get(key) is not None},
+            "head": MetadataValue.text(manifest.get("head", "hf")),
             "eval_accuracy": MetadataValue.float(result["accuracy"]),
             "eval_length_balanced_accuracy": MetadataValue.float(result["length_balanced_accuracy"]),
             "eval_n": MetadataValue.int(result["n"]),
