@@ -192,10 +192,19 @@ def test_cli_evaluate_table_json_and_output(trained_rm, tmp_path, capsys):
     out_file = tmp_path / "results" / "all.json"
     assert cli.main(["evaluate", "--model", trained_rm, "--model", models.TINY_BERT, "--pairs", f1, "--pairs", f2,
                      "--max-pairs", "6", "--output", str(out_file)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = [r for r in printed if "comparison" not in r]
     assert [(r["model"], r["pairs"], r["n"]) for r in lines] == [
         (trained_rm, f1, 6), (trained_rm, f2, 6), (models.TINY_BERT, f1, 6), (models.TINY_BERT, f2, 6)]
-    assert json.loads(out_file.read_text()) == lines
+    assert json.loads(out_file.read_text()) == printed
+    # the second model minus the first, per pairs file, on the same pairs
+    comparisons = [r["comparison"] for r in printed if "comparison" in r]
+    assert [(c["model"], c["baseline"], c["pairs"], c["n"]) for c in comparisons] == [
+        (models.TINY_BERT, trained_rm, f1, 6), (models.TINY_BERT, trained_rm, f2, 6)]
+    for c, untrained in zip(comparisons, [r for r in lines if r["model"] == models.TINY_BERT]):
+        trained = next(r for r in lines if r["model"] == trained_rm and r["pairs"] == c["pairs"])
+        assert c["accuracy"]["difference"] == pytest.approx(untrained["accuracy"] - trained["accuracy"])
+        assert c["accuracy"]["low"] <= c["accuracy"]["difference"] <= c["accuracy"]["high"]
     assert lines[0]["by_source"] == {"one.jsonl": {"n": 6, "accuracy": lines[0]["accuracy"],
                                                    "length_balanced_accuracy": lines[0]["length_balanced_accuracy"]}}
 

@@ -88,6 +88,10 @@ def test_filter_quantiles():
     (lambda t: "[1, 2", "not valid YAML"),
     (lambda t: t + "\ntune: {rm_dropout: [0.1]}\n", r"tune: \['rm_dropout'\] cannot be tuned"),
     (lambda t: t + "\ntune: {rm_epochs: [1, -2]}\n", "tune.rm_epochs: every value must be a positive float"),
+    (lambda t: t + "\ntune: {rm_head: [mean, cls]}\n", r"tune.rm_head: every value must be one of"),
+    (lambda t: t + "\ntune: {rm_warmup_ratio: [0, 1]}\n", r"tune.rm_warmup_ratio: every value must be in \[0, 1\)"),
+    (lambda t: t + "\ntune: {rm_epochs: [1, 2]}\ntune_seeds: [0, 0]\n", "tune_seeds must be distinct integers"),
+    (lambda t: t + "\ntune_seeds: [0, 1]\n", "tune_seeds needs a tune: mapping"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, rm_val_fraction: 0") + "\ntune: {rm_epochs: [1, 2]}\n",
      "tune needs a validation split"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, prompt_sources: [unlabeled, forum]"),
@@ -222,6 +226,14 @@ def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
         assert re.search(rf"\| student \| {strategy} \| {n} \| {filter_name} \| {re.escape(length)} \| 2 \| [0-9]+ \| "
                          rf"{longer:.0f}% / {shorter:.0f}% \|", text)
     assert "Students trained: **10 of 10** cells." in text
+    # Δ acc / Δ len-bal: paired by seed, with a 95% interval over seeds and pairs from the stored margins
+    for row in reporting.arms_table(exp.results(), cfg):
+        for metric in ("accuracy", "length_balanced_accuracy"):
+            ci = row[f"ci_{metric}"]
+            assert ci["seeds"] == 2 and ci["low"] <= ci["difference"] <= ci["high"]
+            assert ci["difference"] == pytest.approx(statistics.mean(row[f"delta_{metric}"]))
+            assert reporting.fmt_delta(row, metric) in text
+    assert re.search(r"\| [+-][0-9.]+ \[[+-][0-9.]+, [+-][0-9.]+\]( \(noise\))? \|", text)
     # the two halves of the length-balanced accuracy, base and every arm, from the stored evaluations
     assert "| model | strategy | N | filter | length control | acc, chosen longer | Δ | acc, chosen shorter | Δ |" in text
     base = exp.results()["bases"]
@@ -290,7 +302,7 @@ def test_dagster_job_runs_a_grid_from_scratch(tmp_path):
     cfg_path = tmp_path / "one.yaml"
     cfg_path.write_text(TINY.split("grid:")[0].replace("name: tiny", "name: one") +
                         "grid: {strategies: [west_of_n], n: [2], filters: [none], seeds: [0]}\n"
-                        "tune: {rm_learning_rate: [0.001, 0.0001]}\n")
+                        "tune: {rm_learning_rate: [0.001, 0.0001]}\ntune_seeds: [0, 1]\n")
     out = tmp_path / "one.md"
     with DagsterInstance.ephemeral() as instance:
         result = experiment.execute_in_process(
@@ -306,6 +318,9 @@ def test_dagster_job_runs_a_grid_from_scratch(tmp_path):
     assert [t["settings"]["rm_learning_rate"] for t in tuned["trials"]] == [0.001, 0.0001]
     best = max(tuned["trials"], key=lambda t: (t["val_accuracy"], -t["val_loss"]))
     assert tuned["settings"] == best["settings"]
+    for trial in tuned["trials"]:  # each combination once per tune seed, the mean decides
+        assert trial["seeds"] == [0, 1] and len(trial["val_accuracy_by_seed"]) == 2
+        assert trial["val_accuracy"] == pytest.approx(statistics.mean(trial["val_accuracy_by_seed"]))
     manifest = json.loads((exp.base_dir(0) / "model" / "manifest.json").read_text())
     assert manifest["train_config"]["learning_rate"] == tuned["settings"]["rm_learning_rate"]
     assert exp.settings["rm_learning_rate"] == tuned["settings"]["rm_learning_rate"]  # a new Experiment reads it

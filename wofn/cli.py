@@ -1,7 +1,9 @@
 """`wofn`: work outside the Dagster UI.
 
     wofn evaluate --model DIR [--model DIR ...] --pairs FILE [--pairs FILE ...] [--format table]
-                                                               one JSON line per (model, pairs file)
+                                                               one JSON line per (model, pairs file); with
+                                                               2+ models, each one minus the first with a
+                                                               95% paired-bootstrap interval
     wofn sql QUERY_OR_FILE [--param name=value ...] [--view name=PATH ...]
                                                                a table, from the catalog
     wofn export --output FILE.parquet|FILE.jsonl [--table filtered_pairs] [--format trl]
@@ -131,17 +133,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     for path, pairs in pair_sets:
         if not pairs:
             raise data.InputError(f"{path}: no pairs to evaluate")
-    results = []
+    results, margins = [], []
     for model in args.model:
         rm = models.load_reward_model(model, device=args.device)  # once per model
         for path, pairs in pair_sets:
             result = {"pairs": path, **evaluation.evaluate_loaded(
-                rm, pairs, args.max_length, high_confidence_fraction=args.high_confidence_fraction)}
+                rm, pairs, args.max_length, high_confidence_fraction=args.high_confidence_fraction, with_margins=True)}
+            margins.append({**result})
+            result.pop("margins")
             results.append(result)
             if args.format == "json":
                 print(json.dumps(result), flush=True)
+    comparisons = evaluation.compare(margins, dict(pair_sets))
     if args.format == "table":
         print(evaluation.format_table(results), flush=True)
+        if comparisons:
+            print("\n" + evaluation.format_comparison(comparisons), flush=True)
+    else:
+        for row in comparisons:
+            print(json.dumps({"comparison": row}), flush=True)
+    results += [{"comparison": row} for row in comparisons]
     if args.output:
         out = Path(args.output)
         try:

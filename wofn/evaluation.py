@@ -149,8 +149,10 @@ def margins(rm: models.LoadedModel, pairs: list[dict], max_length: int, token_bu
 
 
 def evaluate_loaded(rm: models.LoadedModel, pairs: list[dict], max_length: int | None = None,
-                    token_budget: int | None = None, high_confidence_fraction: float = 0.25) -> dict:
-    """`{"model", "revision", **metrics_from_margins(...)}` for a loaded model.
+                    token_budget: int | None = None, high_confidence_fraction: float = 0.25,
+                    with_margins: bool = False) -> dict:
+    """`{"model", "revision", **metrics_from_margins(...)}` for a loaded model (and `margins`, the
+    per-pair margins in input order, with `with_margins`: what paired comparisons need).
 
     `max_length` defaults to the model folder's manifest.json `max_length`, else 256.
     """
@@ -161,13 +163,54 @@ def evaluate_loaded(rm: models.LoadedModel, pairs: list[dict], max_length: int |
     max_length = max_length or models.read_manifest(rm.path).get("max_length", DEFAULT_MAX_LENGTH)
     values = margins(rm, pairs, max_length, token_budget)
     return {"model": rm.name, "revision": rm.revision,
-            **metrics_from_margins(values, pairs, high_confidence_fraction)}
+            **metrics_from_margins(values, pairs, high_confidence_fraction),
+            **({"margins": values} if with_margins else {})}
 
 
 def evaluate(model: str, pairs: list[dict], device: str = "cpu", max_length: int | None = None,
-             high_confidence_fraction: float = 0.25) -> dict:
+             high_confidence_fraction: float = 0.25, with_margins: bool = False) -> dict:
     return evaluate_loaded(models.load_reward_model(model, device=device), pairs, max_length,
-                           high_confidence_fraction=high_confidence_fraction)
+                           high_confidence_fraction=high_confidence_fraction, with_margins=with_margins)
+
+
+def compare(results: list[dict], pair_sets: dict[str, list[dict]]) -> list[dict]:
+    """Every model minus the first one, per pairs file, on the same pairs: accuracy and length-balanced
+    accuracy differences with 95% paired-bootstrap intervals (`wofn.stats.paired_difference`).
+
+    `results`: evaluations with `margins` and `pairs` (the pairs file's name, a key of `pair_sets`),
+    in model order; the first model seen for a pairs file is the baseline."""
+    from wofn import stats
+
+    baselines: dict[str, dict] = {}
+    rows = []
+    for result in results:
+        name = result["pairs"]
+        if name not in baselines:
+            baselines[name] = result
+            continue
+        base = baselines[name]
+        signs = stats.length_signs(pair_sets[name])
+        row = {"pairs": name, "model": result["model"], "baseline": base["model"], "n": len(signs)}
+        for metric in stats.METRICS:
+            row[metric] = stats.paired_difference([stats.correct_from_margins(base["margins"])],
+                                                  [stats.correct_from_margins(result["margins"])], signs, metric)
+        rows.append(row)
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """The paired differences as text lines, one per (model, pairs file)."""
+    from wofn import stats
+
+    if not rows:
+        return ""
+    out = ["paired differences to the first model (same pairs; 95% bootstrap interval over the pairs; "
+           "\"within noise\" when it contains 0):"]
+    for row in rows:
+        out.append(f"  {row['model']} - {row['baseline']} on {row['pairs']} (n={row['n']}): accuracy "
+                   f"{stats.describe(row['accuracy'])}; len-balanced accuracy "
+                   f"{stats.describe(row['length_balanced_accuracy'])}")
+    return "\n".join(out)
 
 
 def _pct(value: float | None) -> str:

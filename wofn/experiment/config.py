@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from wofn import pairs, profiles, prompt_sources
+from wofn import pairs, profiles, prompt_sources, reward_head
 
 FILTERS = ("none", "confidence", "likelihood", "both")
 # Length control of a pair set: a selection option of the pair step (pairs.LENGTH_CONTROLS: rank by
@@ -40,11 +40,14 @@ LENGTHS = ("none", "residual", "residual_per_prompt", "band", "balanced",
 GRID_KEYS = {"strategies": "strategy", "n": "n", "filters": "filter", "seeds": "seed"}
 OPTIONAL_GRID_KEYS = {"length": "length"}
 SLICE_KEYS = ("strategy", "n", "filter", "length")
-TOP_KEYS = ("name", "profile", "settings", "grid", "train", "teacher_seed", "keep_students", "tune")
+TOP_KEYS = ("name", "profile", "settings", "grid", "train", "teacher_seed", "keep_students", "tune", "tune_seeds")
 # Reward-model training settings `tune:` may sweep: each combination trains a base RM on the training
 # split of the human pairs, the best accuracy on the held-out validation split (rm_val_fraction) wins,
-# and base RMs and students then train with it. The evaluation pairs are never looked at.
-TUNABLE = {"rm_learning_rate": float, "rm_epochs": float, "rm_batch_size": int, "rm_max_length": int}
+# and base RMs and students then train with it. The evaluation pairs are never looked at. With
+# `tune_seeds: [0, 1, 2]` each combination trains once per seed (each seed holds out its own validation
+# split) and the mean validation accuracy decides: one 10% split of ~1k pairs is too small to decide alone.
+TUNABLE = {"rm_learning_rate": float, "rm_epochs": float, "rm_batch_size": int, "rm_max_length": int,
+           "rm_warmup_ratio": float, "rm_head": str}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -106,6 +109,7 @@ class ExperimentConfig:
     teacher_seed: int = field(default=0, metadata={"help": "the base RM (by seed) that scores the candidates"})
     keep_students: bool = field(default=False, metadata={"help": "keep student model folders after evaluation"})
     tune: tuple[tuple[str, tuple], ...] = field(default=(), metadata={"help": "(setting, values) swept on validation"})
+    tune_seeds: tuple[int, ...] = field(default=(), metadata={"help": "seeds each tune combination trains with (empty: teacher_seed)"})
     source: str = field(default="", metadata={"help": "the config file"})
     text: str = field(default="", metadata={"help": "the config file's text, as run"})
 
@@ -230,7 +234,13 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
     if not isinstance(keep, bool):
         raise ConfigError(f"{source}: keep_students must be true or false, got {keep!r}")
     tune = _parse_tune(raw.get("tune"), settings, source)
-    return ExperimentConfig(name=name, profile=profile, settings=settings, tune=tune, strategies=tuple(strategies),
+    tune_seeds = tuple(_as_list(raw["tune_seeds"], f"{source}: tune_seeds")) if "tune_seeds" in raw else ()
+    if tune_seeds and not tune:
+        raise ConfigError(f"{source}: tune_seeds needs a tune: mapping (the settings to sweep)")
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in tune_seeds) or len(set(tune_seeds)) != len(tune_seeds):
+        raise ConfigError(f"{source}: tune_seeds must be distinct integers, got {list(tune_seeds)}")
+    return ExperimentConfig(name=name, profile=profile, settings=settings, tune=tune, tune_seeds=tune_seeds,
+                            strategies=tuple(strategies),
                             ns=tuple(sorted(ns)), filters=tuple(filters), seeds=tuple(seeds), train=tuple(train),
                             lengths=tuple(lengths),
                             teacher_seed=teacher_seed, keep_students=keep, source=source, text=text)
@@ -251,8 +261,14 @@ def _parse_tune(raw, settings: dict, source: str) -> tuple[tuple[str, tuple], ..
     for key, values in raw.items():
         values = _as_list(values, f"{source}: tune.{key}")
         kind = TUNABLE[key]
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (kind is int and not isinstance(v, int))
-               for v in values):
+        if key == "rm_head":
+            if any(v not in reward_head.HEADS for v in values):
+                raise ConfigError(f"{source}: tune.rm_head: every value must be one of {list(reward_head.HEADS)}, got {values}")
+        elif key == "rm_warmup_ratio":
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1 for v in values):
+                raise ConfigError(f"{source}: tune.rm_warmup_ratio: every value must be in [0, 1), got {values}")
+        elif any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (kind is int and not isinstance(v, int))
+                 for v in values):
             raise ConfigError(f"{source}: tune.{key}: every value must be a positive {kind.__name__}, got {values}")
         out.append((key, tuple(kind(v) for v in values)))
     return tuple(out)

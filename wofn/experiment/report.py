@@ -12,6 +12,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from wofn import stats
 from wofn.experiment.config import ExperimentConfig
 
 METRICS = (("accuracy", "acc"), ("length_balanced_accuracy", "len-bal acc"), ("high_confidence_accuracy", "high-conf acc"))
@@ -63,8 +64,31 @@ def arms_table(results: dict, config: ExperimentConfig) -> list[dict]:
             row[f"delta_{key}"] = [c[key] - base[c["seed"]][key] for c in cells
                                    if c["seed"] in base and c.get(key) is not None
                                    and base[c["seed"]].get(key) is not None]
+        row.update(intervals(cells, base))
         rows.append(row)
     return rows
+
+
+def intervals(cells: list[dict], base: dict[int, dict]) -> dict:
+    """{"ci_accuracy": ..., "ci_length_balanced_accuracy": ...}: the students minus their bases (paired by
+    seed, on the same evaluation pairs) with 95% bootstrap intervals over seeds and pairs
+    (`wofn.stats.paired_difference`); empty when results predate the stored per-pair margins."""
+    paired = [(base[c["seed"]], c) for c in cells if c["seed"] in base]
+    if not paired or any("margins" not in b or "margins" not in c or "length_signs" not in b for b, c in paired):
+        return {}
+    a = [stats.correct_from_margins(b["margins"]) for b, _ in paired]
+    b = [stats.correct_from_margins(c["margins"]) for _, c in paired]
+    signs = [b_["length_signs"] for b_, _ in paired]
+    return {f"ci_{metric}": stats.paired_difference(a, b, signs, metric) for metric in stats.METRICS}
+
+
+def fmt_delta(row: dict, key: str) -> str:
+    """The paired Δ: mean [95% CI] with "within noise" marked, else mean ± sd over seeds."""
+    ci = row.get(f"ci_{key}")
+    if ci is None:
+        return fmt(row[f"delta_{key}"], signed=True)
+    text = f"{100 * ci['difference']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
+    return text + (" (noise)" if ci["within_noise"] else "")
 
 
 def _base_row(results: dict) -> dict:
@@ -106,7 +130,9 @@ def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
               "is longer and where it is shorter (any length-only rule scores 50.0). "
               f"high-conf acc: accuracy on the {100 * b0['high_confidence_fraction']:g}% of pairs with the largest |margin|. "
               "chosen longer / shorter: share of the student's synthetic pairs whose chosen response is the longer / "
-              "the shorter one (policy tokens; equal lengths are the rest).",
+              "the shorter one (policy tokens; equal lengths are the rest). Where the per-pair margins were "
+              "stored, Δ acc and Δ len-bal are the mean difference with a 95% bootstrap interval over seeds and "
+              "evaluation pairs [low, high], marked (noise) when the interval contains 0.",
               "",
               "| model | strategy | N | filter | length control | seeds | synthetic pairs | chosen longer / shorter | acc | Δ acc | len-bal acc | Δ len-bal | high-conf acc | Δ high-conf |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -117,8 +143,8 @@ def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
     for row in arms_table(results, config):
         lines.append(
             f"| student | {row['strategy']} | {row['n']} | {row['filter']} | {row['length']} | {row['seeds']} | {row['synthetic_pairs']:.0f} | "
-            f"{_longer_shorter(row)} | {fmt(row['accuracy'])} | {fmt(row['delta_accuracy'], signed=True)} | "
-            f"{fmt(row['length_balanced_accuracy'])} | {fmt(row['delta_length_balanced_accuracy'], signed=True)} | "
+            f"{_longer_shorter(row)} | {fmt(row['accuracy'])} | {fmt_delta(row, 'accuracy')} | "
+            f"{fmt(row['length_balanced_accuracy'])} | {fmt_delta(row, 'length_balanced_accuracy')} | "
             f"{fmt(row['high_confidence_accuracy'])} | {fmt(row['delta_high_confidence_accuracy'], signed=True)} |")
     return lines
 
@@ -288,13 +314,16 @@ def write_report(results: dict, config: ExperimentConfig, path: Path, command: s
              f"Config (`{config.source}`, digest {config.digest}):", "", "```yaml", config.text.strip(), "```", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     if results.get("tune"):
-        lines += ["", "Training settings tuned on the validation split of the human pairs (one base RM per row, "
-                  "seed = teacher_seed); base RMs and students use the chosen row:", "",
+        seeds = results["tune"]["trials"][0].get("seeds", [config.teacher_seed])
+        lines += ["", "Training settings tuned on the validation split of the human pairs (one base RM per row and "
+                  f"seed, seeds {', '.join(map(str, seeds))}, each with its own validation split; the mean decides); "
+                  "base RMs and students use the chosen row:", "",
                   "| " + " | ".join(results["tune"]["settings"]) + " | validation accuracy | validation loss | chosen |",
                   "|" + "---|" * (len(results["tune"]["settings"]) + 3)]
         for trial in results["tune"]["trials"]:
             mark = "✓" if trial["settings"] == results["tune"]["settings"] else ""
-            lines.append("| " + " | ".join(f"{v:g}" for v in trial["settings"].values())
+            lines.append("| " + " | ".join(f"{v:g}" if isinstance(v, (int, float)) else str(v)
+                                           for v in trial["settings"].values())
                          + f" | {100 * trial['val_accuracy']:.1f} | {trial['val_loss']:.4f} | {mark} |")
     lines += ["", f"Students trained: **{done} of {total}** cells." + ("" if done == total else " (run not finished)"), "",
               "## Results", ""]

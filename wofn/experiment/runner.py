@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wofn import data, evaluation, models, pairs, prompt_sources, training
+from wofn import data, evaluation, models, pairs, prompt_sources, stats, training
 from wofn.experiment.config import Cell, ExperimentConfig, filter_quantiles, split_length
 from wofn.paths import REPO_ROOT, content_hash, publish, staging_dir
 
@@ -99,6 +99,7 @@ class Experiment:
         s = self.settings
         return training.TrainConfig(epochs=s["rm_epochs"], batch_size=s["rm_batch_size"],
                                     learning_rate=s["rm_learning_rate"], max_length=s["rm_max_length"], seed=seed,
+                                    warmup_ratio=s["rm_warmup_ratio"], head=s["rm_head"],
                                     bf16=s["rm_bf16"], device=s["device"], val_fraction=s["rm_val_fraction"])
 
     def threads(self) -> int:
@@ -166,9 +167,13 @@ class Experiment:
         return result
 
     def _evaluate(self, model_dir: Path) -> dict:
-        """Metrics on the evaluation pairs; their count is `eval_n` (`n` is a cell's N)."""
-        result = evaluation.evaluate(str(model_dir), self.eval_pairs(), device=self.settings["device"],
-                                     high_confidence_fraction=self.settings["high_confidence_fraction"])
+        """Metrics on the evaluation pairs; their count is `eval_n` (`n` is a cell's N). With the per-pair
+        margins and the pairs' length signs, which the report's paired intervals are computed from."""
+        eval_pairs = self.eval_pairs()
+        result = evaluation.evaluate(str(model_dir), eval_pairs, device=self.settings["device"],
+                                     high_confidence_fraction=self.settings["high_confidence_fraction"],
+                                     with_margins=True)
+        result["length_signs"] = stats.length_signs(eval_pairs)
         return {("eval_n" if k == "n" else k): v for k, v in result.items() if k != "model"}
 
     def score(self) -> Path:
@@ -297,48 +302,60 @@ class Experiment:
         bases = [read_json(self.base_dir(s) / EVAL_FILE) for s in self.config.seeds
                  if (self.base_dir(s) / EVAL_FILE).exists()]
         cells = [read_json(self.cell_file(c)) for c in self.config.cells() if self.cell_file(c).exists()]
-        stats = read_json(self.path("pair_stats.json")) if self.path("pair_stats.json").exists() else []
+        pair_stats = read_json(self.path("pair_stats.json")) if self.path("pair_stats.json").exists() else []
         tuned = read_json(self.path("tune", "chosen.json")) if self.path("tune", "chosen.json").exists() else None
-        return {"bases": bases, "cells": cells, "pair_stats": stats, "tune": tuned,
+        return {"bases": bases, "cells": cells, "pair_stats": pair_stats, "tune": tuned,
                 "cells_total": len(self.config.cells())}
 
     def tune(self) -> dict | None:
-        """Sweep the `tune:` settings: one base RM per combination (seed teacher_seed), the best
-        validation accuracy (ties: lower validation loss) becomes the settings of every later training."""
+        """Sweep the `tune:` settings: one base RM per combination and seed of `tune_seeds` (default:
+        teacher_seed), the best mean validation accuracy (ties: lower validation loss) becomes the
+        settings of every later training."""
         if not self.config.tune:
             return None
         chosen_file = self.path("tune", "chosen.json")
         if chosen_file.exists():
             return read_json(chosen_file)
         keys = [key for key, _ in self.config.tune]
+        seeds = self.config.tune_seeds or (self.config.teacher_seed,)
         trials = []
         for values in product(*(values for _, values in self.config.tune)):
             combo = dict(zip(keys, values))
-            name = "_".join(f"{k}={v:g}" for k, v in combo.items())
-            result_file = self.path("tune", f"{name}.json")
-            if not result_file.exists():
-                models.set_torch_threads(self.threads())
-                settings, self.settings = self.settings, {**self.config.settings, **combo}
-                try:
-                    out = self.path("tune", name)
-                    log.info("tune %s: training a base RM", name)
-                    metrics = training.train_reward_model(self.settings["rm_backbone"], self.human_pairs(),
-                                                          self.train_config(self.config.teacher_seed), out)
-                finally:
-                    self.settings = settings
-                shutil.rmtree(out, ignore_errors=True)
-                best = max(metrics["validations"], key=lambda v: (v["val_accuracy"], -v["val_loss"]))
-                write_json(result_file, {"settings": combo, "val_accuracy": best["val_accuracy"],
-                                         "val_loss": best["val_loss"], "best_step": best["step"],
-                                         "train_seconds": metrics["seconds"]})
-                log.info("tune %s: validation accuracy %.3f", name, best["val_accuracy"])
-            trials.append(read_json(result_file))
+            name = "_".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in combo.items())
+            runs = [self._tune_run(combo, name if seeds == (self.config.teacher_seed,) else f"{name}_seed={seed}", seed)
+                    for seed in seeds]
+            trials.append({"settings": combo, "seeds": list(seeds),
+                           "val_accuracy": statistics.fmean(r["val_accuracy"] for r in runs),
+                           "val_loss": statistics.fmean(r["val_loss"] for r in runs),
+                           "val_accuracy_by_seed": [r["val_accuracy"] for r in runs],
+                           "train_seconds": sum(r["train_seconds"] for r in runs)})
         chosen = max(trials, key=lambda t: (t["val_accuracy"], -t["val_loss"]))
         result = {"settings": chosen["settings"], "trials": trials}
         write_json(chosen_file, result)
         self.settings = {**self.config.settings, **chosen["settings"]}
         log.info("tune: chose %s (validation accuracy %.3f)", chosen["settings"], chosen["val_accuracy"])
         return result
+
+    def _tune_run(self, combo: dict, name: str, seed: int) -> dict:
+        """One tune base RM (settings `combo`, seed `seed`), trained unless its result file exists."""
+        result_file = self.path("tune", f"{name}.json")
+        if not result_file.exists():
+            models.set_torch_threads(self.threads())
+            settings, self.settings = self.settings, {**self.config.settings, **combo}
+            try:
+                out = self.path("tune", name)
+                log.info("tune %s: training a base RM", name)
+                metrics = training.train_reward_model(self.settings["rm_backbone"], self.human_pairs(),
+                                                      self.train_config(seed), out)
+            finally:
+                self.settings = settings
+            shutil.rmtree(out, ignore_errors=True)
+            best = max(metrics["validations"], key=lambda v: (v["val_accuracy"], -v["val_loss"]))
+            write_json(result_file, {"settings": combo, "seed": seed, "val_accuracy": best["val_accuracy"],
+                                     "val_loss": best["val_loss"], "best_step": best["step"],
+                                     "train_seconds": metrics["seconds"]})
+            log.info("tune %s: validation accuracy %.3f", name, best["val_accuracy"])
+        return read_json(result_file)
 
     def inputs(self) -> None:
         """Everything before the students: tuning (if asked), candidates, the base RMs, the teacher's
@@ -424,7 +441,7 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     steps = {"sampling": 0.0 if done(lambda: exp.path("sampled.json")) else
              candidates * tokens_per_candidate / sampling["generated_tokens_per_s"]}
     steps["scoring"] = 0.0 if done(lambda: exp.path("scores")) else candidates / seqs_per_s
-    combos = math.prod(len(values) for _, values in config.tune) if config.tune else 0
+    combos = math.prod(len(values) for _, values in config.tune) * max(1, len(config.tune_seeds)) if config.tune else 0
     steps["tuning"] = 0.0 if done(lambda: exp.path("tune", "chosen.json")) else combos * train_seconds(human)
     steps["base_models"] = sum(train_seconds(human) for seed in config.seeds
                                if not done(lambda: exp.base_dir(seed) / EVAL_FILE))
