@@ -42,3 +42,17 @@ def test_bad_jsonl_line_is_named(tmp_path):
     path.write_text('{"prompt": "a"}\nnot json\n')
     with pytest.raises(data.InputError, match=r"bad\.jsonl: line 2"):
         data.load_prompts(path)
+
+
+def test_hash_part_is_a_stable_disjoint_split_of_the_pairs():
+    rows = data.load_preferences(DATA_DIR / "uf_train.parquet").to_pylist()
+    held, rest = data.hash_part(rows, "holdout"), data.hash_part(rows, "rest")
+    ids = lambda part: {r["pair_id"] for r in part}  # noqa: E731
+    assert ids(held).isdisjoint(ids(rest)) and len(held) + len(rest) == len(rows)
+    assert 0.4 < len(held) / len(rows) < 0.6
+    # a row's part depends on its own id only: the same split from a shuffled subset
+    subset = rows[::-1][:300]
+    assert ids(data.hash_part(subset, "holdout")) == ids(held) & ids(subset)
+    assert len(held) == 451  # docs/results_teacher.md's UF held-out set
+    with pytest.raises(ValueError, match="part must be"):
+        data.hash_part(rows, "train")

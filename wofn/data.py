@@ -216,3 +216,20 @@ def training_pairs(settings: dict) -> list[dict]:
     table, _ = training_preferences(settings["human_pairs"], settings.get("max_human_pairs"),
                                     settings.get("extra_human_pairs"), settings.get("max_extra_human_pairs"))
     return table.to_pylist()
+
+
+def hash_part(rows: list[dict], part: str, fraction: float = 0.5, salt: str = "holdout") -> list[dict]:
+    """A deterministic split of pairs by the hash of their `pair_id`: `part="holdout"` gives the rows
+    whose bucket int(sha256(salt:pair_id)[:8], 16) / 2**32 is below `fraction`, `part="rest"` the others.
+    The same rows land in the same part on every machine and whatever else the file holds, so one part
+    can stay out of every training (e.g. a second held-out set cut from data/uf_train.parquet)."""
+    if part not in ("holdout", "rest"):
+        raise ValueError(f"part must be 'holdout' or 'rest', got {part!r}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+
+    def held(row: dict) -> bool:
+        digest = hashlib.sha256(f"{salt}:{row['pair_id']}".encode()).hexdigest()
+        return int(digest[:8], 16) / 2**32 < fraction
+
+    return [r for r in rows if held(r) == (part == "holdout")]
