@@ -79,3 +79,26 @@ def test_real_pickle_checkpoint_is_refused_unless_the_user_opts_in(tmp_path):
         score_candidates.run(args, save_main_session=False)
     score_candidates.run(args + ["--allow-pickle"], save_main_session=False)
     assert pq.read_table(tmp_path / "scores").num_rows == 1
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_named(tmp_path, monkeypatch, caplog):
+    """A CPU without the AVX512-BF16 / AMX-BF16 flags runs bf16 ~50x slower than fp32: say so, with the fix."""
+    emulating = tmp_path / "cpuinfo-avx2"
+    emulating.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n")
+    native = tmp_path / "cpuinfo-amx"
+    native.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    assert models.cpu_has_native_bf16(emulating) is False
+    assert models.cpu_has_native_bf16(native) is True
+    assert models.cpu_has_native_bf16(tmp_path / "missing") is None  # not Linux: nothing to say
+
+    monkeypatch.setattr(models, "CPUINFO", emulating)
+    with caplog.at_level("WARNING", logger="wofn.models"):
+        models.load_reward_model(models.TINY_BERT, dtype="bfloat16")
+    assert "without native bf16" in caplog.text and "score_dtype: float32" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wofn.models"):
+        models.load_reward_model(models.TINY_BERT, dtype="float32")
+        assert not models.warn_if_slow_bf16("cuda", "x", "y")  # GPUs are not this check's business
+    assert "without native bf16" not in caplog.text
+    monkeypatch.setattr(models, "CPUINFO", native)
+    assert not models.warn_if_slow_bf16("cpu", "x", "y")

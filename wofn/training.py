@@ -161,6 +161,8 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
     if not pairs:
         raise ValueError("no training pairs")
     torch.manual_seed(config.seed)
+    if config.bf16:
+        models.warn_if_slow_bf16(config.device, "reward-model training", "rm_bf16: false (TrainConfig.bf16=False)")
     rm = models.load_reward_model(init, device=config.device, head=config.head)
     model, tokenizer = rm.model, rm.tokenizer
     model.train()
