@@ -223,3 +223,26 @@ def test_cli_evaluate_bad_input_exits_2(trained_rm, tmp_path, capsys):
     assert "--high-confidence-fraction" in capsys.readouterr().err
     assert cli.main(["evaluate", "--model", str(tmp_path / "no-model"), "--pairs", good]) == 2
     assert "no-model" in capsys.readouterr().err
+
+
+def test_cli_evaluate_compares_seeds_of_one_model_seed_by_seed(trained_rm, tmp_path, capsys):
+    pairs = _write_jsonl(tmp_path / "p.jsonl", make_toy_pairs(20, 6))
+    assert cli.main(["evaluate", "--model", f"{trained_rm},{trained_rm}", "--model", f"{models.TINY_BERT},{models.TINY_BERT}",
+                     "--pairs", pairs, "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert f"{models.TINY_BERT},{models.TINY_BERT} - {trained_rm},{trained_rm} on {pairs} (n=20, 2 seeds): accuracy" in out
+    assert cli.main(["evaluate", "--model", f"{trained_rm},{trained_rm}", "--model", models.TINY_BERT,
+                     "--pairs", pairs]) == 2
+    assert "same number of seeds" in capsys.readouterr().err
+
+
+def test_compare_pairs_seeds_in_order():
+    pairs = [{"chosen": "aa", "rejected": "a"}, {"chosen": "a", "rejected": "aa"}] * 5
+    base = [{"model": f"b{s}", "group": "base", "pairs": "f", "margins": [-1.0] * 10} for s in range(2)]
+    student = [{"model": f"s{s}", "group": "student", "pairs": "f", "margins": [1.0] * 10} for s in range(2)]
+    [row] = evaluation.compare(base + student, {"f": pairs})
+    assert (row["model"], row["baseline"], row["seeds"], row["n"]) == ("student", "base", 2, 10)
+    assert row["accuracy"]["difference"] == 1.0 and not row["accuracy"]["within_noise"]
+    assert row["length_balanced_accuracy"]["difference"] == 1.0
+    with pytest.raises(ValueError, match="1 seeds to compare with 2"):
+        evaluation.compare(base + student[:1], {"f": pairs})

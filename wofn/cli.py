@@ -3,7 +3,8 @@
     wofn evaluate --model DIR [--model DIR ...] --pairs FILE [--pairs FILE ...] [--format table]
                                                                one JSON line per (model, pairs file); with
                                                                2+ models, each one minus the first with a
-                                                               95% paired-bootstrap interval
+                                                               95% paired-bootstrap interval (--model a,b,c:
+                                                               one model's seeds, compared seed by seed)
     wofn sql QUERY_OR_FILE [--param name=value ...] [--view name=PATH ...]
                                                                a table, from the catalog
     wofn export --output FILE.parquet|FILE.jsonl [--table filtered_pairs] [--format trl]
@@ -133,17 +134,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     for path, pairs in pair_sets:
         if not pairs:
             raise data.InputError(f"{path}: no pairs to evaluate")
+    groups = [[m for m in spec.split(",") if m] for spec in args.model]  # "a,b,c": one model, three seeds
+    if any(len(g) != len(groups[0]) for g in groups):
+        raise ValueError("--model: every model needs the same number of seeds (comma-separated folders), got "
+                         + ", ".join(str(len(g)) for g in groups))
     results, margins = [], []
-    for model in args.model:
-        rm = models.load_reward_model(model, device=args.device)  # once per model
-        for path, pairs in pair_sets:
-            result = {"pairs": path, **evaluation.evaluate_loaded(
-                rm, pairs, args.max_length, high_confidence_fraction=args.high_confidence_fraction, with_margins=True)}
-            margins.append({**result})
-            result.pop("margins")
-            results.append(result)
-            if args.format == "json":
-                print(json.dumps(result), flush=True)
+    for spec, members in zip(args.model, groups):
+        for model in members:
+            rm = models.load_reward_model(model, device=args.device)  # once per model
+            for path, pairs in pair_sets:
+                result = {"pairs": path, **evaluation.evaluate_loaded(
+                    rm, pairs, args.max_length, high_confidence_fraction=args.high_confidence_fraction,
+                    with_margins=True)}
+                margins.append({**result, "group": spec})
+                result.pop("margins")
+                results.append(result)
+                if args.format == "json":
+                    print(json.dumps(result), flush=True)
     comparisons = evaluation.compare(margins, dict(pair_sets))
     if args.format == "table":
         print(evaluation.format_table(results), flush=True)
@@ -260,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ev = commands.add_parser("evaluate", help="accuracy of reward models on preference pairs")
-    ev.add_argument("--model", action="append", required=True, help="RM folder, HF id or backbone name (repeatable)")
+    ev.add_argument("--model", action="append", required=True,
+                    help="RM folder, HF id or backbone name (repeatable; the later ones are compared with the "
+                         "first); several seeds of one model as a comma-separated list, e.g. base0,base1,base2")
     ev.add_argument("--pairs", action="append", required=True,
                     help="Parquet/JSONL file or folder with prompt, chosen, rejected (repeatable)")
     ev.add_argument("--max-pairs", type=int, default=None, help="use the first K pairs of each pairs file")

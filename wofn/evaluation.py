@@ -177,24 +177,30 @@ def compare(results: list[dict], pair_sets: dict[str, list[dict]]) -> list[dict]
     """Every model minus the first one, per pairs file, on the same pairs: accuracy and length-balanced
     accuracy differences with 95% paired-bootstrap intervals (`wofn.stats.paired_difference`).
 
-    `results`: evaluations with `margins` and `pairs` (the pairs file's name, a key of `pair_sets`),
-    in model order; the first model seen for a pairs file is the baseline."""
+    `results`: evaluations with `margins`, `pairs` (the pairs file's name, a key of `pair_sets`) and
+    optionally `group` (default: `model`), in model order. A group is one model trained with several
+    seeds (one result per seed); the first group seen for a pairs file is the baseline, and a group is
+    compared with it seed by seed, in order (the interval then holds the seeds' noise too), so groups
+    must have as many seeds as the baseline."""
     from wofn import stats
 
-    baselines: dict[str, dict] = {}
-    rows = []
+    groups: dict[str, dict[str, list[dict]]] = {}  # pairs file -> group -> its results, in order
     for result in results:
-        name = result["pairs"]
-        if name not in baselines:
-            baselines[name] = result
-            continue
-        base = baselines[name]
+        groups.setdefault(result["pairs"], {}).setdefault(result.get("group", result["model"]), []).append(result)
+    rows = []
+    for name, by_group in groups.items():
+        (base_label, base), *others = by_group.items()
         signs = stats.length_signs(pair_sets[name])
-        row = {"pairs": name, "model": result["model"], "baseline": base["model"], "n": len(signs)}
-        for metric in stats.METRICS:
-            row[metric] = stats.paired_difference([stats.correct_from_margins(base["margins"])],
-                                                  [stats.correct_from_margins(result["margins"])], signs, metric)
-        rows.append(row)
+        for label, members in others:
+            if len(members) != len(base):
+                raise ValueError(f"{label}: {len(members)} seeds to compare with {len(base)} of {base_label}; "
+                                 "give every --model the same number of seeds")
+            row = {"pairs": name, "model": label, "baseline": base_label, "n": len(signs), "seeds": len(members)}
+            for metric in stats.METRICS:
+                row[metric] = stats.paired_difference([stats.correct_from_margins(r["margins"]) for r in base],
+                                                      [stats.correct_from_margins(r["margins"]) for r in members],
+                                                      signs, metric)
+            rows.append(row)
     return rows
 
 
@@ -204,10 +210,11 @@ def format_comparison(rows: list[dict]) -> str:
 
     if not rows:
         return ""
-    out = ["paired differences to the first model (same pairs; 95% bootstrap interval over the pairs; "
-           "\"within noise\" when it contains 0):"]
+    out = ["paired differences to the first model (same pairs; 95% bootstrap interval over the pairs, and over "
+           "the seeds where a model has several; \"within noise\" when it contains 0):"]
     for row in rows:
-        out.append(f"  {row['model']} - {row['baseline']} on {row['pairs']} (n={row['n']}): accuracy "
+        seeds = f", {row['seeds']} seeds" if row.get("seeds", 1) > 1 else ""
+        out.append(f"  {row['model']} - {row['baseline']} on {row['pairs']} (n={row['n']}{seeds}): accuracy "
                    f"{stats.describe(row['accuracy'])}; len-balanced accuracy "
                    f"{stats.describe(row['length_balanced_accuracy'])}")
     return "\n".join(out)
