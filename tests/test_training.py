@@ -66,7 +66,13 @@ def test_best_validation_checkpoint_is_recorded(tmp_path):
     assert manifest["train_metrics"]["val_pairs"] == 10 and manifest["train_metrics"]["best_step"] == best["step"]
     # the saved weights are the best checkpoint's: re-validating them reproduces its accuracy
     _, val = training.split_validation(make_toy_pairs(40, 5), 0.25, 2)
-    assert evaluation.evaluate(str(tmp_path / "rm"), val)["accuracy"] == pytest.approx(best["val_accuracy"])
+    saved = evaluation.evaluate(str(tmp_path / "rm"), val)
+    assert saved["accuracy"] == pytest.approx(best["val_accuracy"])
+    # the validation report is the kept (best) pass's margins, the same numbers a fresh evaluation gives
+    report = manifest["train_metrics"]["validation"]
+    assert report["accuracy"] == pytest.approx(best["val_accuracy"]) and report["n"] == 10
+    assert report["mean_margin"] == pytest.approx(saved["mean_margin"], abs=1e-5)
+    assert report["length_balanced_accuracy"] == pytest.approx(saved["length_balanced_accuracy"])
 
 
 def test_student_mix_caps_synthetic_at_the_ratio():

@@ -31,14 +31,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from wofn import models, pairwise, scoring
+from wofn import models, pairwise, scoring, stats
 from wofn.tournament import sigmoid
 
 DEFAULT_MAX_LENGTH = 256
-
-
-def _correct(margin: float) -> float:
-    return 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -55,10 +51,6 @@ def _length_balanced(correct: list[float], length_diff: list[int]) -> tuple[floa
     """(mean of the accuracy where chosen is longer and where it is shorter, number of sides used)."""
     present = [s for s in _length_sides(correct, length_diff) if s is not None]
     return _mean(present), len(present)
-
-
-def _length_diff(pair: dict) -> int:
-    return len(pair["chosen"].strip()) - len(pair["rejected"].strip())
 
 
 def metrics_from_margins(margins: list[float], pairs: list[dict], high_confidence_fraction: float = 0.25,
@@ -82,8 +74,8 @@ def metrics_from_margins(margins: list[float], pairs: list[dict], high_confidenc
     if bad:
         raise ValueError(f"margin is NaN for {len(bad)} pair(s), first at index {bad[0]}")
 
-    correct = [_correct(m) for m in margins]
-    length_diff = [_length_diff(p) for p in pairs]
+    correct = stats.correct_from_margins(margins)
+    length_diff = stats.length_signs(pairs)  # only the sign is used: chosen longer (+1), shorter (-1), equal (0)
 
     # the most confident pairs: largest |margin| first, equal |margin| in input order (sort is stable)
     k = max(1, math.ceil(high_confidence_fraction * n - 1e-9))
@@ -127,8 +119,8 @@ def metrics_from_margins(margins: list[float], pairs: list[dict], high_confidenc
         "chosen_longer_n": sum(1 for d in length_diff if d > 0),
         "chosen_shorter_accuracy": shorter_side,
         "chosen_shorter_n": sum(1 for d in length_diff if d < 0),
-        "longer_wins_accuracy": _mean([_correct(d) for d in length_diff]),
-        "shorter_wins_accuracy": _mean([_correct(-d) for d in length_diff]),
+        "longer_wins_accuracy": _mean(stats.correct_from_margins(length_diff)),
+        "shorter_wins_accuracy": _mean(stats.correct_from_margins([-d for d in length_diff])),
         "by_source": by_source,
     }
 
@@ -182,8 +174,6 @@ def compare(results: list[dict], pair_sets: dict[str, list[dict]]) -> list[dict]
     seeds (one result per seed); the first group seen for a pairs file is the baseline, and a group is
     compared with it seed by seed, in order (the interval then holds the seeds' noise too), so groups
     must have as many seeds as the baseline."""
-    from wofn import stats
-
     groups: dict[str, dict[str, list[dict]]] = {}  # pairs file -> group -> its results, in order
     for result in results:
         groups.setdefault(result["pairs"], {}).setdefault(result.get("group", result["model"]), []).append(result)
@@ -206,8 +196,6 @@ def compare(results: list[dict], pair_sets: dict[str, list[dict]]) -> list[dict]
 
 def format_comparison(rows: list[dict]) -> str:
     """The paired differences as text lines, one per (model, pairs file)."""
-    from wofn import stats
-
     if not rows:
         return ""
     out = ["paired differences to the first model (same pairs; 95% bootstrap interval over the pairs, and over "

@@ -25,13 +25,19 @@ METRICS = ("accuracy", "length_balanced_accuracy")
 
 
 def correct_from_margins(margins: Sequence[float]) -> list[float]:
-    """1 where margin > 0 (the model agrees with the human), 0.5 for a tie, else 0."""
+    """1 where margin > 0 (the model agrees with the human), 0.5 for a tie, else 0. The one definition
+    of "correct" (wofn.evaluation's metrics use it too)."""
     return [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
 
 
 def length_signs(pairs: Sequence[dict]) -> list[int]:
-    """+1 where the chosen response (stripped) is longer than the rejected one, -1 shorter, 0 equal."""
-    return [int(np.sign(len(p["chosen"].strip()) - len(p["rejected"].strip()))) for p in pairs]
+    """+1 where the chosen response (stripped, in characters) is longer than the rejected one, -1 where
+    shorter, 0 equal. The one definition of a pair's length side (wofn.evaluation's metrics use it too)."""
+    signs = []
+    for p in pairs:
+        diff = len(p["chosen"].strip()) - len(p["rejected"].strip())
+        signs.append((diff > 0) - (diff < 0))
+    return signs
 
 
 def _metric(correct: np.ndarray, signs: np.ndarray, metric: str) -> np.ndarray:

@@ -125,16 +125,14 @@ def _validate(model, tokenizer, objective: Objective, encoded, device, bf16: boo
     return {"val_loss": sum(losses) / len(encoded), "val_accuracy": correct / len(encoded)}
 
 
-def validation_report(model, tokenizer, objective: Objective, val_pairs: list[Pair], val_encoded, device,
-                      bf16: bool, batch_size: int) -> dict | None:
-    """The saved weights on the validation split: accuracy, length-balanced accuracy and the length-only
-    rules' accuracy (`wofn.evaluation.metrics_from_margins`), or None without a validation split."""
-    if not val_pairs:
+def validation_report(val_pairs: list[Pair], margins: list[float] | None) -> dict | None:
+    """The saved weights on the validation split, from their validation pass's margins: accuracy,
+    length-balanced accuracy and the length-only rules' accuracy (`wofn.evaluation.metrics_from_margins`),
+    or None without a validation split."""
+    if not val_pairs or margins is None:
         return None
     from wofn import evaluation  # evaluation imports pairwise, which imports this module
 
-    margins: list[float] = []
-    _validate(model, tokenizer, objective, val_encoded, device, bf16, batch_size, margins)
     result = evaluation.metrics_from_margins(margins, val_pairs)
     result.pop("by_source")
     return result
@@ -185,6 +183,8 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
     history, validations = [], []
     best: dict | None = None
     best_state = None
+    best_margins: list[float] | None = None
+    last_margins: list[float] | None = None
     started = time.monotonic()
     window_loss, window_acc, window_n = 0.0, 0.0, 0
     for step in range(total_steps):
@@ -202,12 +202,14 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
         scheduler.step()
         done = step + 1
         if val_encoded and (done % eval_every == 0 or done == total_steps):
+            margins: list[float] = []
             result = {"step": done, **_validate(model, tokenizer, objective, val_encoded, device,
-                                                config.bf16, config.batch_size * 2)}
+                                                config.bf16, config.batch_size * 2, margins)}
             validations.append(result)
+            last_margins = margins
             log.info("validation at step %d: accuracy %.3f loss %.4f", done, result["val_accuracy"], result["val_loss"])
             if best is None or (result["val_accuracy"], -result["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
-                best = result
+                best, best_margins = result, margins
                 if config.select_best and done != total_steps:
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 elif done == total_steps:
@@ -231,8 +233,8 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
     if config.select_best and best_state is not None:
         model.load_state_dict(best_state)
         log.info("restored the best validation checkpoint (step %d, accuracy %.3f)", best["step"], best["val_accuracy"])
-    validation = validation_report(model, tokenizer, objective, val_pairs, val_encoded, device, config.bf16,
-                                   config.batch_size * 2)
+    # the kept weights' own validation pass: the best one's, or the last one's without select_best
+    validation = validation_report(val_pairs, best_margins if config.select_best else last_margins)
     model.eval()
     seconds = time.monotonic() - started
     metrics = {

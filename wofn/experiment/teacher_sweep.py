@@ -1,7 +1,7 @@
 """A sweep of base reward-model recipes: which teacher learns preference, chosen on validation only.
 
     python -m wofn.experiment.teacher_sweep run --out DIR [--backbone SPEC] [--device cuda] [--workers 8]
-    python -m wofn.experiment.teacher_sweep report --out DIR [--cpu-rates FILE] > table.md
+    python -m wofn.experiment.teacher_sweep report --out DIR [--cpu-rate 128=9.0 ...] [--plot FILE.png] > table.md
 
 Each trial trains one base RM with `wofn.training.train_reward_model` (the function the pipeline's
 `base_reward_model` and `wofn experiment`'s `tune:` call) on `data/hh_train.parquet` with a seeded
@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import lru_cache
 from itertools import product
 from pathlib import Path
 
@@ -63,7 +62,9 @@ def trial_id(t: dict) -> str:
     return f"{recipe_name(t)} seed={t['seed']}"
 
 
+@lru_cache(maxsize=None)
 def _pairs(name: str) -> list[dict]:
+    """hh_train, hh_test, uf_heldout or uf_rest, read once per process (callers do not modify them)."""
     from wofn import data
 
     if name == "hh_train":
@@ -72,6 +73,14 @@ def _pairs(name: str) -> list[dict]:
         return data.load_preferences(DATA_DIR / "hh_test.parquet").to_pylist()
     uf = data.load_preferences(DATA_DIR / "uf_train.parquet").to_pylist()
     return data.hash_part(uf, "holdout" if name == "uf_heldout" else "rest")
+
+
+def hh_validation(train_pairs: list[dict], seed: int) -> list[dict]:
+    """The HH pairs of the validation split that training holds out of `train_pairs` for `seed`."""
+    from wofn import training
+
+    _, val = training.split_validation(train_pairs, VAL_FRACTION, seed)
+    return [p for p in val if str(p["source"]).startswith("hh")]
 
 
 def _worker_init() -> None:
@@ -95,8 +104,7 @@ def run_trial(trial: dict, backbone: str, device: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = training.train_reward_model(backbone, train_pairs, config, Path(tmp) / "rm", objective=objective)
         rm = models.load_reward_model(str(Path(tmp) / "rm"), device=device)
-        _, val = training.split_validation(train_pairs, VAL_FRACTION, trial["seed"])  # the split training held out
-        sets = {"val": [p for p in val if str(p["source"]).startswith("hh")],
+        sets = {"val": hh_validation(train_pairs, trial["seed"]),
                 "hh_test": _pairs("hh_test"), "uf_heldout": _pairs("uf_heldout")}
         record = {"id": trial_id(trial), "recipe": recipe_name(trial), "trial": trial,
                   "train_seconds": metrics["seconds"], "steps": metrics["steps"], "best_step": metrics["best_step"],
@@ -196,26 +204,18 @@ def compare(by: dict, reference: str, recipe: str, split: str, metric: str) -> d
     seeds = _seeds_in_common(by[reference], by[recipe])
     a = [stats.correct_from_margins(by[reference][s][f"{split}_margins"]) for s in seeds]
     b = [stats.correct_from_margins(by[recipe][s][f"{split}_margins"]) for s in seeds]
-    signs = [_signs(by, split, s) for s in seeds]
+    signs = [_signs(split, s if split == "val" else None) for s in seeds]
     return stats.paired_difference(a, b, signs, metric)
 
 
-_SIGNS: dict = {}
+@lru_cache(maxsize=None)
+def _signs(split: str, seed: int | None) -> list[int]:
+    """Length signs of a split's pairs (val: the seed's own split, as `run_trial` cut it)."""
+    from wofn import stats
 
-
-def _signs(by: dict, split: str, seed: int) -> list[int]:
-    """Length signs of a split's pairs (val: the seed's own split)."""
-    from wofn import stats, training
-
-    key = (split, seed if split == "val" else None)
-    if key not in _SIGNS:
-        if split == "val":
-            _, val = training.split_validation(_pairs("hh_train"), VAL_FRACTION, seed)
-            pairs = [p for p in val if str(p["source"]).startswith("hh")]
-        else:
-            pairs = _pairs(split)
-        _SIGNS[key] = stats.length_signs(pairs)
-    return _SIGNS[key]
+    if split != "val":
+        return stats.length_signs(_pairs(split))
+    return stats.length_signs(hh_validation(_pairs("hh_train"), seed))
 
 
 def ensemble(by: dict, recipe: str, split: str) -> dict:
@@ -226,6 +226,7 @@ def ensemble(by: dict, recipe: str, split: str) -> dict:
     members = [by[recipe][s][f"{split}_margins"] for s in sorted(by[recipe])]
     mean = [statistics.fmean(m) for m in zip(*members)]
     result = evaluation.metrics_from_margins(mean, _pairs(split))
+    result["margins"] = mean
     agreement = [sum((x > 0) == (m > 0) for x in column) / len(column) for m, column in zip(mean, zip(*members))]
     unanimous = [i for i, a in enumerate(agreement) if a == 1.0]
     result["members"] = len(members)
@@ -269,16 +270,15 @@ def ensembles_markdown(by: dict, recipes: list[str]) -> str:
     """Each recipe's seeds as one teacher (mean reward) against the single seeds, on hh_test."""
     from wofn import stats
 
-    signs = stats.length_signs(_pairs("hh_test"))
+    signs = _signs("hh_test", None)
     lines = ["| recipe | members | single seed acc | ensemble acc | Δ acc (95% CI) | single len-bal | ensemble len-bal | "
              "Δ len-bal (95% CI) | ensemble mean margin | unanimous pairs | accuracy on them |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for recipe in recipes:
         seeds = sorted(by[recipe])
         single = [stats.correct_from_margins(by[recipe][s]["hh_test_margins"]) for s in seeds]
-        members = [by[recipe][s]["hh_test_margins"] for s in seeds]
-        joint = stats.correct_from_margins([statistics.fmean(m) for m in zip(*members)])
         result = ensemble(by, recipe, "hh_test")
+        joint = stats.correct_from_margins(result["margins"])
         diff = {m: stats.paired_difference(single, [joint] * len(seeds), signs, m) for m in stats.METRICS}
         lines.append(
             f"| {recipe} | {len(seeds)} | {100 * diff['accuracy']['a']:.1f} | {100 * result['accuracy']:.1f} "
