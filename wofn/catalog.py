@@ -120,11 +120,20 @@ def create_view(
     # identifier, the path is quoted as a string literal (single quotes doubled). The glob is
     # kept in the view, so it always reads the folder's current files; `batch=*` never matches
     # the hidden staging folders of writes in flight.
+    # union_by_name: files written before a column was added (schemas.is_added) read it as NULL;
+    # where no file has it yet, the view adds it as a NULL column of its type.
     kind = "temp view" if temporary else "view"
-    con.execute(
-        f"create or replace {kind} {_quote_identifier(name)} as "
-        f"select * from read_parquet({_quote_literal(pattern)}, hive_partitioning = false)"
-    )
+    source = f"read_parquet({_quote_literal(pattern)}, hive_partitioning = false, union_by_name = true)"
+    have = {row[0] for row in con.execute(f"describe select * from {source}").fetchall()}
+    added = "".join(
+        f", cast(null as {_duckdb_type(con, field.type)}) as {_quote_identifier(field.name)}"
+        for field in schemas.TABLES[name] if field.name not in have and schemas.is_added(field))
+    con.execute(f"create or replace {kind} {_quote_identifier(name)} as select *{added} from {source}")
+
+
+def _duckdb_type(con: duckdb.DuckDBPyConnection, arrow_type: pa.DataType) -> str:
+    """DuckDB's name for an Arrow type (e.g. DOUBLE[] for list<double>)."""
+    return str(con.from_arrow(pa.table({"x": pa.nulls(0, arrow_type)})).types[0])
 
 
 def refresh_view(catalog_path: Path, name: str, table_dir: Path) -> None:

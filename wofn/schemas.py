@@ -8,6 +8,20 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+ADDED = b"wofn.added"  # field metadata key: the column came after the table's first release
+
+
+def _added(field: pa.Field) -> pa.Field:
+    """A nullable column added to a table after tables were written without it: readers of such
+    tables (`conform`, `wofn.catalog.create_view`) give it nulls instead of refusing them."""
+    assert field.nullable, field
+    return field.with_metadata({ADDED: b"1"})
+
+
+def is_added(field: pa.Field) -> bool:
+    return bool(field.metadata and field.metadata.get(ADDED))
+
+
 # D_L and held-out human pairs: one row per labelled comparison.
 PREFERENCES = pa.schema(
     [
@@ -56,6 +70,9 @@ CANDIDATE_SCORES = pa.schema(
         pa.field("reward", pa.float64(), nullable=False),  # scalar head output, unnormalized
         pa.field("reward_model", pa.string(), nullable=False),
         pa.field("reward_model_revision", pa.string(), nullable=False),
+        # an ensemble teacher's (wofn.reward_ensemble) members' rewards, whose mean is `reward`;
+        # null for a single reward model
+        _added(pa.field("member_rewards", pa.list_(pa.float64()))),
     ]
 )
 
@@ -84,6 +101,9 @@ PAIRS = pa.schema(
         pa.field("n_candidates", pa.int32(), nullable=False),  # valid candidates of the prompt
         pa.field("policy", pa.string(), nullable=False),
         pa.field("reward_model", pa.string(), nullable=False),
+        # an ensemble teacher's share of members with chosen above rejected (a tie counts half), in
+        # [0, 1]; null for a single reward model or a pairwise teacher
+        _added(pa.field("agreement", pa.float64())),
     ]
 )
 
@@ -111,6 +131,7 @@ CANDIDATE_POOL = pa.schema(
         pa.field("reward", pa.float64()),  # null when unscored
         pa.field("reward_model", pa.string()),
         pa.field("is_valid", pa.bool_(), nullable=False),
+        pa.field("member_rewards", pa.list_(pa.float64())),  # as in CANDIDATE_SCORES
     ]
 )
 # One row per prompt_id with candidate rows: its valid candidates' count and reward range.
@@ -159,6 +180,7 @@ PAIR_DRAWS = pa.schema(
         pa.field("n_candidates", pa.int32(), nullable=False),  # valid candidates of the prompt
         pa.field("policy", pa.string()),
         pa.field("reward_model", pa.string()),
+        _added(pa.field("agreement", pa.float64())),  # as in PAIRS
     ]
 )
 
@@ -254,6 +276,7 @@ _EXPORT_EXTRAS = [
     pa.field("round", pa.int32(), nullable=False),  # West-of-N round (1 = the main assets)
     pa.field("strategy", pa.string(), nullable=False),  # pair selection strategy
     pa.field("seed", pa.int64()),  # the strategy's pair_seed; null for west_of_n (no randomness)
+    pa.field("agreement", pa.float64()),  # a teacher ensemble's share of members that agree; null otherwise
 ]
 # prompt: the HH transcript ending in "\n\nAssistant:"; chosen / rejected: " " + the response,
 # so that prompt + chosen is exactly the text wofn's reward models score (wofn.rm_format).
@@ -317,6 +340,9 @@ class SchemaError(ValueError):
 
 def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     """Select and cast `table` to `schema`, or raise SchemaError naming `where` and the column."""
+    for field in schema:
+        if field.name not in table.column_names and is_added(field):
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise SchemaError(
