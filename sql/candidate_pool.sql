@@ -7,11 +7,11 @@
 --                     prompt_id, candidate_idx, prompt, response, num_tokens,
 --                     logprob_sum, logprob_mean, policy
 --   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)
---                     prompt_id, candidate_idx, reward, reward_model
+--                     prompt_id, candidate_idx, reward, reward_model, member_rewards
 --
 -- Produces (wofn.schemas.CANDIDATE_POOL, in this order; one row per prompt_id and candidate_idx):
 --   prompt_id, candidate_idx, prompt, response, num_tokens, logprob_sum, logprob_mean, policy,
---   reward, reward_model, is_valid
+--   reward, reward_model, is_valid, member_rewards
 --
 -- Parameters: none.
 --
@@ -23,6 +23,8 @@
 --     When they disagree the candidate is dropped: neither copy can be trusted.
 --   * Valid = it has a score row, its copies agree, and its reward is not NULL and finite
 --     (NULL, NaN, +inf and -inf rewards are dropped). n_candidates = valid candidates.
+--   * member_rewards: an ensemble teacher's per-member rewards (NULL for a single model); copies
+--     that agree on the reward are the same scoring, so the smallest list is taken.
 -- Score rows of no candidate are ignored. Not ordered.
 
 with
@@ -54,6 +56,7 @@ score_rows as (
         candidate_idx,
         min(reward) as reward,
         min(reward_model) as reward_model,
+        min(member_rewards) as member_rewards,
         count(reward) = 0 or (count(reward) = count(*) and min(reward) = max(reward)) as copies_agree
     from candidate_scores
     group by prompt_id, candidate_idx
@@ -79,7 +82,8 @@ final as (
                 and score_rows.copies_agree
                 and isfinite(score_rows.reward),
             false
-        ) as is_valid
+        ) as is_valid,
+        score_rows.member_rewards
     from candidate_rows
     left join score_rows
         on candidate_rows.prompt_id = score_rows.prompt_id

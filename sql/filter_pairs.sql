@@ -3,19 +3,26 @@
 --
 -- Reads:
 --   west_of_n_pairs  (wofn.schemas.PAIRS)
---                    all columns; filters on confidence, margin, chosen_/rejected_logprob_mean
+--                    all columns; filters on confidence (and agreement), margin, chosen_/rejected_logprob_mean
 --                    (or _logprob_sum), chosen_/rejected_num_tokens
 --
 -- Produces (wofn.schemas.PAIRS, same columns and order as the input):
 --   prompt_id, prompt, chosen, rejected, chosen_idx, rejected_idx,
 --   chosen_reward, rejected_reward, margin, confidence,
 --   chosen_logprob_sum, rejected_logprob_sum, chosen_logprob_mean, rejected_logprob_mean,
---   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model
+--   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model, agreement
 --
 -- Parameters (DuckDB named parameters, bound from Python, e.g. {"confidence_quantile": 0.5,
---   "logprob_quantile": 0.1, "likelihood": "mean", "min_margin": None, "max_tokens": None}):
+--   "confidence_measure": "margin", "logprob_quantile": 0.1, "likelihood": "mean",
+--   "min_margin": None, "max_tokens": None}):
 --   $confidence_quantile  DOUBLE in [0, 1]: keep pairs whose confidence is >= the
 --                         quantile_cont of confidence over all pairs.
+--   $confidence_measure   VARCHAR: what "confidence" is. 'margin' = confidence = sigmoid(margin)
+--                         (the paper's). 'agreement' = an ensemble teacher's agreement first,
+--                         confidence among equal agreements: the key agreement * 1000 + confidence
+--                         (lexicographic up to 999 members) is compared with its quantile_cont.
+--                         'agreement' with any pair whose agreement is NULL (a single teacher) is
+--                         an error, as is any other value.
 --   $logprob_quantile     DOUBLE in [0, 1]: keep pairs whose chosen AND rejected likelihood are
 --                         both >= the quantile_cont of the pooled chosen + rejected likelihoods
 --                         of all pairs.
@@ -52,6 +59,18 @@ checked_params as (
                 || coalesce(cast($confidence_quantile as varchar), 'NULL'))
         end as confidence_quantile_ok,
         case
+            when $confidence_measure = 'margin' then true
+            when $confidence_measure = 'agreement'
+                and not exists (select 1 from pairs where agreement is null) then true
+            when $confidence_measure = 'agreement'
+                then error('filter_pairs: confidence_measure ''agreement'' needs a teacher ensemble '
+                    || '(teacher_members >= 2, pointwise): '
+                    || cast((select count(*) from pairs where agreement is null) as varchar)
+                    || ' pairs have no agreement')
+            else error('filter_pairs: confidence_measure must be ''margin'' or ''agreement'', got '
+                || coalesce(cast($confidence_measure as varchar), 'NULL'))
+        end as confidence_measure_ok,
+        case
             when $logprob_quantile >= 0 and $logprob_quantile <= 1 then true
             else error('filter_pairs: logprob_quantile must be in [0, 1], got '
                 || coalesce(cast($logprob_quantile as varchar), 'NULL'))
@@ -82,7 +101,12 @@ pair_likelihoods as (
         case when $likelihood = 'sum' then chosen_logprob_sum else chosen_logprob_mean end
             as chosen_likelihood,
         case when $likelihood = 'sum' then rejected_logprob_sum else rejected_logprob_mean end
-            as rejected_likelihood
+            as rejected_likelihood,
+        -- what the confidence filter ranks by: sigmoid(margin), or agreement first and sigmoid(margin)
+        -- among equal agreements (agreement moves in steps of at least 1/(2 * members) > 0.5 / 1000,
+        -- confidence spans 0.5, so the order is lexicographic for ensembles of up to 999 members)
+        case when $confidence_measure = 'agreement' then agreement * 1000 + confidence else confidence end
+            as confidence_key
     from pairs
 
 ),
@@ -90,9 +114,9 @@ pair_likelihoods as (
 confidence_threshold as (
 
     -- clamped so that DuckDB's own range check does not pre-empt checked_params' clearer error
-    select quantile_cont(confidence, least(greatest(coalesce($confidence_quantile, 0), 0), 1))
+    select quantile_cont(confidence_key, least(greatest(coalesce($confidence_quantile, 0), 0), 1))
         as min_confidence
-    from pairs
+    from pair_likelihoods
 
 ),
 
@@ -133,17 +157,19 @@ final as (
         pair_likelihoods.rejected_num_tokens,
         pair_likelihoods.n_candidates,
         pair_likelihoods.policy,
-        pair_likelihoods.reward_model
+        pair_likelihoods.reward_model,
+        pair_likelihoods.agreement
     from pair_likelihoods
     cross join checked_params
     cross join confidence_threshold
     cross join likelihood_threshold
-    where checked_params.confidence_quantile_ok
+    where checked_params.confidence_measure_ok
+        and checked_params.confidence_quantile_ok
         and checked_params.logprob_quantile_ok
         and checked_params.likelihood_ok
         and checked_params.min_margin_ok
         and checked_params.max_tokens_ok
-        and pair_likelihoods.confidence >= confidence_threshold.min_confidence
+        and pair_likelihoods.confidence_key >= confidence_threshold.min_confidence
         and pair_likelihoods.chosen_likelihood >= likelihood_threshold.min_likelihood
         and pair_likelihoods.rejected_likelihood >= likelihood_threshold.min_likelihood
         and ($min_margin is null or pair_likelihoods.margin >= $min_margin)

@@ -5,14 +5,15 @@
 -- Reads:
 --   pair_picks      (wofn.schemas.PAIR_PICKS)      prompt_id, candidate_idx, pick
 --   candidate_pool  (wofn.schemas.CANDIDATE_POOL)  prompt_id, candidate_idx, response, num_tokens,
---                                                  logprob_sum, logprob_mean, policy, reward, reward_model
+--                                                  logprob_sum, logprob_mean, policy, reward, reward_model,
+--                                                  member_rewards
 --   prompt_summary  (wofn.schemas.PROMPT_SUMMARY)  prompt_id, prompt, n_valid, min_reward, max_reward
 --
 -- Produces (wofn.schemas.PAIR_DRAWS, in this order; one row per prompt_id with candidate rows):
 --   strategy, pair_seed, prompt_id, outcome, prompt, chosen, rejected, chosen_idx, rejected_idx,
 --   chosen_reward, rejected_reward, margin, confidence,
 --   chosen_logprob_sum, rejected_logprob_sum, chosen_logprob_mean, rejected_logprob_mean,
---   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model
+--   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model, agreement
 --
 -- Parameters (DuckDB named parameters, bound from Python, e.g. {"strategy": "random_pair", "pair_seed": 0}):
 --   $strategy   VARCHAR: the strategy that made pair_picks; one of west_of_n, random_pair,
@@ -31,6 +32,9 @@
 -- 1 / (1 + exp(-margin)) (the Bradley-Terry probability); logprob_* (nats, temperature 1) and
 -- num_tokens (EOS included) are the policy's for each response; policy comes from the chosen
 -- candidate's row, reward_model from its score row.
+-- agreement (an ensemble teacher, whose reward is its members' mean): the share of members whose
+-- own reward ranks chosen above rejected, a tie counting half, in [0, 1]; NULL when either pick has
+-- no member_rewards (a single reward model) or the two lists differ in length.
 -- Ordered by prompt_id. The pairs themselves: sql/west_of_n_pairs.sql.
 
 with
@@ -66,6 +70,7 @@ labelled as (
         candidate_pool.policy,
         candidate_pool.reward,
         candidate_pool.reward_model,
+        candidate_pool.member_rewards,
         row_number() over (
             partition by pair_picks.prompt_id
             order by candidate_pool.reward desc, pair_picks.pick asc
@@ -119,7 +124,20 @@ final as (
         cast(rejected.num_tokens as integer) as rejected_num_tokens,
         cast(prompt_summary.n_valid as integer) as n_candidates,
         chosen.policy,
-        chosen.reward_model
+        chosen.reward_model,
+        cast(
+            case
+                when len(chosen.member_rewards) = len(rejected.member_rewards)
+                    and len(chosen.member_rewards) > 0
+                    then list_avg(list_transform(
+                        list_zip(chosen.member_rewards, rejected.member_rewards),
+                        lambda members: case
+                            when members[1] > members[2] then 1.0
+                            when members[1] = members[2] then 0.5
+                            else 0.0
+                        end))
+            end as double
+        ) as agreement
     from prompt_summary
     cross join draw_params
     left join chosen

@@ -3,7 +3,7 @@
 --
 -- Reads:
 --   west_of_n_pairs  (wofn.schemas.PAIRS)
---                    confidence, margin, chosen_/rejected_logprob_mean (or _logprob_sum),
+--                    confidence, agreement, margin, chosen_/rejected_logprob_mean (or _logprob_sum),
 --                    chosen_/rejected_num_tokens
 --
 -- Produces (wofn.schemas.PAIR_FUNNEL, in this order):
@@ -11,8 +11,8 @@
 --   chosen_longer_share, chosen_shorter_share, mean_length_gap, mean_confidence
 --
 -- Parameters (DuckDB named parameters, bound from Python):
---   $confidence_quantile, $logprob_quantile, $likelihood, $min_margin, $max_tokens
---                 exactly as in sql/filter_pairs.sql (same checks, same thresholds).
+--   $confidence_quantile, $confidence_measure, $logprob_quantile, $likelihood, $min_margin,
+--   $max_tokens   exactly as in sql/filter_pairs.sql (same checks, same thresholds).
 --   $strategy     VARCHAR: the strategy that selected the input pairs (a label; one of
 --                 west_of_n, random_pair, best_vs_random, worst_vs_random, else an error).
 --   $pair_seed    BIGINT or NULL: that strategy's seed (a label; NULL for west_of_n).
@@ -20,7 +20,8 @@
 -- Steps, in order, each applied to what the previous one kept (every threshold is computed
 -- over all input pairs, as in sql/filter_pairs.sql, so the last step keeps exactly its rows):
 --   1 selected    the input pairs (threshold NULL)
---   2 confidence  confidence >= its q-quantile (threshold = that confidence)
+--   2 confidence  confidence >= its q-quantile (threshold = that confidence; with
+--                 $confidence_measure 'agreement', the key agreement * 1000 + confidence)
 --   3 likelihood  both responses' likelihood >= the q-quantile of the pooled likelihoods
 --                 (threshold in nats, of logprob_mean or logprob_sum)
 --   4 margin      margin >= min_margin (threshold NULL when off)
@@ -48,6 +49,18 @@ checked_params as (
             else error('pair_funnel: confidence_quantile must be in [0, 1], got '
                 || coalesce(cast($confidence_quantile as varchar), 'NULL'))
         end as confidence_quantile_ok,
+        case
+            when $confidence_measure = 'margin' then true
+            when $confidence_measure = 'agreement'
+                and not exists (select 1 from pairs where agreement is null) then true
+            when $confidence_measure = 'agreement'
+                then error('pair_funnel: confidence_measure ''agreement'' needs a teacher ensemble '
+                    || '(teacher_members >= 2, pointwise): '
+                    || cast((select count(*) from pairs where agreement is null) as varchar)
+                    || ' pairs have no agreement')
+            else error('pair_funnel: confidence_measure must be ''margin'' or ''agreement'', got '
+                || coalesce(cast($confidence_measure as varchar), 'NULL'))
+        end as confidence_measure_ok,
         case
             when $logprob_quantile >= 0 and $logprob_quantile <= 1 then true
             else error('pair_funnel: logprob_quantile must be in [0, 1], got '
@@ -86,7 +99,12 @@ pair_likelihoods as (
         case when $likelihood = 'sum' then chosen_logprob_sum else chosen_logprob_mean end
             as chosen_likelihood,
         case when $likelihood = 'sum' then rejected_logprob_sum else rejected_logprob_mean end
-            as rejected_likelihood
+            as rejected_likelihood,
+        -- what the confidence filter ranks by: sigmoid(margin), or agreement first and sigmoid(margin)
+        -- among equal agreements (agreement moves in steps of at least 1/(2 * members) > 0.5 / 1000,
+        -- confidence spans 0.5, so the order is lexicographic for ensembles of up to 999 members)
+        case when $confidence_measure = 'agreement' then agreement * 1000 + confidence else confidence end
+            as confidence_key
     from pairs
 
 ),
@@ -94,9 +112,9 @@ pair_likelihoods as (
 confidence_threshold as (
 
     -- clamped so that DuckDB's own range check does not pre-empt checked_params' clearer error
-    select quantile_cont(confidence, least(greatest(coalesce($confidence_quantile, 0), 0), 1))
+    select quantile_cont(confidence_key, least(greatest(coalesce($confidence_quantile, 0), 0), 1))
         as min_confidence
-    from pairs
+    from pair_likelihoods
 
 ),
 
@@ -132,7 +150,7 @@ pair_checks as (
     select
         pair_likelihoods.confidence,
         pair_likelihoods.chosen_num_tokens - pair_likelihoods.rejected_num_tokens as length_gap,
-        pair_likelihoods.confidence >= thresholds.min_confidence as passes_confidence,
+        pair_likelihoods.confidence_key >= thresholds.min_confidence as passes_confidence,
         pair_likelihoods.chosen_likelihood >= thresholds.min_likelihood
             and pair_likelihoods.rejected_likelihood >= thresholds.min_likelihood as passes_likelihood,
         $min_margin is null or pair_likelihoods.margin >= $min_margin as passes_margin,
@@ -171,7 +189,8 @@ steps as (
         cast(null as double) as threshold
     from thresholds
     union all
-    select 2, 'confidence', 'q=' || cast($confidence_quantile as varchar),
+    select 2, 'confidence', 'q=' || cast($confidence_quantile as varchar)
+            || case when $confidence_measure = 'agreement' then ' of agreement, then confidence' else '' end,
         min_confidence
     from thresholds
     union all
@@ -239,7 +258,8 @@ final as (
         cast(step_inputs.mean_confidence as double) as mean_confidence
     from step_inputs
     cross join checked_params
-    where checked_params.confidence_quantile_ok
+    where checked_params.confidence_measure_ok
+        and checked_params.confidence_quantile_ok
         and checked_params.logprob_quantile_ok
         and checked_params.likelihood_ok
         and checked_params.min_margin_ok

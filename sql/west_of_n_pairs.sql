@@ -9,7 +9,7 @@
 --   prompt_id, prompt, chosen, rejected, chosen_idx, rejected_idx,
 --   chosen_reward, rejected_reward, margin, confidence,
 --   chosen_logprob_sum, rejected_logprob_sum, chosen_logprob_mean, rejected_logprob_mean,
---   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model
+--   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model, agreement
 --
 -- Parameters (DuckDB named parameters, bound from Python, e.g. {"strategy": "west_of_n"}):
 --   $strategy  VARCHAR: west_of_n, random_pair, best_vs_random or worst_vs_random; anything
@@ -18,7 +18,8 @@
 -- Keeps the rows with outcome = 'pair' (chosen_reward > rejected_reward, chosen <> rejected);
 -- why the other prompts have no pair is counted by sql/selection_report.sql.
 -- margin = chosen_reward - rejected_reward (> 0, reward-model units);
--- confidence = sigmoid(margin), in (0.5, 1].
+-- confidence = sigmoid(margin), in (0.5, 1]; agreement = an ensemble teacher's share of members
+-- ranking chosen above rejected (NULL for a single reward model), see sql/label_picks.sql.
 -- Ordered by prompt_id.
 
 with
@@ -62,7 +63,8 @@ final as (
         draws.rejected_num_tokens,
         draws.n_candidates,
         draws.policy,
-        draws.reward_model
+        draws.reward_model,
+        draws.agreement
     from draws
     inner join checked_params
         on draws.strategy = checked_params.strategy

@@ -12,7 +12,7 @@
 --   prompt_id, prompt, chosen, rejected, chosen_idx, rejected_idx,
 --   chosen_reward, rejected_reward, margin, confidence,
 --   chosen_logprob_sum, rejected_logprob_sum, chosen_logprob_mean, rejected_logprob_mean,
---   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model
+--   chosen_num_tokens, rejected_num_tokens, n_candidates, policy, reward_model, agreement
 --
 -- Parameters: none.
 --
@@ -29,7 +29,7 @@
 --   P(chosen > rejected), exactly as for the pointwise pairs.
 -- logprob_* and num_tokens are the policy's (temperature 1, nats) for each response;
 -- n_candidates = the tournament's number of candidates; policy comes from the chosen
--- candidate's row, reward_model from the tournament row.
+-- candidate's row, reward_model from the tournament row; agreement is NULL (one pairwise teacher).
 -- Duplicate rows (the same (prompt_id, candidate_idx) in candidates, the same prompt_id in
 -- tournament_pairs) count once, so a prompt never gets two pairs: the first row is kept,
 -- ordered by its columns. Pairs only come from west_of_n with a pairwise teacher; why the other
@@ -145,7 +145,8 @@ final as (
         cast(rejected_num_tokens as integer) as rejected_num_tokens,
         cast(n_candidates as integer) as n_candidates,
         policy,
-        reward_model
+        reward_model,
+        cast(null as double) as agreement
     from paired
 
 )

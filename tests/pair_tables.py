@@ -55,7 +55,7 @@ SCORES_WITH_NULLS = schemas.CANDIDATE_SCORES.set(
 
 
 def scores_table(rows: list[tuple]) -> pa.Table:
-    """rows: (prompt_id, candidate_idx, reward)."""
+    """rows: (prompt_id, candidate_idx, reward[, member_rewards])."""
     return pa.Table.from_pydict(
         {
             "prompt_id": [r[0] for r in rows],
@@ -63,6 +63,7 @@ def scores_table(rows: list[tuple]) -> pa.Table:
             "reward": [r[2] for r in rows],
             "reward_model": [f"rm@{r[1]}" for r in rows],
             "reward_model_revision": ["def456"] * len(rows),
+            "member_rewards": [r[3] if len(r) > 3 else None for r in rows],
         },
         schema=SCORES_WITH_NULLS,
     )

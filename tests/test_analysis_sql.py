@@ -263,7 +263,8 @@ def test_rounds(capsys, home):
 def test_sql_file_with_null_and_typed_params(capsys, home):
     code, rows, err = run_sql(capsys, home, "sql/filter_pairs.sql", "--param", "confidence_quantile=0.5",
                               "--param", "logprob_quantile=0", "--param", "likelihood=mean",
-                              "--param", "min_margin=null", "--param", "max_tokens=null")
+                              "--param", "min_margin=null", "--param", "max_tokens=null",
+                              "--param", "confidence_measure=margin")
     assert code == 0, err
     assert [r["prompt_id"] for r in rows] == [p["prompt_id"] for p in read(home, "filtered_pairs")]
 
@@ -272,7 +273,7 @@ def test_sql_names_missing_and_unknown_params(capsys, home):
     code, _, err = run_sql(capsys, home, "sql/filter_pairs.sql", "--param", "confidence_quantile=0.5",
                            "--param", "bogus=1")
     assert code == 2
-    assert "missing --param likelihood=..., --param logprob_quantile=..." in err
+    assert "missing --param confidence_measure=..., --param likelihood=..., --param logprob_quantile=..." in err
     assert "unknown --param bogus" in err and "$confidence_quantile" in err
 
 
@@ -282,7 +283,7 @@ def test_sql_params_in_comments_and_strings_are_not_params():
 
 @pytest.mark.parametrize("query, params", [
     ("sql/filter_pairs.sql", ["confidence_quantile=0.5; drop view west_of_n_pairs", "logprob_quantile=0",
-                              "likelihood=mean", "min_margin=null", "max_tokens=null"]),
+                              "likelihood=mean", "min_margin=null", "max_tokens=null", "confidence_measure=margin"]),
     ("sql/filter_pairs.sql", ["confidence_quantile=0.5", "logprob_quantile=0", "likelihood=mean'; drop view x; --",
                               "min_margin=null", "max_tokens=null"]),
     ("sql/west_of_n_pairs.sql", ["strategy=west_of_n; drop table pair_draws"]),

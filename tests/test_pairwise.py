@@ -230,11 +230,11 @@ def test_west_of_n_pairs_pairwise_exact(pairwise_con):
          "chosen_idx": 2, "rejected_idx": 1, "chosen_reward": 1.5, "rejected_reward": -1.5, "margin": 3.0,
          "confidence": tournament.sigmoid(3.0), "chosen_logprob_sum": -5.0, "rejected_logprob_sum": -3.0,
          "chosen_logprob_mean": -1.0, "rejected_logprob_mean": -1.5, "chosen_num_tokens": 5,
-         "rejected_num_tokens": 2, "n_candidates": 3, "policy": "pi@2", "reward_model": "teacher"},
+         "rejected_num_tokens": 2, "n_candidates": 3, "policy": "pi@2", "reward_model": "teacher", "agreement": None},
         {"prompt_id": "e_reversed", "prompt": "\n\nHuman: q e_reversed\n\nAssistant:", "chosen": "second",
          "rejected": "first", "chosen_idx": 1, "rejected_idx": 0, "chosen_reward": 0.25, "rejected_reward": -0.25,
          "margin": 0.5, "confidence": tournament.sigmoid(0.5), "chosen_logprob_sum": -2.0,
          "rejected_logprob_sum": -4.0, "chosen_logprob_mean": -0.25, "rejected_logprob_mean": -2.0,
          "chosen_num_tokens": 8, "rejected_num_tokens": 2, "n_candidates": 2, "policy": "pi@1",
-         "reward_model": "teacher"},
+         "reward_model": "teacher", "agreement": None},  # one pairwise teacher: no members to agree
     ]

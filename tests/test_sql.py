@@ -156,7 +156,7 @@ FILTER_INPUT = {
     "c": (0.8, -0.3, -3.0, 10, 2),  # the rejected response is very unlikely under the policy
     "d": (0.9, -0.2, -0.5, 30, 10),
 }
-OFF = {"likelihood": "mean", "min_margin": None, "max_tokens": None}
+OFF = {"likelihood": "mean", "min_margin": None, "max_tokens": None, "confidence_measure": "margin"}
 
 
 def pairs_table(spec: dict[str, tuple]) -> pa.Table:

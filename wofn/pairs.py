@@ -33,6 +33,10 @@ from wofn.paths import parquet_files
 STRATEGIES = schemas.STRATEGIES
 RANDOM_STRATEGIES = tuple(s for s in STRATEGIES if s != "west_of_n")  # the ones that take $seed
 LIKELIHOOD_MEASURES = ("mean", "sum")
+# What the confidence filter and the length balance rank pairs by: "margin" = confidence =
+# sigmoid(r+ - r-) (the paper's); "agreement" = an ensemble teacher's agreement (the share of its
+# members that rank the pair the same way, wofn.reward_ensemble), then confidence.
+CONFIDENCE_MEASURES = ("margin", "agreement")
 # What the strategies rank candidates by: "none" = the teacher's rewards; "residual" = the rewards
 # minus a least-squares fit on length over the run ("residual_per_prompt": one fit per prompt);
 # "band" = only the candidates within length_band of their prompt's best candidate's length.
@@ -60,7 +64,8 @@ def seed_for(strategy: str, seed: int) -> int | None:
 
 
 def check_filters(confidence_quantile: float, logprob_quantile: float, likelihood: str = "mean",
-                  min_margin: float | None = None, max_tokens: int | None = None) -> None:
+                  min_margin: float | None = None, max_tokens: int | None = None,
+                  confidence_measure: str = "margin") -> None:
     """Raise ValueError naming the setting when a filter parameter is out of range.
 
     The SQL checks the same (sql/filter_pairs.sql); checking here first gives the setting's name.
@@ -70,11 +75,18 @@ def check_filters(confidence_quantile: float, logprob_quantile: float, likelihoo
             raise ValueError(f"{name} must be a number in [0, 1], got {q!r}")
     if likelihood not in LIKELIHOOD_MEASURES:
         raise ValueError(f"likelihood must be 'mean' (per-token log-prob) or 'sum', got {likelihood!r}")
+    check_confidence_measure(confidence_measure)
     if min_margin is not None and (not isinstance(min_margin, (int, float)) or isinstance(min_margin, bool)
                                    or math.isnan(min_margin) or min_margin < 0):
         raise ValueError(f"min_margin must be a number >= 0, or None (off), got {min_margin!r}")
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
         raise ValueError(f"max_tokens must be an integer >= 1, or None (off), got {max_tokens!r}")
+
+
+def check_confidence_measure(confidence_measure: str) -> None:
+    if confidence_measure not in CONFIDENCE_MEASURES:
+        raise ValueError(f"confidence_measure must be 'margin' (sigmoid of the reward margin) or 'agreement' "
+                         f"(a teacher ensemble's agreement, then the margin), got {confidence_measure!r}")
 
 
 def check_length_control(length_control: str, length_band: float = 0.3, pairwise: bool = False) -> None:
@@ -260,17 +272,21 @@ def select_pairs(candidates_dir: Path, judged_dir: Path, pairwise: bool = False,
     return pairs_from_draws(draws, strategy), draws.num_rows
 
 
-def _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens) -> dict:
-    check_filters(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens)
+def _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens,
+                   confidence_measure) -> dict:
+    check_filters(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens, confidence_measure)
     return {"confidence_quantile": confidence_quantile, "logprob_quantile": logprob_quantile,
-            "likelihood": likelihood, "min_margin": min_margin, "max_tokens": max_tokens}
+            "likelihood": likelihood, "min_margin": min_margin, "max_tokens": max_tokens,
+            "confidence_measure": confidence_measure}
 
 
 def pair_funnel(pairs: Path | pa.Table, confidence_quantile: float, logprob_quantile: float,
                 likelihood: str = "mean", min_margin: float | None = None, max_tokens: int | None = None,
-                strategy: str = "west_of_n", pair_seed: int | None = None) -> pa.Table:
+                strategy: str = "west_of_n", pair_seed: int | None = None,
+                confidence_measure: str = "margin") -> pa.Table:
     """How many pairs each filter step keeps, with length balance (wofn.schemas.PAIR_FUNNEL)."""
-    params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens)
+    params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens,
+                            confidence_measure)
     check_strategy(strategy)
     con = catalog.connect()
     try:
@@ -282,14 +298,18 @@ def pair_funnel(pairs: Path | pa.Table, confidence_quantile: float, logprob_quan
 
 
 def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: float, likelihood: str = "mean",
-                 min_margin: float | None = None, max_tokens: int | None = None) -> tuple[pa.Table, dict]:
+                 min_margin: float | None = None, max_tokens: int | None = None,
+                 confidence_measure: str = "margin") -> tuple[pa.Table, dict]:
     """Pairs kept by the filters (sql/filter_pairs.sql), and how many each step kept (sql/pair_funnel.sql).
+
+    `confidence_measure` (CONFIDENCE_MEASURES): what the confidence quantile ranks by.
 
     The counts: {"west_of_n_pairs", "confidence_filter", "likelihood_filter"}, then
     "margin_filter" and "max_tokens_filter" when those filters are on (the keys bench/run.py and
     the rounds' logs have always read); the pair_funnel table has every step.
     """
-    params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens)
+    params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens,
+                            confidence_measure)
     con = catalog.connect()
     try:
         catalog.create_view(con, "west_of_n_pairs", pairs_dir, temporary=True)
@@ -310,9 +330,11 @@ def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: 
     return table, steps
 
 
-def balance_pairs(pairs: Path | pa.Table) -> pa.Table:
-    """As many chosen-longer as chosen-shorter pairs, the most confident of each, plus every
-    equal-length pair (sql/length_control/balance_pairs.sql; wofn.schemas.PAIRS, by prompt_id)."""
+def balance_pairs(pairs: Path | pa.Table, confidence_measure: str = "margin") -> pa.Table:
+    """As many chosen-longer as chosen-shorter pairs, the most confident of each (by
+    `confidence_measure`, as the confidence filter), plus every equal-length pair
+    (sql/length_control/balance_pairs.sql; wofn.schemas.PAIRS, by prompt_id)."""
+    check_confidence_measure(confidence_measure)
     if not isinstance(pairs, pa.Table):
         files = parquet_files(pairs)
         if not files:
@@ -320,8 +342,9 @@ def balance_pairs(pairs: Path | pa.Table) -> pa.Table:
         pairs = pa.concat_tables([schemas.conform(pq.read_table(f), schemas.PAIRS, where=str(f)) for f in files])
     con = catalog.connect()
     try:
-        con.register("pairs_in", pairs)
-        return catalog.run_sql_file(con, "length_control/balance_pairs", schema=schemas.PAIRS)
+        con.register("pairs_in", schemas.conform(pairs, schemas.PAIRS, where="balance_pairs input"))
+        return catalog.run_sql_file(con, "length_control/balance_pairs", {"confidence_measure": confidence_measure},
+                                    schema=schemas.PAIRS)
     finally:
         con.close()
 

@@ -9,7 +9,7 @@
 --   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)   every column (its rows are passed through)
 --
 -- Produces (wofn.schemas.CANDIDATE_SCORES, the same columns and order as candidate_scores):
---   prompt_id, candidate_idx, reward, reward_model, reward_model_revision
+--   prompt_id, candidate_idx, reward, reward_model, reward_model_revision, member_rewards
 --
 -- Parameters (DuckDB named parameters, bound from Python, e.g. {"band": 0.3}):
 --   $band  DOUBLE >= 0: the band's half-width as a share of the best candidate's length
@@ -84,7 +84,8 @@ final as (
         candidate_scores.candidate_idx,
         candidate_scores.reward,
         candidate_scores.reward_model,
-        candidate_scores.reward_model_revision
+        candidate_scores.reward_model_revision,
+        candidate_scores.member_rewards
     from candidate_scores
     inner join in_band
         on candidate_scores.prompt_id = in_band.prompt_id

@@ -9,7 +9,7 @@
 --   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)   every column (its rows are passed through)
 --
 -- Produces (wofn.schemas.CANDIDATE_SCORES, the same columns and order as candidate_scores):
---   prompt_id, candidate_idx, reward, reward_model, reward_model_revision
+--   prompt_id, candidate_idx, reward, reward_model, reward_model_revision, member_rewards
 --
 -- Parameters (DuckDB named parameters, bound from Python, e.g. {"per_prompt": False}):
 --   $per_prompt  BOOLEAN: false = one fit over every candidate of the run; true = one fit per
@@ -22,7 +22,9 @@
 -- (e.g. a prompt whose candidates are equally long) has slope 0, so residual = reward - the mean
 -- reward; a group with no point keeps its rewards (intercept 0, slope 0).
 -- reward := reward - (intercept + slope * num_tokens) for finite rewards; NULL, NaN, +inf and
--- -inf rewards are passed through unchanged (the strategies drop them). Units: reward-model
+-- -inf rewards are passed through unchanged (the strategies drop them). An ensemble teacher's
+-- member_rewards each lose the same fit (so their mean is still the residual reward, and the
+-- pairs' agreement compares residuals too); NULL member_rewards stay NULL. Units: reward-model
 -- units; num_tokens = policy tokens, EOS included (a candidate's smallest num_tokens over its
 -- rows). Per prompt, a fit through two points leaves both residuals 0 (no pair): it needs three
 -- or more candidates of at least two lengths to rank anything.
@@ -84,6 +86,7 @@ scored_rows as (
         candidate_scores.reward,
         candidate_scores.reward_model,
         candidate_scores.reward_model_revision,
+        candidate_scores.member_rewards,
         candidate_pool.num_tokens,
         case when checked_params.per_prompt then candidate_scores.prompt_id else '' end as fit_group
     from candidate_scores
@@ -107,7 +110,15 @@ final as (
             end as double
         ) as reward,
         scored_rows.reward_model,
-        scored_rows.reward_model_revision
+        scored_rows.reward_model_revision,
+        -- an ensemble's members lose the same fit, so their mean stays the residual reward
+        list_transform(scored_rows.member_rewards, lambda member: cast(
+            case
+                when isfinite(scored_rows.reward) then member
+                    - (coalesce(fits.intercept, 0.0) + coalesce(fits.slope, 0.0) * scored_rows.num_tokens)
+                else member
+            end as double
+        )) as member_rewards
     from scored_rows
     left join fits
         on scored_rows.fit_group = fits.fit_group
