@@ -9,7 +9,8 @@ folder, a HF sequence-classification model, or a backbone name (an untrained sca
 smoke tests and benchmarks).
 
 Pointwise teacher (a scalar reward model): writes wofn.schemas.CANDIDATE_SCORES shards to DIR,
-one row per candidate with a finite reward; a candidate that could not be scored (a non-finite
+one row per candidate with a finite reward (a teacher ensemble, `wofn.reward_ensemble`: the
+members' mean, and each member's in member_rewards); a candidate that could not be scored (a non-finite
 reward, an error in its batch that recurs when it is scored alone) gets a wofn.schemas.ERRORS
 row in the errors folder (`--errors`, default DIR + "_errors") instead.
 
@@ -67,22 +68,25 @@ class RewardHandler(_TeacherHandler):
                       inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
         max_length = self._length(model)
         try:
-            rewards = scoring.score(model, [r["prompt"] for r in batch], [r["response"] for r in batch],
-                                    max_length, self._token_budget)
+            rewards = scoring.score_members(model, [r["prompt"] for r in batch], [r["response"] for r in batch],
+                                            max_length, self._token_budget)
         except Exception:  # noqa: BLE001 - retried one candidate at a time; failures become error rows
             log.warning("a batch of %d candidates failed; retrying them one at a time", len(batch), exc_info=True)
             rewards = [self._score_one(model, r, max_length) for r in batch]
         beam.metrics.Metrics.counter("wofn", "candidates_scored").inc(len(batch))
         self._report(len(batch))
         return [
-            {"prompt_id": r["prompt_id"], "candidate_idx": r["candidate_idx"], "reward": reward,
-             "reward_model": model.name, "reward_model_revision": model.revision}
+            {"prompt_id": r["prompt_id"], "candidate_idx": r["candidate_idx"],
+             "reward": reward[0] if isinstance(reward, tuple) else reward,
+             "reward_model": model.name, "reward_model_revision": model.revision,
+             "member_rewards": reward[1] if isinstance(reward, tuple) else None}
             for r, reward in zip(batch, rewards)
         ]
 
-    def _score_one(self, model: models.LoadedModel, row: dict, max_length: int) -> float | BaseException:
+    def _score_one(self, model: models.LoadedModel, row: dict,
+                   max_length: int) -> tuple[float, list[float] | None] | BaseException:
         try:
-            return scoring.score(model, [row["prompt"]], [row["response"]], max_length, self._token_budget)[0]
+            return scoring.score_members(model, [row["prompt"]], [row["response"]], max_length, self._token_budget)[0]
         except Exception as exc:  # noqa: BLE001 - becomes an error row, with the message
             return exc
 

@@ -10,7 +10,8 @@ TRL's preference format (https://huggingface.co/docs/trl/dataset_formats) has th
     [{"role": "user" | "assistant", "content": ...}] (wofn.generation.prompt_to_messages, as the
     policy saw it), and `chosen` / `rejected` are one assistant message each.
 
-Both keep wofn's measurements (margin, confidence, rewards, log-probabilities, lengths) and the
+Both keep wofn's measurements (margin, confidence, a teacher ensemble's agreement, rewards,
+log-probabilities, lengths) and the
 pairs' provenance (policy, teacher, round, strategy, seed) as extra columns, and are written as
 Parquet or JSONL (by the output's suffix) atomically: a temporary file in the same folder, then
 a rename. An existing output is replaced only when asked (`force`).
@@ -111,6 +112,7 @@ def to_trl(pairs: pa.Table, fmt: str, round_k: int, strategy: str, seed: int | N
     columns["round"] = [round_k] * len(rows)
     columns["strategy"] = [strategy] * len(rows)
     columns["seed"] = [seed] * len(rows)
+    columns["agreement"] = pairs.column("agreement").to_pylist()
     return pa.Table.from_pydict(columns, schema=FORMATS[fmt])
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from wofn import reward_head
+from wofn import reward_ensemble, reward_head
 from wofn.paths import cache_dir, content_hash
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,8 @@ def resolve(spec: str) -> str:
 def revision(resolved: str) -> str:
     """Content hash of a local model's weights, or the hub id's commit when that is all we have."""
     path = Path(resolved)
+    if path.is_dir() and reward_ensemble.is_ensemble(path):
+        return read_manifest(resolved)["revision"]
     if path.is_dir():
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         if weights:
@@ -275,7 +277,9 @@ def reward_head_of(resolved: str, head: str | None = None) -> str:
     (`auto` resolved for it; None: transformers' own head, as before heads were a setting).
     """
     stored = None
-    if Path(resolved).is_dir():
+    if Path(resolved).is_dir() and reward_ensemble.is_ensemble(resolved):
+        stored = read_manifest(resolved).get("head", "hf")  # its members'
+    elif Path(resolved).is_dir():
         stored = reward_head.stored_pooling(resolved)
         if stored is None and read_manifest(resolved).get("kind"):
             stored = "hf"  # a reward model trained with transformers' head (all of them, before heads)
@@ -300,6 +304,8 @@ def load_reward_model(spec: str, device: str = "cpu", dtype: str = "float32",
 
     _quiet_progress_bars()
     resolved = resolve(spec)
+    if reward_ensemble.is_ensemble(resolved):
+        return _load_ensemble(spec, resolved, device, dtype, trust_remote_code, allow_pickle, head)
     check_safetensors(resolved, allow_pickle)
     if dtype == "bfloat16":
         warn_if_slow_bf16(device, f"reward model {spec}", "score_dtype: float32 (--dtype float32 for the Beam job)")
@@ -316,6 +322,25 @@ def load_reward_model(spec: str, device: str = "cpu", dtype: str = "float32",
     model = model.to(device).eval()
     ensure_pad_token(tokenizer, model)
     return LoadedModel(model, tokenizer, spec, revision(resolved), resolved)
+
+
+def _load_ensemble(spec: str, resolved: str, device: str, dtype: str, trust_remote_code: bool,
+                   allow_pickle: bool, head: str | None) -> LoadedModel:
+    """A `wofn.reward_ensemble` folder as one model: its members, which must share one backbone
+    (hence one tokenizer), under a `RewardEnsemble`."""
+    loaded = []
+    for member_dir in reward_ensemble.member_dirs(resolved):
+        loaded.append(load_reward_model(str(member_dir), device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                        allow_pickle=allow_pickle, head=head))
+    inits = {read_manifest(m.path).get("init") for m in loaded}
+    vocabularies = {len(m.tokenizer) for m in loaded}
+    if len(inits) > 1 or len(vocabularies) > 1:
+        raise ValueError(f"{resolved}: the ensemble's members were trained from different backbones ({sorted(map(str, inits))}); "
+                         "an ensemble's members must share one tokenizer")
+    model = reward_ensemble.RewardEnsemble([m.model for m in loaded]).eval()
+    manifest = read_manifest(resolved)
+    return LoadedModel(model, loaded[0].tokenizer, spec,
+                       manifest.get("revision") or reward_ensemble.revision_of([m.revision for m in loaded]), resolved)
 
 
 def set_torch_threads(threads: int) -> None:

@@ -46,21 +46,29 @@ def reuses_prefix(rm: LoadedModel) -> bool:
     return cache_argument(rm.model) is not None and not getattr(rm.model.config, "is_encoder_decoder", False)
 
 
-@torch.inference_mode()
 def score(rm: LoadedModel, prompts: list[str], responses: list[str], max_length: int,
           token_budget: int | None = None, share_prefix: bool | None = None) -> list[float]:
-    """Rewards in input order.
+    """Rewards in input order (a teacher ensemble's: its members' mean).
 
     `token_budget`: padded tokens per forward pass (None: 2048 on CPU, 16384 on GPU).
     `share_prefix`: compute the shared prompt prefix of same-prompt inputs once (None: wherever
     the model allows, see `reuses_prefix`; False: never).
     """
+    return [reward for reward, _ in score_members(rm, prompts, responses, max_length, token_budget, share_prefix)]
+
+
+@torch.inference_mode()
+def score_members(rm: LoadedModel, prompts: list[str], responses: list[str], max_length: int,
+                  token_budget: int | None = None,
+                  share_prefix: bool | None = None) -> list[tuple[float, list[float] | None]]:
+    """(reward, member rewards) in input order: a teacher ensemble (`wofn.reward_ensemble`) gives
+    each member's reward beside their mean; a single reward model gives None. Arguments as `score`."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     device = next(rm.model.parameters()).device
     budget = token_budget or default_token_budget(device)
     encoded = [rm_format.encode(rm.tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    rewards: list[float | None] = [None] * len(encoded)
+    rewards: list[tuple[float, list[float] | None] | None] = [None] * len(encoded)
     if share_prefix is None:
         share_prefix = reuses_prefix(rm)
     elif share_prefix and not reuses_prefix(rm):
@@ -81,17 +89,27 @@ def score(rm: LoadedModel, prompts: list[str], responses: list[str], max_length:
     return rewards  # type: ignore[return-value]
 
 
-def _score_batched(rm: LoadedModel, encoded: list[list[int]], budget: int, device) -> list[float]:
+def _rewards(out) -> list[tuple[float, list[float] | None]]:
+    """(reward, member rewards or None) per row of a model output."""
+    values = out.logits[:, 0].float().tolist()
+    members = getattr(out, "member_logits", None)
+    if members is None:
+        return [(value, None) for value in values]
+    return list(zip(values, members.float().tolist()))
+
+
+def _score_batched(rm: LoadedModel, encoded: list[list[int]], budget: int,
+                   device) -> list[tuple[float, list[float] | None]]:
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
-    rewards = [0.0] * len(encoded)
+    rewards: list[tuple[float, list[float] | None]] = [(0.0, None)] * len(encoded)
     start = 0
     while start < len(order):
         width = len(encoded[order[start]])  # longest first: the batch's width
         size = max(1, budget // width)
         batch = order[start : start + size]
         inputs = rm_format.collate(rm.tokenizer, [encoded[i] for i in batch])
-        logits = rm.model(**{k: v.to(device) for k, v in inputs.items()}).logits[:, 0].float()
-        for i, value in zip(batch, logits.tolist()):
+        out = rm.model(**{k: v.to(device) for k, v in inputs.items()})
+        for i, value in zip(batch, _rewards(out)):
             rewards[i] = value
         start += size
     return rewards
@@ -119,7 +137,7 @@ def _common_prefix_length(sequences) -> int:
 
 
 def _score_with_shared_prefix(rm: LoadedModel, encoded: list[list[int]], shared: int, budget: int,
-                              device) -> list[float]:
+                              device) -> list[tuple[float, None]]:
     """One prefix pass for the group, then its suffixes (right-padded) in budget-sized chunks,
     each chunk reading a copy of the prefix cache."""
     model = rm.model
@@ -129,7 +147,7 @@ def _score_with_shared_prefix(rm: LoadedModel, encoded: list[list[int]], shared:
     suffixes = [seq[shared:] for seq in encoded]
     width = max(len(s) for s in suffixes)
     rows = max(1, budget // (shared + width))
-    rewards: list[float] = []
+    rewards: list[tuple[float, None]] = []
     for start in range(0, len(suffixes), rows):
         chunk = suffixes[start : start + rows]
         cache = _repeated(prefix_cache, len(chunk), last=start + rows >= len(suffixes))
@@ -139,7 +157,7 @@ def _score_with_shared_prefix(rm: LoadedModel, encoded: list[list[int]], shared:
         positions = torch.arange(shared, shared + ids.shape[1], device=device).expand(len(chunk), -1)
         out = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
                     **{cache_arg: cache})
-        rewards.extend(out.logits[:, 0].float().tolist())
+        rewards.extend((value, None) for value in out.logits[:, 0].float().tolist())
     return rewards
 
 

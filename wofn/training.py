@@ -13,14 +13,14 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from wofn import models, reward_head, rm_format
+from wofn import models, reward_ensemble, reward_head, rm_format
 from wofn.paths import publish
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=256, metadata={"help": "tokens per (prompt, response), cut from the left"})
     seed: int = field(default=0, metadata={"help": "seeds the head's initialisation, shuffling and dropout"})
+    split_seed: int | None = field(default=None, metadata={"help": "seeds the validation split (None: seed); an ensemble's members share one"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (CPU and recent GPUs)"})
     device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between progress reports"})
@@ -158,13 +159,17 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
     """
     if not pairs:
         raise ValueError("no training pairs")
+    if Path(models.resolve(init)).is_dir() and reward_ensemble.is_ensemble(models.resolve(init)):
+        raise ValueError(f"{init} is a reward ensemble (wofn.reward_ensemble); training starts from one model: "
+                         "a backbone or a single reward model (with teacher_members > 1, use student_init: backbone)")
     torch.manual_seed(config.seed)
     if config.bf16:
         models.warn_if_slow_bf16(config.device, "reward-model training", "rm_bf16: false (TrainConfig.bf16=False)")
     rm = models.load_reward_model(init, device=config.device, head=config.head)
     model, tokenizer = rm.model, rm.tokenizer
     model.train()
-    train_pairs, val_pairs = split_validation(pairs, config.val_fraction, config.seed)
+    train_pairs, val_pairs = split_validation(
+        pairs, config.val_fraction, config.seed if config.split_seed is None else config.split_seed)
     encoded = [objective.encode(tokenizer, p, config.max_length) for p in train_pairs]
     val_encoded = [objective.encode(tokenizer, p, config.max_length) for p in val_pairs]
     per_step = config.batch_size * config.grad_accum
@@ -244,6 +249,8 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
         "best_step": best["step"] if (best and config.select_best) else total_steps,
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "validation": validation,
+        # the kept weights' margin on each validation pair, in split order (not stored in the manifest)
+        "validation_margins": best_margins if config.select_best else last_margins,
     }
     full_manifest = {
         "kind": objective.kind,
@@ -252,11 +259,82 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
         "head": models.reward_head_of(rm.path, config.head),
         "max_length": config.max_length,
         "train_config": asdict(config),
-        "train_metrics": {k: v for k, v in metrics.items() if k not in ("history",)},
+        "train_metrics": {k: v for k, v in metrics.items() if k not in ("history", "validation_margins")},
         **(manifest or {}),
     }
     save(model, tokenizer, out_dir, full_manifest)
     return metrics
+
+
+def train_ensemble(init: str, pairs: list[Pair], config: TrainConfig, out_dir: Path, members: int,
+                   manifest: dict | None = None, progress: Callable[[dict], None] | None = None,
+                   objective: Objective = POINTWISE) -> dict:
+    """Train `members` reward models from `init` with seeds config.seed, config.seed + 1, ... and write
+    them as one ensemble folder (`wofn.reward_ensemble`) to `out_dir`; `members` = 1 is exactly
+    `train_reward_model` (a plain model folder).
+
+    The members share one validation split (seeded by config.split_seed, else config.seed), so the
+    ensemble's validation report is computed on pairs none of them trained on: accuracy and the
+    length rules from the members' mean margin, plus agreement (`reward_ensemble.agreement`): the
+    share of pairs all members rank the same way ("unanimous") and the accuracy there. Returns the
+    metrics of `train_reward_model`, summed or averaged over the members, with `members` (each
+    member's metrics, without its history and margins) and `history` (every member's records, each
+    with its `member` index).
+    """
+    if members < 1:
+        raise ValueError(f"an ensemble needs members >= 1, got {members}")
+    if members == 1:
+        return train_reward_model(init, pairs, config, out_dir, manifest, progress, objective)
+    if objective is not POINTWISE:
+        raise ValueError(f"teacher ensembles are pointwise reward models; objective {objective.kind!r} "
+                         "(a pairwise teacher) cannot be one: use teacher_members: 1 with it")
+    out_dir = Path(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}.ensemble-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    results, history = [], []
+    for k in range(members):
+        member_config = replace(config, seed=config.seed + k, split_seed=split_seed)
+
+        def report(record: dict, k: int = k) -> None:
+            if progress:
+                progress({**record, "member": k, "members": members})
+
+        log.info("teacher ensemble: training member %d/%d (seed %d)", k + 1, members, member_config.seed)
+        metrics = train_reward_model(init, pairs, member_config, staging / reward_ensemble.MEMBERS_DIR / str(k),
+                                     {**(manifest or {}), "member": k}, report, objective)
+        results.append(metrics)
+        history.extend({**record, "member": k} for record in metrics["history"])
+    _, val_pairs = split_validation(pairs, config.val_fraction, split_seed)
+    validation = None
+    if val_pairs and all(m["validation_margins"] for m in results):
+        per_member = [m["validation_margins"] for m in results]
+        mean_margins = [sum(column) / members for column in zip(*per_member)]
+        validation = validation_report(val_pairs, mean_margins)
+        votes = reward_ensemble.agreement(per_member)
+        unanimous = [i for i, a in enumerate(votes) if a in (0.0, 1.0)]
+        validation.update({
+            "members": members,
+            "member_accuracies": [m["validation"]["accuracy"] for m in results],
+            "member_length_balanced_accuracies": [m["validation"]["length_balanced_accuracy"] for m in results],
+            "unanimous_share": len(unanimous) / len(votes),
+            "unanimous_accuracy": (sum(votes[i] for i in unanimous) / len(unanimous)) if unanimous else None,
+        })
+    summary = {
+        "members": [{k: v for k, v in m.items() if k not in ("history", "validation_margins", "validations")}
+                    for m in results],
+        "seconds": sum(m["seconds"] for m in results),
+        "final_loss": sum(m["final_loss"] for m in results) / members,
+        "final_train_accuracy": sum(m["final_train_accuracy"] for m in results) / members,
+        "pairs_per_s": sum(m["pairs_per_s"] for m in results) / members,
+        "pairs": len(pairs), "val_pairs": len(val_pairs), "validation": validation,
+    }
+    reward_ensemble.write_folder(
+        staging, [staging / reward_ensemble.MEMBERS_DIR / str(k) for k in range(members)],
+        {"member_seeds": [config.seed + k for k in range(members)], "max_length": config.max_length,
+         "train_config": {**asdict(config), "split_seed": split_seed}, "train_metrics": summary, **(manifest or {})})
+    publish(staging, out_dir)
+    return {**summary, "history": history, "steps": sum(m["steps"] for m in results)}
 
 
 def save(model, tokenizer, out_dir: Path, manifest: dict) -> None:
