@@ -49,6 +49,7 @@ def test_standard_format_roundtrip(capsys, home, tmp_path, suffix):
             pair["margin"], pair["confidence"], pair["chosen_logprob_mean"], pair["rejected_num_tokens"])
         assert (row["policy"], row["teacher"], row["round"], row["strategy"], row["seed"]) == (
             pair["policy"], pair["reward_model"], 1, "west_of_n", None)
+        assert row["agreement"] == pair["agreement"]
     if suffix == ".parquet":
         assert pq.read_schema(out).equals(schemas.TRL_PAIRS, check_metadata=False)
 

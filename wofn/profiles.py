@@ -48,6 +48,9 @@ DEFAULT = {
     "rm_head": "hf",
     "rm_bf16": True,
     "teacher": "pointwise",
+    # K > 1: the teacher is K base RMs (seeds seed .. seed+K-1, one validation split), its reward their
+    # mean and each pair's agreement a second confidence (wofn/reward_ensemble.py); K times the base cost
+    "teacher_members": 1,
     "rm_val_fraction": 0.1,
     "student_init": "backbone",
     "rounds": 1,
@@ -55,6 +58,7 @@ DEFAULT = {
     "strategy": "west_of_n",
     "pair_seed": 0,
     "confidence_quantile": 0.5,
+    "confidence_measure": "margin",
     "logprob_quantile": 0.1,
     "likelihood": "mean",
     "min_margin": None,

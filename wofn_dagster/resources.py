@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from wofn import profiles, reward_head
 from wofn.paths import WofnHome
 from wofn.prompt_sources import check_prompt_sources
+from wofn.pairs import check_confidence_measure
 
 
 class WofnHomeResource(ConfigurableResource):
@@ -103,6 +104,8 @@ class WofnSettings(ConfigurableResource):
     rm_head: str = Field(description="reward head on the RM backbone (wofn/reward_head.py): 'auto' (mean pooling for sentence-transformer encoders such as all-MiniLM-L6-v2, which were trained for it; transformers' own head otherwise, i.e. the last real token for decoders), 'mean', 'last', or 'hf' (AutoModelForSequenceClassification's head: BERT's pooler, a decoder's last token; the default profile's: mean pooling matched it only at 4 epochs and 256 tokens, docs/results_teacher.md); stored in the model folder")
     rm_bf16: bool = Field(description="bfloat16 autocast in RM training")
     rm_val_fraction: float = Field(description="share of the human pairs held out to pick the best checkpoint")
+    teacher_members: int = Field(description="K base reward models trained with seeds seed .. seed+K-1 on one validation split; K > 1 makes the teacher an ensemble (wofn/reward_ensemble.py): its reward is their mean, candidate_scores.member_rewards holds each member's, and each pair's agreement (the share of members ranking it the same way) can rank the confidence filter (confidence_measure: agreement). Costs K base trainings and K scorings; pointwise teachers only; students then start from the backbone")
+    confidence_measure: str = Field(description="what the confidence filter (confidence_quantile) and length_balance rank pairs by: 'margin' (sigmoid(r+ - r-), the paper's) or 'agreement' (a teacher ensemble's agreement, then sigmoid(r+ - r-) among equal agreements; needs teacher_members >= 2)")
     rounds: int = Field(description="West-of-N rounds; round k >= 2 uses round k-1's student as teacher (1 = student_reward_model only)")
     student_init: str = Field(description="'backbone' (the paper) or 'teacher' (continue from the round's teacher): where each student starts")
     synthetic_ratio: float = Field(description="synthetic pairs per human pair in the student's data (1.0 = the paper's 1:1), capped by what the filters kept")
@@ -137,6 +140,19 @@ class WofnSettings(ConfigurableResource):
             raise ValueError(f"teacher_gate must be 'warn' or 'block', got {value!r}")
         return value
 
+    @field_validator("teacher_members")
+    @classmethod
+    def _members(cls, value: int) -> int:
+        if not 1 <= value <= 64:
+            raise ValueError(f"teacher_members must be in [1, 64], got {value!r}")
+        return value
+
+    @field_validator("confidence_measure")
+    @classmethod
+    def _known_measure(cls, value: str) -> str:
+        check_confidence_measure(value)
+        return value
+
     @field_validator("rm_head")
     @classmethod
     def _known_head(cls, value: str) -> str:
@@ -150,6 +166,13 @@ class WofnSettings(ConfigurableResource):
         name, values = profiles.active() if name is None else (name, dict(profiles.PROFILES[name]))
         values = {**values, **overrides}
         return cls(profile=name, **{k: v for k, v in values.items() if k not in _RESOURCE_FIELDS})
+
+    def filters(self, teacher_is_ensemble: bool = True) -> dict:
+        """The pair filters' arguments (`wofn.pairs.filter_pairs`, `pair_funnel`). A teacher that is not
+        an ensemble (a round >= 2's student) gives no agreement: it is filtered by the margin."""
+        return {"confidence_quantile": self.confidence_quantile, "logprob_quantile": self.logprob_quantile,
+                "likelihood": self.likelihood, "min_margin": self.min_margin, "max_tokens": self.max_pair_tokens,
+                "confidence_measure": self.confidence_measure if teacher_is_ensemble else "margin"}
 
     def threads(self) -> int:
         return self.torch_threads if self.torch_threads > 0 else (os.cpu_count() or 1)

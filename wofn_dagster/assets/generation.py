@@ -24,7 +24,7 @@ _SAMPLING_CODE = code_version("beam_jobs/sample_candidates.py", "beam_jobs/infer
                               "wofn_dagster/assets/generation.py")
 _SCORING_CODE = code_version("beam_jobs/score_candidates.py", "beam_jobs/inference.py", "beam_jobs/io.py",
                              "wofn/scoring.py", "wofn/tournament.py", "wofn/rm_format.py", "wofn/models.py",
-                             "wofn/reward_head.py",
+                             "wofn/reward_head.py", "wofn/reward_ensemble.py",
                              "wofn_dagster/assets/generation.py")
 
 

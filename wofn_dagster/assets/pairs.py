@@ -144,16 +144,14 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
     """Selected pairs kept by the confidence, likelihood, margin and length filters (sql/filter_pairs.sql),
     then length-balanced when `length_balance` is on (sql/length_control/balance_pairs.sql)."""
     h = home.home
-    filters = {"confidence_quantile": settings.confidence_quantile, "logprob_quantile": settings.logprob_quantile,
-               "likelihood": settings.likelihood, "min_margin": settings.min_margin,
-               "max_tokens": settings.max_pair_tokens}
+    filters = settings.filters()
     strategy, pair_seed = _selected_strategy(context, h, settings)
     table, steps = pairs.filter_pairs(h.table_dir("west_of_n_pairs"), **filters)
     funnel = pairs.pair_funnel(h.table_dir("west_of_n_pairs"), **filters, strategy=strategy, pair_seed=pair_seed)
     balance = {"length_balance": MetadataValue.bool(settings.length_balance)}
     if settings.length_balance:
         before = pairs.pair_stats(table)
-        table = pairs.balance_pairs(table)
+        table = pairs.balance_pairs(table, filters["confidence_measure"])
         funnel = pairs.with_balance_step(funnel, table)
         steps["length_balance"] = table.num_rows
         context.log.info("length balance: %d -> %d pairs", before["pairs"], table.num_rows)

@@ -40,9 +40,11 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
     records = [_record(1, h.model_dir("student_reward_model"), h.model_dir("base_reward_model"),
                        evaluate_model(h, h.model_dir("student_reward_model"), settings))]
     teacher = h.model_dir("student_reward_model")
-    filters = {"confidence_quantile": settings.confidence_quantile, "logprob_quantile": settings.logprob_quantile,
-               "likelihood": settings.likelihood, "min_margin": settings.min_margin,
-               "max_tokens": settings.max_pair_tokens}
+    filters = settings.filters(teacher_is_ensemble=False)  # every round's teacher is a single student
+    if settings.rounds > 1 and settings.confidence_measure != filters["confidence_measure"]:
+        context.log.warning(f"rounds 2..{settings.rounds}: the teacher is one student, which gives no agreement; "
+                            f"their confidence filter ranks by the margin (confidence_measure "
+                            f"{settings.confidence_measure!r} applies to round 1)")
     # every prompt batch's candidates, as one glob (the scoring job reads file patterns)
     candidates_glob = h.table_dir("candidates") / f"{PARTITION_PREFIX}*" / "*.parquet"
     candidate_versions = batch_versions(h, "candidates")
@@ -67,7 +69,7 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
                                          pair_seed=pairs.seed_for(settings.strategy, settings.pair_seed))
         if settings.length_balance:
             before = kept.num_rows
-            kept = pairs.balance_pairs(kept)
+            kept = pairs.balance_pairs(kept, filters["confidence_measure"])
             funnel = {**funnel, "length_balance": kept.num_rows}
             funnel_table = pairs.with_balance_step(funnel_table, kept)
             context.log.info(f"round {k}: length balance {before} -> {kept.num_rows} pairs")

@@ -6,13 +6,14 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-from wofn import evaluation, lineage, models, pairwise, training
+from wofn import evaluation, lineage, models, pairwise, reward_ensemble, training
 from wofn.pairs import check_length_control
 from wofn.paths import WofnHome, content_hash
 from wofn_dagster.assets.common import batch_versions, code_version, png_markdown, read_table
 from wofn_dagster.resources import PolicyResource, RewardModelResource, WofnHomeResource, WofnSettings
 
-_TRAINING_CODE = code_version("wofn/training.py", "wofn/pairwise.py", "wofn/models.py", "wofn/reward_head.py", "wofn/rm_format.py",
+_TRAINING_CODE = code_version("wofn/training.py", "wofn/pairwise.py", "wofn/models.py", "wofn/reward_head.py",
+                              "wofn/reward_ensemble.py", "wofn/rm_format.py",
                               "wofn/evaluation.py", "wofn_dagster/assets/training.py")
 
 
@@ -28,8 +29,9 @@ def _train_config(settings: WofnSettings) -> training.TrainConfig:
 
 def _progress(context: AssetExecutionContext, label: str):
     def report(record: dict) -> None:
+        member = f" member {record['member'] + 1}/{record['members']}" if "member" in record else ""
         context.log.info(
-            f"{label}: step {record['step']}/{record['total_steps']} loss {record['loss']:.4f} "
+            f"{label}{member}: step {record['step']}/{record['total_steps']} loss {record['loss']:.4f} "
             f"acc {record['accuracy']:.3f} {record['pairs_per_s']:.1f} pairs/s ETA {record['eta_s']:.0f}s")
     return report
 
@@ -44,8 +46,11 @@ def _add_to_manifest(model_dir, extra: dict) -> dict:
 def _loss_plot(history: list[dict], title: str) -> MetadataValue:
     fig = Figure(figsize=(5, 3))
     ax = fig.subplots()
-    ax.plot([r["step"] for r in history], [r["loss"] for r in history], label="loss")
-    ax.plot([r["step"] for r in history], [r["accuracy"] for r in history], label="train accuracy")
+    for k in sorted({r.get("member", 0) for r in history}):  # a teacher ensemble: one pair of lines per member
+        records = [r for r in history if r.get("member", 0) == k]
+        suffix = f" (member {k})" if "member" in records[0] else ""
+        ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="loss" + suffix)
+        ax.plot([r["step"] for r in records], [r["accuracy"] for r in records], label="train accuracy" + suffix)
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.legend()
@@ -109,11 +114,16 @@ def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, ho
     # the pair step would refuse a length control the teacher cannot serve: say so before training it
     check_length_control(settings.length_control, settings.length_band, pairwise=reward_models.teacher == "pairwise")
     objective = pairwise.PAIRWISE if reward_models.teacher == "pairwise" else training.POINTWISE
+    members = settings.teacher_members
+    if members > 1 and reward_models.teacher == "pairwise":
+        raise ValueError(f"teacher_members: {members} needs a pointwise teacher; a pairwise teacher is one model "
+                         "(set teacher_members: 1 or teacher: pointwise)")
     pairs = read_table(h, "human_preferences").to_pylist()
     model_dir = h.model_dir("base_reward_model")
-    context.log.info("training base RM on %d human pairs from %s", len(pairs), reward_models.backbone)
-    metrics = training.train_reward_model(
-        reward_models.backbone, pairs, _train_config(settings), model_dir,
+    context.log.info("training base RM on %d human pairs from %s%s", len(pairs), reward_models.backbone,
+                     f" ({members} members, seeds {settings.seed}..{settings.seed + members - 1})" if members > 1 else "")
+    metrics = training.train_ensemble(
+        reward_models.backbone, pairs, _train_config(settings), model_dir, members,
         manifest={"role": "base", "lineage": {"human_preferences": _data_version(h, "human_preferences"),
                                               "backbone": reward_models.backbone, "code_version": _TRAINING_CODE}},
         progress=_progress(context, f"base RM ({reward_models.teacher})"), objective=objective)
@@ -129,11 +139,20 @@ def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, ho
             "(longer wins %.3f, shorter wins %.3f; n=%d)", validation["accuracy"],
             validation["length_balanced_accuracy"] or float("nan"), validation["mean_margin"],
             validation["longer_wins_accuracy"], validation["shorter_wins_accuracy"], validation["n"])
+    if members > 1 and validation:
+        context.log.info(
+            "teacher ensemble of %d: members' validation accuracy %s; all members agree on %.1f%% of the validation "
+            "pairs, %.3f accurate there", members, ", ".join(f"{a:.3f}" for a in validation["member_accuracies"]),
+            100 * validation["unanimous_share"], validation["unanimous_accuracy"] or float("nan"))
     return MaterializeResult(
         metadata={
+            "teacher_members": MetadataValue.int(members),
             **{f"val_{key}": MetadataValue.float(validation[key]) for key in (
-                "accuracy", "length_balanced_accuracy", "mean_margin", "longer_wins_accuracy", "shorter_wins_accuracy")
+                "accuracy", "length_balanced_accuracy", "mean_margin", "longer_wins_accuracy", "shorter_wins_accuracy",
+                "unanimous_share", "unanimous_accuracy")
                if validation.get(key) is not None},
+            **({"val_member_accuracies": MetadataValue.json(validation["member_accuracies"])}
+               if validation.get("member_accuracies") else {}),
             "head": MetadataValue.text(manifest.get("head", "hf")),
             "eval_accuracy": MetadataValue.float(result["accuracy"]),
             "eval_length_balanced_accuracy": MetadataValue.float(result["length_balanced_accuracy"]),
@@ -161,6 +180,10 @@ def train_student(context: AssetExecutionContext, settings: WofnSettings, reward
     if settings.student_init not in ("backbone", "teacher"):
         raise ValueError(f"student_init must be 'backbone' or 'teacher', got {settings.student_init!r}")
     teacher_manifest = models.read_manifest(str(teacher_dir))
+    if settings.student_init == "teacher" and reward_ensemble.is_ensemble(teacher_dir):
+        raise ValueError(f"student_init: teacher continues from one model, but the round-{round_k} teacher "
+                         f"{teacher_dir} is an ensemble of {len(teacher_manifest['members'])} (teacher_members); "
+                         "use student_init: backbone")
     human = read_table(h, "human_preferences").to_pylist()
     pairs, mix = training.mix_pairs(human, synthetic, settings.synthetic_ratio, settings.seed)
     if mix["synthetic_per_human"] < settings.synthetic_ratio:
