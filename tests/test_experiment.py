@@ -97,6 +97,10 @@ def test_filter_quantiles():
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, prompt_sources: [unlabeled, forum]"),
      r"settings.prompt_sources must be a non-empty list"),
     (lambda t: t.replace("[none, residual, band+balanced]", "[none, shortest]"), r"grid.length: \['shortest'\]"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, confidence_measure: agreement"),
+     r"confidence_measure 'agreement' needs a teacher ensemble \(settings.teacher_members >= 2\)"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher_members: 0"), r"teacher_members must be an integer in \[1, 64\]"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, confidence_measure: votes"), "settings.confidence_measure must be"),
     (lambda t: t.replace("n: 4, filter: none, length: [residual", "n: 4, filter: none, length: [band"),
      r"train\[2\].length .*must be in the grid"),
 ])
@@ -126,6 +130,13 @@ def test_estimate_from_benchmark_rates():
     assert est["students"] == 10
     with pytest.raises(ValueError, match="run `make bench` first"):
         runner.estimate(cfg, bench={k: v for k, v in BENCH.items() if k != "training"})
+
+
+def test_estimate_counts_a_teacher_ensembles_members():
+    est = runner.estimate(parse(TINY.replace("max_prompts: 6", "max_prompts: 6, teacher_members: 3")), bench=BENCH)
+    one_base = 40 * (1 - 0.1) * 1.0 / 4.0 + 2 * 24 / 20
+    assert est["seconds"]["base_models"] == pytest.approx(3 * one_base)  # seeds 0, 1 and the teacher's 2
+    assert est["seconds"]["scoring"] == pytest.approx(3 * 24 / 20)
 
 
 def test_estimate_says_when_the_sampling_rate_was_measured_at_other_batch_rows():
@@ -328,3 +339,36 @@ def test_dagster_job_runs_a_grid_from_scratch(tmp_path):
     assert cell["cell"] == "west_of_n-n2-none-seed0" and 0 <= cell["accuracy"] <= 1
     assert "| student | west_of_n | 2 | none | none | 1 |" in out.read_text()
     assert "| rm_learning_rate | validation accuracy | validation loss | chosen |" in out.read_text()
+
+
+ENSEMBLE = """
+name: tiny_ensemble
+profile: tiny
+settings: {max_prompts: 6, max_human_pairs: 40, max_eval_pairs: 24, confidence_quantile: 0.5, logprob_quantile: 0.0,
+           teacher_members: 2, confidence_measure: agreement}
+grid:
+  strategies: [west_of_n]
+  n: [4]
+  filters: [confidence]
+  seeds: [0]
+  length: [band+balanced]
+"""
+
+
+def test_an_ensemble_teacher_scores_and_filters_by_agreement(tmp_path):
+    cfg_path = tmp_path / "ensemble.yaml"
+    cfg_path.write_text(ENSEMBLE)
+    report = tmp_path / "results.md"
+    assert cli.main(["experiment", str(cfg_path), "--home", str(tmp_path / "home"), "--report", str(report)]) == 0
+    exp = runner.Experiment(xconfig.load(cfg_path), tmp_path / "home")
+    teacher = json.loads((exp.path("teacher") / "manifest.json").read_text())
+    assert teacher["kind"] == "reward_ensemble" and teacher["members"] == ["../base/seed=0/model", "../base/seed=1/model"]
+    scores = pq.read_table(exp.path("scores")).to_pylist()
+    assert all(len(r["member_rewards"]) == 2 and r["reward"] == pytest.approx(sum(r["member_rewards"]) / 2, abs=1e-6)
+               for r in scores)
+    pairs_table = pq.read_table(exp.pairs_dir("west_of_n", 4, 0, "band")).to_pylist()
+    assert pairs_table and all(r["agreement"] in (0.0, 0.5, 1.0) for r in pairs_table)
+    cell = json.loads(next(exp.path("cells").glob("*.json")).read_text())
+    assert cell["lineage"]["teacher_revision"] == teacher["revision"]
+    assert json.loads(exp.path("teacher_result.json").read_text())["seeds"] == [0, 1]
+    assert "| **teacher** (ensemble of seeds 0, 1) |" in report.read_text()

@@ -181,8 +181,17 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
         prompt_sources.check_prompt_sources(settings["prompt_sources"])
     except ValueError as exc:
         raise ConfigError(f"{source}: settings.{exc}") from exc
-    pairs.check_filters(settings["confidence_quantile"], settings["logprob_quantile"], settings["likelihood"],
-                        settings["min_margin"], settings["max_pair_tokens"])
+    try:
+        pairs.check_filters(settings["confidence_quantile"], settings["logprob_quantile"], settings["likelihood"],
+                            settings["min_margin"], settings["max_pair_tokens"], settings["confidence_measure"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: settings.{exc}") from exc
+    members = settings["teacher_members"]
+    if not isinstance(members, int) or isinstance(members, bool) or not 1 <= members <= 64:
+        raise ConfigError(f"{source}: settings.teacher_members must be an integer in [1, 64], got {members!r}")
+    if settings["confidence_measure"] == "agreement" and members == 1:
+        raise ConfigError(f"{source}: settings.confidence_measure 'agreement' needs a teacher ensemble "
+                          "(settings.teacher_members >= 2)")
 
     grid = raw.get("grid")
     if not isinstance(grid, dict):

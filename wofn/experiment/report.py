@@ -138,6 +138,9 @@ def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
               f"| **base** (human pairs only) | – | – | – | – | {len(bases)} | 0 | – | {fmt(base['accuracy'])} | – | "
               f"{fmt(base['length_balanced_accuracy'])} | – | {fmt(base['high_confidence_accuracy'])} | – |",
+              *([f"| **teacher** (ensemble of seeds {', '.join(map(str, results['teacher']['seeds']))}) | – | – | – | – | 1 | 0 | – | "
+                 f"{100 * results['teacher']['accuracy']:.1f} | – | {100 * results['teacher']['length_balanced_accuracy']:.1f} | – | "
+                 f"{100 * results['teacher']['high_confidence_accuracy']:.1f} | – |"] if results.get("teacher") else []),
               f"| [longer response wins] | – | – | – | – | – | – | – | {100 * b0['longer_wins_accuracy']:.1f} | – | 50.0 | – | – | – |",
               f"| [shorter response wins] | – | – | – | – | – | – | – | {100 * b0['shorter_wins_accuracy']:.1f} | – | 50.0 | – | – | – |"]
     for row in arms_table(results, config):

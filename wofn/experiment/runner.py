@@ -8,6 +8,8 @@ completes and is skipped when it finds it, so a stopped run resumes where it sto
     prompts/                 the unlabeled prompts (wofn.schemas.PROMPTS)
     candidates/              N = max(grid.n) responses per prompt (the sampling job's shards: resumable)
     base/seed=<s>/           base RM per seed (model/ and result.json); seed `teacher_seed` is the teacher
+    teacher/                 with `teacher_members: K` > 1: the ensemble of the base RMs of seeds teacher_seed ..
+                             teacher_seed+K-1 (wofn.reward_ensemble), evaluated in teacher_result.json
     scores/                  the teacher's reward per candidate
     subsets/n=<k>/           candidates and scores with candidate_idx < k (never resampled)
     pairs/<strategy>[+<length selection>]/n=<k>/seed=<s>/   the strategy's pairs before filtering
@@ -32,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wofn import data, evaluation, models, pairs, prompt_sources, stats, training
+from wofn import data, evaluation, models, pairs, prompt_sources, reward_ensemble, stats, training
 from wofn.experiment.config import Cell, ExperimentConfig, filter_quantiles, split_length
 from wofn.paths import REPO_ROOT, content_hash, publish, staging_dir
 
@@ -71,8 +73,15 @@ class Experiment:
     def base_dir(self, seed: int) -> Path:
         return self.path("base", f"seed={seed}")
 
+    def teacher_seeds(self) -> list[int]:
+        """The base RMs that make the teacher: `teacher_seed`, and with `teacher_members: K` the next K-1 seeds."""
+        return [self.config.teacher_seed + k for k in range(self.settings["teacher_members"])]
+
     def teacher_dir(self) -> Path:
-        return self.base_dir(self.config.teacher_seed) / "model"
+        """The teacher_seed's base RM, or with `teacher_members` > 1 the ensemble of teacher_seeds' (teacher/)."""
+        if self.settings["teacher_members"] == 1:
+            return self.base_dir(self.config.teacher_seed) / "model"
+        return self.path("teacher")
 
     def subset(self, n: int, table: str) -> Path:
         if n == self.config.max_n:
@@ -176,6 +185,25 @@ class Experiment:
         result["length_signs"] = stats.length_signs(eval_pairs)
         return {("eval_n" if k == "n" else k): v for k, v in result.items() if k != "model"}
 
+    def teacher(self) -> Path:
+        """The teacher's folder: its base RMs trained (reused when present), and with `teacher_members` > 1
+        an ensemble folder over them (wofn.reward_ensemble; each member keeps its own validation split)."""
+        for seed in self.teacher_seeds():
+            self.base(seed)
+        out = self.teacher_dir()
+        if len(self.teacher_seeds()) > 1 and not out.exists():
+            staging = staging_dir(out)
+            reward_ensemble.write_folder(staging, [self.base_dir(s) / "model" for s in self.teacher_seeds()],
+                                         {"role": "teacher", "experiment": self.config.name,
+                                          "member_seeds": self.teacher_seeds()})
+            publish(staging, out)
+            result = {"seeds": self.teacher_seeds(), "revision": models.read_manifest(str(out))["revision"],
+                      **self._evaluate(out)}
+            write_json(self.path("teacher_result.json"), result)
+            log.info("teacher ensemble of seeds %s: accuracy %.3f, length-balanced %.3f", self.teacher_seeds(),
+                     result["accuracy"], result["length_balanced_accuracy"])
+        return out
+
     def score(self) -> Path:
         """The teacher's reward for every candidate (skipped when scores/ exists)."""
         from beam_jobs import score_candidates
@@ -241,8 +269,8 @@ class Experiment:
         selection, balanced = split_length(length)
         confidence, likelihood = filter_quantiles(filter_name, s)
         table, _ = pairs.filter_pairs(self.pairs_dir(strategy, n, seed, selection), confidence, likelihood,
-                                      s["likelihood"], s["min_margin"], s["max_pair_tokens"])
-        return pairs.balance_pairs(table) if balanced else table
+                                      s["likelihood"], s["min_margin"], s["max_pair_tokens"], s["confidence_measure"])
+        return pairs.balance_pairs(table, s["confidence_measure"]) if balanced else table
 
     def cell(self, cell: Cell, human: list[dict]) -> dict:
         """Train and evaluate one student; its result file marks it done."""
@@ -260,7 +288,7 @@ class Experiment:
             "seed": cell.seed,
             "mix": mix, "pairs": pair_summary(synthetic), "train_seconds": metrics["seconds"],
             "best_val_accuracy": metrics["best_val_accuracy"],
-            "lineage": {"teacher_revision": read_json(self.base_dir(self.config.teacher_seed) / EVAL_FILE)["revision"],
+            "lineage": {"teacher_revision": models.read_manifest(str(self.teacher_dir()))["revision"],
                         "candidates": content_hash(self.path("candidates")),
                         "pairs": content_hash(self.pairs_dir(cell.strategy, cell.n, cell.seed,
                                                              split_length(cell.length)[0])),
@@ -304,7 +332,9 @@ class Experiment:
         cells = [read_json(self.cell_file(c)) for c in self.config.cells() if self.cell_file(c).exists()]
         pair_stats = read_json(self.path("pair_stats.json")) if self.path("pair_stats.json").exists() else []
         tuned = read_json(self.path("tune", "chosen.json")) if self.path("tune", "chosen.json").exists() else None
+        teacher = self.path("teacher_result.json")
         return {"bases": bases, "cells": cells, "pair_stats": pair_stats, "tune": tuned,
+                "teacher": read_json(teacher) if teacher.exists() else None,
                 "cells_total": len(self.config.cells())}
 
     def tune(self) -> dict | None:
@@ -360,16 +390,14 @@ class Experiment:
     def inputs(self) -> None:
         """Everything before the students: tuning (if asked), candidates, the base RMs, the teacher's
         scores, the pair sets."""
-        teacher = self.config.teacher_seed
         self.tune()
         self.sample()
-        self.base(teacher)
+        self.teacher()
         self.score()
         self.subsets()
         self.pair_sets()
         for seed in self.config.seeds:
-            if seed != teacher:
-                self.base(seed)
+            self.base(seed)  # reused where a teacher member was this seed
 
     def run(self) -> dict:
         """Every step in order; each is skipped when its result exists."""
@@ -440,10 +468,12 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
 
     steps = {"sampling": 0.0 if done(lambda: exp.path("sampled.json")) else
              candidates * tokens_per_candidate / sampling["generated_tokens_per_s"]}
-    steps["scoring"] = 0.0 if done(lambda: exp.path("scores")) else candidates / seqs_per_s
+    members = s["teacher_members"]  # an ensemble teacher scores every candidate once per member
+    steps["scoring"] = 0.0 if done(lambda: exp.path("scores")) else members * candidates / seqs_per_s
     combos = math.prod(len(values) for _, values in config.tune) * max(1, len(config.tune_seeds)) if config.tune else 0
     steps["tuning"] = 0.0 if done(lambda: exp.path("tune", "chosen.json")) else combos * train_seconds(human)
-    steps["base_models"] = sum(train_seconds(human) for seed in config.seeds
+    base_seeds = sorted(set(config.seeds) | {config.teacher_seed + k for k in range(members)})
+    steps["base_models"] = sum(train_seconds(human) for seed in base_seeds
                                if not done(lambda: exp.base_dir(seed) / EVAL_FILE))
     cells = [c for c in config.cells() if not done(exp.cell_file, c)] if exp else config.cells()
     student = 0.0

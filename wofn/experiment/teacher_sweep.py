@@ -235,6 +235,91 @@ def ensemble(by: dict, recipe: str, split: str) -> dict:
     return result
 
 
+def _filter_keys(members: "np.ndarray", measure: str) -> tuple["np.ndarray", "np.ndarray"]:
+    """(key the confidence filter ranks by, the teacher's label is right) per pair, from members'
+    margins [K, n] on human pairs. The teacher labels a pair by the sign of its mean margin; the key
+    is sql/filter_pairs.sql's: confidence = sigmoid(|mean margin|), and with "agreement" the share of
+    members whose margin has the mean's sign (a 0 margin counts half) * 1000 + confidence."""
+    import numpy as np
+
+    mean = members.mean(0)
+    right = np.where(mean > 0, 1.0, np.where(mean == 0, 0.5, 0.0))
+    confidence = 1 / (1 + np.exp(-np.abs(mean)))
+    if measure == "margin":
+        return confidence, right
+    sign = np.sign(mean)
+    votes = np.where(np.sign(members) == sign, 1.0, np.where(members == 0, 0.5, 0.0)).mean(0)
+    return votes * 1000 + confidence, right
+
+
+def _kept_accuracy(key: "np.ndarray", right: "np.ndarray", quantile: float) -> "np.ndarray":
+    """Accuracy of the pairs with key >= the quantile of key (quantile_cont, as sql/filter_pairs.sql),
+    along the last axis (rows: bootstrap replicates)."""
+    import numpy as np
+
+    threshold = np.quantile(key, quantile, axis=-1, keepdims=True)  # linear = DuckDB's quantile_cont
+    kept = key >= threshold
+    return (right * kept).sum(-1) / kept.sum(-1)
+
+
+def filter_selection(by: dict, recipe: str, split: str, members: int, quantile: float = 0.5,
+                     n_boot: int = 2000, seed: int = 0) -> dict:
+    """What a confidence filter at `quantile` keeps, on human pairs whose truth is known: the share of
+    kept pairs the teacher labels right, for a single seed (σ(margin), mean over the recipe's first
+    `members` seeds) and for those seeds as one ensemble (σ(mean margin), and agreement first).
+
+    Differences to the single seeds come with 95% bootstrap intervals: the pairs are resampled (the
+    same indices for every teacher; thresholds recomputed per replicate), and the single seed of each
+    replicate is drawn among the members. A proxy for the synthetic pairs: West-of-N labels
+    best-vs-worst policy samples, whose truth is unknown.
+    """
+    import numpy as np
+
+    seeds = sorted(by[recipe])[:members]
+    margins = np.array([by[recipe][s][f"{split}_margins"] for s in seeds], dtype=float)  # [K, n]
+    n = margins.shape[1]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    picks = rng.integers(0, len(seeds), size=n_boot)
+    singles = [_filter_keys(margins[k:k + 1], "margin") for k in range(len(seeds))]
+    single_point = float(np.mean([_kept_accuracy(key, right, quantile) for key, right in singles]))
+    single_boot = np.array([_kept_accuracy(singles[k][0][idx[b]], singles[k][1][idx[b]], quantile)
+                            for b, k in enumerate(picks)])
+    result = {"recipe": recipe, "split": split, "members": len(seeds), "quantile": quantile, "n": n,
+              "single": single_point,
+              "single_all_pairs": float(np.mean([right.mean() for _, right in singles]))}
+    for measure in ("margin", "agreement"):
+        key, right = _filter_keys(margins, measure)
+        point = float(_kept_accuracy(key, right, quantile))
+        diff = _kept_accuracy(key[idx], right[idx], quantile) - single_boot
+        low, high = (float(v) for v in np.percentile(diff, [2.5, 97.5]))
+        result[measure] = {"kept_accuracy": point, "kept": int((key >= np.quantile(key, quantile)).sum()),
+                           "difference": point - single_point, "low": low, "high": high,
+                           "within_noise": low <= 0 <= high}
+        result["ensemble_all_pairs"] = float(right.mean())
+    return result
+
+
+def filter_selection_markdown(by: dict, recipes: list[str], members: tuple[int, ...] = (3, 5),
+                              quantiles: tuple[float, ...] = (0.5, 0.75)) -> str:
+    """filter_selection on hh_test, one row per (recipe, members, quantile)."""
+    def ci(r: dict) -> str:
+        return _ci({**r, "difference": r["difference"]})
+
+    lines = ["| recipe | members | q | single seed: kept accurate (all pairs) | ensemble σ(mean margin): kept accurate | "
+             "Δ vs single (95% CI) | ensemble agreement, then margin: kept accurate | Δ vs single (95% CI) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for recipe in recipes:
+        for k in members:
+            for q in quantiles:
+                r = filter_selection(by, recipe, "hh_test", k, q)
+                lines.append(
+                    f"| {recipe} | {r['members']} | {q} | {100 * r['single']:.1f} ({100 * r['single_all_pairs']:.1f}) "
+                    f"| {100 * r['margin']['kept_accuracy']:.1f} | {ci(r['margin'])} "
+                    f"| {100 * r['agreement']['kept_accuracy']:.1f} | {ci(r['agreement'])} |")
+    return "\n".join(lines)
+
+
 def report(out: Path, rates: dict[int, float]) -> str:
     """The sweep as Markdown: every recipe (validation first), the chosen one, ensembles."""
     by = load(out / "trials.jsonl")
@@ -262,7 +347,8 @@ def report(out: Path, rates: dict[int, float]) -> str:
             f"| {mean(recipe, 'hh_test', 'mean_margin'):+.3f} | {100 * mean(recipe, 'uf_heldout', 'accuracy'):.1f} "
             f"| {statistics.fmean(r['train_seconds'] for r in by[recipe].values()):.0f} "
             f"| {'–' if cpu is None else f'{cpu:.1f}'} |")
-    lines += ["", ensembles_markdown(by, [REFERENCE] + [r for r in order if r != REFERENCE][:5])]
+    top = [REFERENCE] + [r for r in order if r != REFERENCE][:5]
+    lines += ["", ensembles_markdown(by, top), "", filter_selection_markdown(by, [CHOSEN, top[1]])]
     return "\n".join(lines)
 
 
