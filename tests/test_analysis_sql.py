@@ -8,6 +8,7 @@ import math
 import statistics
 from decimal import ROUND_HALF_UP, Decimal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -66,7 +67,7 @@ def mean(values: list[float], digits: int) -> float | None:
 
 def test_every_analysis_query_is_tested():
     tested = {"funnel", "strategies", "length_bias", "confidence_histogram", "reward_distribution",
-              "teacher_student_agreement", "rounds"}
+              "teacher_student_agreement", "rounds", "agreement"}
     assert sorted(f"{n}.sql" for n in tested) == ANALYSIS
 
 
@@ -103,6 +104,28 @@ def test_funnel_ends_with_the_length_balance_when_the_run_balanced(capsys, tmp_p
     assert rows[-1]["chosen_longer_share"] == rows[-1]["chosen_shorter_share"] == share([g > 0 for g in gaps])
     assert rows[-1]["mean_length_gap"] == mean(gaps, 2)
     assert balanced.num_rows < kept.num_rows, "the crafted pairs are not balanced: the step must drop some"
+
+
+def test_agreement_levels_of_an_ensembles_pairs(capsys, tmp_path):
+    home = build_home(tmp_path, round_2=False)
+    selected = pq.read_table(home.table_dir("west_of_n_pairs"))
+    levels = [1.0, 2 / 3, 1.0, None, 2 / 3, 1.0, 1 / 3, 1.0, 2 / 3][:selected.num_rows]  # None: one unscored row
+    by_id = dict(zip(selected.column("prompt_id").to_pylist(), levels))
+    selected = selected.set_column(selected.schema.get_field_index("agreement"), "agreement",
+                                   pa.array(levels, pa.float64()))
+    catalog.write_parquet(selected, home.table_dir("west_of_n_pairs"))
+    kept_ids = set(p["prompt_id"] for p in read(home, "filtered_pairs"))
+    rows = analysis(capsys, home, "agreement")
+    expected = []
+    for level in (1.0, 2 / 3, 1 / 3, None):
+        group = [p for p in selected.to_pylist() if by_id[p["prompt_id"]] == level]
+        kept = [p for p in group if p["prompt_id"] in kept_ids]
+        expected.append({"agreement": level, "selected": len(group), "kept": len(kept),
+                         "kept_share": rnd(len(kept) / len(group), 3),
+                         "mean_margin": mean([p["margin"] for p in group], 4),
+                         "mean_confidence": mean([p["confidence"] for p in group], 4),
+                         "chosen_longer_share": share([p["chosen_num_tokens"] > p["rejected_num_tokens"] for p in group])})
+    assert rows == expected
 
 
 def test_strategies(capsys, home):

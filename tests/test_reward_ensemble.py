@@ -206,6 +206,9 @@ def test_base_reward_model_asset_trains_an_ensemble_and_pairs_filter_by_agreemen
     assert result.success
     filtered = result.asset_materializations_for_node("filtered_pairs")[0].metadata
     assert filtered["filters"].value["confidence_measure"] == "agreement"
+    assert filtered["agreement_levels"].value == {"1.00": 1} and filtered["unanimous_share"].value == 1.0
+    selected = result.asset_materializations_for_node("west_of_n_pairs")[0].metadata
+    assert selected["agreement_levels"].value == {"1.00": 1, "0.67": 2}
     con = duckdb.connect(str(root / "wofn.duckdb"), read_only=True)
     try:
         assert con.sql("select prompt_id, agreement from filtered_pairs order by 1").fetchall() == [("a", 1.0)]

@@ -26,9 +26,20 @@ _FILTER_CODE = code_version("wofn/pairs.py", "sql/filter_pairs.sql", "sql/pair_f
                             "sql/length_control/balance_pairs.sql", "wofn_dagster/assets/pairs.py")
 
 
+def _agreement_metadata(table) -> dict:
+    """A teacher ensemble's pairs: how many at each agreement level (nothing for a single teacher)."""
+    values = [v for v in table.column("agreement").to_pylist() if v is not None]
+    if not values:
+        return {}
+    levels = {f"{v:.2f}": values.count(v) for v in sorted(set(values), reverse=True)}
+    return {"agreement_levels": MetadataValue.json(levels),
+            "unanimous_share": MetadataValue.float(sum(v in (0.0, 1.0) for v in values) / len(values))}
+
+
 def _pair_metadata(table) -> dict:
     stats = pairs.pair_stats(table)
     return {
+        **_agreement_metadata(table),
         "confidence_quantiles": MetadataValue.json(quantiles(table.column("confidence").to_pylist())),
         "margin_quantiles": MetadataValue.json(quantiles(table.column("margin").to_pylist())),
         "chosen_longer_share": MetadataValue.float(stats["chosen_longer_share"]),
