@@ -427,7 +427,7 @@ def bench_scoring_decoder(sizes: dict, peaks: dict) -> dict:
 
 def bench_training(sizes: dict, peaks: dict) -> dict:
     """Training throughput of the default profile's RM recipe, bf16 autocast vs fp32, sides alternating."""
-    from wofn import data, models, profiles, training
+    from wofn import data, models, profiles, stages, training
     from wofn.paths import DATA_DIR
 
     models.set_torch_threads(0)
@@ -436,10 +436,7 @@ def bench_training(sizes: dict, peaks: dict) -> dict:
     ours: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         def train(bf16: bool) -> dict:
-            config = training.TrainConfig(epochs=1.0, batch_size=settings["rm_batch_size"],
-                                          max_length=settings["rm_max_length"], bf16=bf16, val_fraction=0.0,
-                                          head=settings["rm_head"],
-                                          log_every=1000)
+            config = stages.train_config(settings, epochs=1.0, bf16=bf16, val_fraction=0.0, log_every=1000)
             return training.train_reward_model(settings["rm_backbone"], pairs, config, Path(tmp) / f"rm-{bf16}")
         train(True)  # warm-up: model files cached, kernels built
         for repeat in range(REPEATS):

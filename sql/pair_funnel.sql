@@ -2,9 +2,10 @@
 -- of what is left (the base reward model tends to prefer the shorter answer).
 --
 -- Reads:
---   west_of_n_pairs  (wofn.schemas.PAIRS)
---                    confidence, agreement, margin, chosen_/rejected_logprob_mean (or _logprob_sum),
---                    chosen_/rejected_num_tokens
+--   pair_filter_flags  (sql/pair_filter_flags.sql, run first with this query's filter parameters;
+--                      wofn.schemas.PAIR_FILTER_FLAGS) confidence, chosen_/rejected_num_tokens,
+--                      min_confidence, min_likelihood, passes_confidence, passes_likelihood,
+--                      passes_margin, passes_max_tokens
 --
 -- Produces (wofn.schemas.PAIR_FUNNEL, in this order):
 --   strategy, pair_seed, step_order, step, setting, threshold, pairs_in, pairs_kept, kept_share,
@@ -12,13 +13,15 @@
 --
 -- Parameters (DuckDB named parameters, bound from Python):
 --   $confidence_quantile, $confidence_measure, $logprob_quantile, $likelihood, $min_margin,
---   $max_tokens   exactly as in sql/filter_pairs.sql (same checks, same thresholds).
+--   $max_tokens   those of sql/pair_filter_flags.sql, which computes the filters; here they only
+--                 label the steps (setting).
 --   $strategy     VARCHAR: the strategy that selected the input pairs (a label; one of
 --                 west_of_n, random_pair, best_vs_random, worst_vs_random, else an error).
 --   $pair_seed    BIGINT or NULL: that strategy's seed (a label; NULL for west_of_n).
 --
 -- Steps, in order, each applied to what the previous one kept (every threshold is computed
--- over all input pairs, as in sql/filter_pairs.sql, so the last step keeps exactly its rows):
+-- over all input pairs, by sql/pair_filter_flags.sql, so the last step keeps exactly the rows of
+-- sql/filter_pairs.sql):
 --   1 selected    the input pairs (threshold NULL)
 --   2 confidence  confidence >= its q-quantile (threshold = that confidence; with
 --                 $confidence_measure 'agreement', the key agreement * 1000 + confidence)
@@ -35,52 +38,15 @@
 
 with
 
-pairs as (
+flags as (
 
-    select * from west_of_n_pairs
+    select * from pair_filter_flags
 
 ),
 
 checked_params as (
 
     select
-        case
-            when $confidence_quantile >= 0 and $confidence_quantile <= 1 then true
-            else error('pair_funnel: confidence_quantile must be in [0, 1], got '
-                || coalesce(cast($confidence_quantile as varchar), 'NULL'))
-        end as confidence_quantile_ok,
-        case
-            when $confidence_measure = 'margin' then true
-            when $confidence_measure = 'agreement'
-                and not exists (select 1 from pairs where agreement is null) then true
-            when $confidence_measure = 'agreement'
-                then error('pair_funnel: confidence_measure ''agreement'' needs a teacher ensemble '
-                    || '(teacher_members >= 2, pointwise): '
-                    || cast((select count(*) from pairs where agreement is null) as varchar)
-                    || ' pairs have no agreement')
-            else error('pair_funnel: confidence_measure must be ''margin'' or ''agreement'', got '
-                || coalesce(cast($confidence_measure as varchar), 'NULL'))
-        end as confidence_measure_ok,
-        case
-            when $logprob_quantile >= 0 and $logprob_quantile <= 1 then true
-            else error('pair_funnel: logprob_quantile must be in [0, 1], got '
-                || coalesce(cast($logprob_quantile as varchar), 'NULL'))
-        end as logprob_quantile_ok,
-        case
-            when $likelihood in ('mean', 'sum') then true
-            else error('pair_funnel: likelihood must be ''mean'' or ''sum'', got '
-                || coalesce(cast($likelihood as varchar), 'NULL'))
-        end as likelihood_ok,
-        case
-            when $min_margin is null or $min_margin >= 0 then true
-            else error('pair_funnel: min_margin must be >= 0 or NULL (off), got '
-                || cast($min_margin as varchar))
-        end as min_margin_ok,
-        case
-            when $max_tokens is null or $max_tokens >= 1 then true
-            else error('pair_funnel: max_tokens must be >= 1 or NULL (off), got '
-                || cast($max_tokens as varchar))
-        end as max_tokens_ok,
         case
             when $strategy in ('west_of_n', 'random_pair', 'best_vs_random', 'worst_vs_random')
                 then $strategy
@@ -91,95 +57,36 @@ checked_params as (
 
 ),
 
-pair_likelihoods as (
-
-    -- each pair with its two responses' likelihood under the chosen measure
-    select
-        *,
-        case when $likelihood = 'sum' then chosen_logprob_sum else chosen_logprob_mean end
-            as chosen_likelihood,
-        case when $likelihood = 'sum' then rejected_logprob_sum else rejected_logprob_mean end
-            as rejected_likelihood,
-        -- what the confidence filter ranks by: sigmoid(margin), or agreement first and sigmoid(margin)
-        -- among equal agreements (agreement moves in steps of at least 1/(2 * members) > 0.5 / 1000,
-        -- confidence spans 0.5, so the order is lexicographic for ensembles of up to 999 members)
-        case when $confidence_measure = 'agreement' then agreement * 1000 + confidence else confidence end
-            as confidence_key
-    from pairs
-
-),
-
-confidence_threshold as (
-
-    -- clamped so that DuckDB's own range check does not pre-empt checked_params' clearer error
-    select quantile_cont(confidence_key, least(greatest(coalesce($confidence_quantile, 0), 0), 1))
-        as min_confidence
-    from pair_likelihoods
-
-),
-
-pooled_likelihoods as (
-
-    select chosen_likelihood as likelihood from pair_likelihoods
-    union all
-    select rejected_likelihood as likelihood from pair_likelihoods
-
-),
-
-likelihood_threshold as (
-
-    select quantile_cont(likelihood, least(greatest(coalesce($logprob_quantile, 0), 0), 1))
-        as min_likelihood
-    from pooled_likelihoods
-
-),
-
 thresholds as (
 
+    -- the same on every row of the flags; NULL when there are no pairs
     select
-        confidence_threshold.min_confidence,
-        likelihood_threshold.min_likelihood
-    from confidence_threshold
-    cross join likelihood_threshold
-
-),
-
-pair_checks as (
-
-    -- per pair: does it pass each filter on its own?
-    select
-        pair_likelihoods.confidence,
-        pair_likelihoods.chosen_num_tokens - pair_likelihoods.rejected_num_tokens as length_gap,
-        pair_likelihoods.confidence_key >= thresholds.min_confidence as passes_confidence,
-        pair_likelihoods.chosen_likelihood >= thresholds.min_likelihood
-            and pair_likelihoods.rejected_likelihood >= thresholds.min_likelihood as passes_likelihood,
-        $min_margin is null or pair_likelihoods.margin >= $min_margin as passes_margin,
-        $max_tokens is null
-            or (pair_likelihoods.chosen_num_tokens <= $max_tokens
-                and pair_likelihoods.rejected_num_tokens <= $max_tokens) as passes_max_tokens
-    from pair_likelihoods
-    cross join thresholds
+        max(min_confidence) as min_confidence,
+        max(min_likelihood) as min_likelihood
+    from flags
 
 ),
 
 step_rows as (
 
     -- one row per (step, pair): is the pair still kept after this step?
-    select 1 as step_order, true as kept, confidence, length_gap
-    from pair_checks
+    select 1 as step_order, true as kept, confidence,
+        chosen_num_tokens - rejected_num_tokens as length_gap
+    from flags
     union all
-    select 2, passes_confidence, confidence, length_gap
-    from pair_checks
+    select 2, passes_confidence, confidence, chosen_num_tokens - rejected_num_tokens
+    from flags
     union all
-    select 3, passes_confidence and passes_likelihood, confidence, length_gap
-    from pair_checks
+    select 3, passes_confidence and passes_likelihood, confidence, chosen_num_tokens - rejected_num_tokens
+    from flags
     union all
-    select 4, passes_confidence and passes_likelihood and passes_margin, confidence, length_gap
-    from pair_checks
+    select 4, passes_confidence and passes_likelihood and passes_margin, confidence,
+        chosen_num_tokens - rejected_num_tokens
+    from flags
     union all
     select 5, passes_confidence and passes_likelihood and passes_margin and passes_max_tokens,
-        confidence, length_gap
-    from pair_checks
+        confidence, chosen_num_tokens - rejected_num_tokens
+    from flags
 
 ),
 
@@ -258,12 +165,6 @@ final as (
         cast(step_inputs.mean_confidence as double) as mean_confidence
     from step_inputs
     cross join checked_params
-    where checked_params.confidence_measure_ok
-        and checked_params.confidence_quantile_ok
-        and checked_params.logprob_quantile_ok
-        and checked_params.likelihood_ok
-        and checked_params.min_margin_ok
-        and checked_params.max_tokens_ok
 
 )
 

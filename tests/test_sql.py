@@ -259,9 +259,13 @@ def test_filter_output_matches_input_rows(filter_con):
 
 
 def test_filter_binds_with_con_execute(filter_con):
-    sql = catalog.read_sql("filter_pairs")
+    """The file that computes the filters runs on a plain connection; filter_pairs.sql reads its result."""
+    sql = catalog.read_sql("pair_filter_flags")
     rows = filter_con.execute(sql, {"confidence_quantile": 0.5, "logprob_quantile": 0.0, **OFF}).fetchall()
-    assert [r[0] for r in rows] == ["c", "d"]
+    assert [r[0] for r in rows if all(r[-4:])] == ["c", "d"]
+    assert catalog.sql_dependencies(catalog.read_sql("filter_pairs")) == [("pair_filter_flags", "pair_filter_flags")]
+    with pytest.raises(duckdb.CatalogException, match="pair_filter_flags does not exist"):
+        filter_con.execute(catalog.read_sql("filter_pairs")).fetchall()
 
 
 INJECTIONS = [
@@ -279,10 +283,11 @@ def test_filter_rejects_sql_text_parameter(filter_con, bad, sql):
     params = {"confidence_quantile": 0.5, "logprob_quantile": 0.0, **OFF, **bad}
     if sql == "pair_funnel":
         params.update(strategy="west_of_n", pair_seed=None)
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(duckdb.Error, match="must be|Could not convert|Conversion Error"):
         catalog.run_sql_file(filter_con, sql, params)
-    with pytest.raises(duckdb.Error):
-        filter_con.execute(catalog.read_sql(sql), params).fetchall()
+    with pytest.raises(duckdb.Error, match="must be|Could not convert|Conversion Error"):  # the file that binds them
+        filter_con.execute(catalog.read_sql("pair_filter_flags"), {k: v for k, v in params.items()
+                                                                    if k not in ("strategy", "pair_seed")}).fetchall()
     # The view is still there and intact.
     assert filter_con.execute("select count(*) from west_of_n_pairs").fetchall() == [(4,)]
 

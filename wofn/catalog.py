@@ -17,6 +17,7 @@ Notes on duckdb 2.x (checked against 2.0.1):
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -164,15 +165,80 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None)
     return table.column(0)[0].as_py() if table.num_rows else None
 
 
+# Comments and quoted text hide "$name" from the parameter scan.
+_COMMENT_OR_QUOTED = re.compile(r"--[^\n]*|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_PARAMETER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+# A header line "--   <view>  (sql/<file>.sql ...": the query reads the result of another SQL file
+_DEPENDENCY = re.compile(r"^--\s+([a-z_][a-z0-9_]*)\s+\(sql/([\w/]+)\.sql\b", re.M)
+
+
+def query_parameters(sql: str) -> list[str]:
+    """The named parameters ($name) a query binds, sorted."""
+    return sorted(set(_PARAMETER.findall(_COMMENT_OR_QUOTED.sub(" ", sql))))
+
+
+def sql_dependencies(sql: str) -> list[tuple[str, str]]:
+    """(view, SQL file name) for each input the query's header says is another SQL file's result
+    ("--   pair_filter_flags  (sql/pair_filter_flags.sql, ..." under "Reads:")."""
+    header = sql.split("\nwith\n", 1)[0]
+    reads = header.split("Reads:", 1)[1].split("Produces", 1)[0] if "Reads:" in header else ""
+    return _DEPENDENCY.findall(reads)
+
+
+def file_parameters(sql: str) -> list[str]:
+    """The parameters a SQL text takes, with those of the SQL files it reads (`sql_dependencies`)."""
+    names = set(query_parameters(sql))
+    for _, dependency in sql_dependencies(sql):
+        names |= set(file_parameters(_sql_path(dependency).read_text(encoding="utf-8")))
+    return sorted(names)
+
+
+def register_dependencies(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None,
+                          inputs: dict[str, pa.Table] | None = None) -> list[str]:
+    """Register, as views on `con`, the results of the SQL files `sql` reads (`sql_dependencies`),
+    each run with the parameters of `params` it takes; `inputs` gives ones already computed.
+    Returns the names registered (the caller unregisters them)."""
+    registered = []
+    for view, dependency in sql_dependencies(sql):
+        table = (inputs or {}).get(view)
+        if table is None:
+            text = _sql_path(dependency).read_text(encoding="utf-8")
+            wanted = set(file_parameters(text))
+            table = run_sql_file(con, dependency, {k: v for k, v in (params or {}).items() if k in wanted} or None,
+                                 schema=_dependency_schema(dependency))
+        con.register(view, table)
+        registered.append(view)
+    return registered
+
+
+def _dependency_schema(name: str) -> pa.Schema | None:
+    """The schema a table-producing SQL file's header names (`Produces (wofn.schemas.X`), if any."""
+    match = re.search(r"Produces \(wofn\.schemas\.(\w+)", _sql_path(name).read_text(encoding="utf-8"))
+    return getattr(schemas, match.group(1)) if match else None
+
+
 def run_sql_file(
     con: duckdb.DuckDBPyConnection,
     name: str,
     params: dict | None = None,
     schema: pa.Schema | None = None,
+    inputs: dict[str, pa.Table] | None = None,
 ) -> pa.Table:
-    """Run `sql/<name>.sql` and, when `schema` is given, conform the result to it."""
+    """Run `sql/<name>.sql` and, when `schema` is given, conform the result to it.
+
+    The SQL files it reads (its header's "Reads:" entries that name `sql/<file>.sql`) are run
+    first, with the parameters of `params` they take, unless `inputs` has their result; `params`
+    holds the parameters of the whole chain, and each file binds those it uses."""
     path = _sql_path(name)
-    table = query(con, path.read_text(encoding="utf-8"), params)
+    text = path.read_text(encoding="utf-8")
+    registered = register_dependencies(con, text, params, inputs)
+    try:
+        own = set(query_parameters(text))
+        table = query(con, text, {k: v for k, v in (params or {}).items() if k in own} or None
+                      if registered else params)
+    finally:
+        for view in registered:
+            con.unregister(view)
     if schema is not None:
         where = f"sql/{name}.sql" if path.parent == paths.SQL_DIR else str(path)
         table = schemas.conform(table, schema, where=where)

@@ -53,14 +53,7 @@ def _view(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-# Comments and quoted text hide "$name" from the parameter scan.
-_COMMENT_OR_QUOTED = re.compile(r"--[^\n]*|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
-_PARAMETER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def query_parameters(sql: str) -> list[str]:
-    """The named parameters ($name) a query binds, sorted."""
-    return sorted(set(_PARAMETER.findall(_COMMENT_OR_QUOTED.sub(" ", sql))))
+query_parameters = catalog.query_parameters  # the named parameters ($name) a query binds
 
 
 # Views `wofn sql` adds over every round's tables: round 1 is $WOFN_HOME/tables, round k >= 2
@@ -179,7 +172,7 @@ def _sql(args: argparse.Namespace) -> int:
             return 2
         text = Path(text).read_text(encoding="utf-8")
     params = dict(args.param)
-    wanted = query_parameters(text)
+    wanted = catalog.file_parameters(text)  # with those of the SQL files it reads
     missing = [n for n in wanted if n not in params]
     unknown = [n for n in params if n not in wanted]
     if missing or unknown:
@@ -200,7 +193,9 @@ def _sql(args: argparse.Namespace) -> int:
     try:
         _register_views(con, home, args.view)
         try:
-            relation = con.sql(text, params=params or None)
+            catalog.register_dependencies(con, text, params)  # the SQL files it reads, as views
+            own = set(query_parameters(text))
+            relation = con.sql(text, params={k: v for k, v in params.items() if k in own} or None)
             if relation is None:
                 return 0
             if args.format == "json":

@@ -9,8 +9,9 @@ with temporary views, so it never waits on the shared catalog file.
     sql/label_picks.sql             picks + pool + summary -> pair_draws (one row per prompt)
     sql/west_of_n_pairs.sql         pair_draws -> the pairs of one strategy (wofn.schemas.PAIRS)
     sql/selection_report.sql        why prompts and candidates were left out, per strategy
-    sql/filter_pairs.sql            pairs -> the pairs kept by the filters
-    sql/pair_funnel.sql             how many pairs each filter step kept
+    sql/pair_filter_flags.sql       pairs -> each pair's filter thresholds and verdicts (computed once)
+    sql/filter_pairs.sql            flags -> the pairs kept by the filters
+    sql/pair_funnel.sql             flags -> how many pairs each filter step kept
 
 Length control (the base reward model may prefer short answers, and West-of-N then teaches length):
     sql/length_control/residual_scores.sql     candidate_pool, candidate_scores -> rewards minus a fit on length
@@ -280,21 +281,40 @@ def _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin
             "confidence_measure": confidence_measure}
 
 
+def _flags(con, params: dict) -> pa.Table:
+    """sql/pair_filter_flags.sql over the west_of_n_pairs view on `con`: every pair's filter verdicts."""
+    return catalog.run_sql_file(con, "pair_filter_flags", params, schema=schemas.PAIR_FILTER_FLAGS)
+
+
 def pair_funnel(pairs: Path | pa.Table, confidence_quantile: float, logprob_quantile: float,
                 likelihood: str = "mean", min_margin: float | None = None, max_tokens: int | None = None,
                 strategy: str = "west_of_n", pair_seed: int | None = None,
                 confidence_measure: str = "margin") -> pa.Table:
     """How many pairs each filter step keeps, with length balance (wofn.schemas.PAIR_FUNNEL)."""
+    return filter_with_funnel(pairs, confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens,
+                              confidence_measure, strategy, pair_seed)[1]
+
+
+def filter_with_funnel(pairs: Path | pa.Table, confidence_quantile: float, logprob_quantile: float,
+                       likelihood: str = "mean", min_margin: float | None = None, max_tokens: int | None = None,
+                       confidence_measure: str = "margin", strategy: str = "west_of_n",
+                       pair_seed: int | None = None) -> tuple[pa.Table, pa.Table]:
+    """The pairs kept by the filters (sql/filter_pairs.sql; wofn.schemas.PAIRS) and how many each step
+    kept (sql/pair_funnel.sql, labelled with `strategy` and `pair_seed`), both from one computation of
+    the filters (sql/pair_filter_flags.sql)."""
     params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens,
                             confidence_measure)
     check_strategy(strategy)
     con = catalog.connect()
     try:
         _view(con, "west_of_n_pairs", pairs)
-        return catalog.run_sql_file(con, "pair_funnel", {**params, "strategy": strategy, "pair_seed": pair_seed},
-                                    schema=schemas.PAIR_FUNNEL)
+        flags = {"pair_filter_flags": _flags(con, params)}
+        kept = catalog.run_sql_file(con, "filter_pairs", params, schema=schemas.PAIRS, inputs=flags)
+        funnel = catalog.run_sql_file(con, "pair_funnel", {**params, "strategy": strategy, "pair_seed": pair_seed},
+                                      schema=schemas.PAIR_FUNNEL, inputs=flags)
     finally:
         con.close()
+    return kept, funnel
 
 
 def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: float, likelihood: str = "mean",
@@ -303,31 +323,25 @@ def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: 
     """Pairs kept by the filters (sql/filter_pairs.sql), and how many each step kept (sql/pair_funnel.sql).
 
     `confidence_measure` (CONFIDENCE_MEASURES): what the confidence quantile ranks by.
-
     The counts: {"west_of_n_pairs", "confidence_filter", "likelihood_filter"}, then
     "margin_filter" and "max_tokens_filter" when those filters are on (the keys bench/run.py and
     the rounds' logs have always read); the pair_funnel table has every step.
     """
-    params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens,
-                            confidence_measure)
-    con = catalog.connect()
-    try:
-        catalog.create_view(con, "west_of_n_pairs", pairs_dir, temporary=True)
-        table = catalog.run_sql_file(con, "filter_pairs", params, schema=schemas.PAIRS)
-    finally:
-        con.close()
-    funnel = pair_funnel(pairs_dir, **params)
+    table, funnel = filter_with_funnel(pairs_dir, confidence_quantile, logprob_quantile, likelihood, min_margin,
+                                       max_tokens, confidence_measure)
+    return table, funnel_steps(funnel, min_margin is not None, max_tokens is not None)
+
+
+def funnel_steps(funnel: pa.Table, margin: bool = True, max_tokens: bool = True) -> dict:
+    """Pairs kept per step of a pair_funnel table, under the names the logs and metadata use."""
     kept = dict(zip(funnel.column("step").to_pylist(), funnel.column("pairs_kept").to_pylist()))
-    if kept["max_tokens"] != table.num_rows:  # the two files compute the same thresholds
-        raise RuntimeError(f"sql/pair_funnel.sql kept {kept['max_tokens']} pairs but sql/filter_pairs.sql "
-                           f"kept {table.num_rows}; the two files disagree")
     steps = {"west_of_n_pairs": kept["selected"], "confidence_filter": kept["confidence"],
              "likelihood_filter": kept["likelihood"]}
-    if min_margin is not None:
+    if margin:
         steps["margin_filter"] = kept["margin"]
-    if max_tokens is not None:
+    if max_tokens:
         steps["max_tokens_filter"] = kept["max_tokens"]
-    return table, steps
+    return steps
 
 
 def balance_pairs(pairs: Path | pa.Table, confidence_measure: str = "margin") -> pa.Table:

@@ -107,6 +107,19 @@ PAIRS = pa.schema(
     ]
 )
 
+# Every selected pair with the filters' thresholds and verdicts (sql/pair_filter_flags.sql): what
+# sql/filter_pairs.sql keeps and sql/pair_funnel.sql counts. Held only in wofn.pairs' DuckDB.
+PAIR_FILTER_FLAGS = pa.schema(
+    [*PAIRS,
+     pa.field("confidence_key", pa.float64()),  # what the confidence filter ranks by (confidence_measure)
+     pa.field("min_confidence", pa.float64()),  # the confidence filter's threshold on confidence_key
+     pa.field("min_likelihood", pa.float64()),  # the likelihood filter's threshold, nats
+     pa.field("passes_confidence", pa.bool_()),
+     pa.field("passes_likelihood", pa.bool_()),
+     pa.field("passes_margin", pa.bool_()),
+     pa.field("passes_max_tokens", pa.bool_())]
+)
+
 # Pair selection strategies (sql/strategies/<name>.sql): west_of_n is the method, the other three
 # are the paper's ablation baselines. Only west_of_n works with a pairwise teacher.
 STRATEGIES = ("west_of_n", "random_pair", "best_vs_random", "worst_vs_random")

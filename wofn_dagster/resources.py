@@ -23,7 +23,7 @@ from dagster import ConfigurableResource, EnvVar
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, field_validator
 
-from wofn import profiles, reward_head
+from wofn import profiles, reward_head, stages
 from wofn.paths import WofnHome
 from wofn.prompt_sources import check_prompt_sources
 from wofn.pairs import check_confidence_measure
@@ -59,10 +59,6 @@ class PolicyResource(ConfigurableResource):
     dtype: str = Field(description="policy weights dtype: float32, bfloat16 or float16 ($WOFN_POLICY_DTYPE)")
     engine: str = Field(description="'torch' (wofn's batched sampler, CPU or GPU) or 'vllm' (GPU workers with vllm installed) ($WOFN_SAMPLING_ENGINE)")
 
-    def args(self) -> list[str]:
-        """The sampling job's policy options."""
-        return ["--policy", self.model, "--dtype", self.dtype, "--engine", self.engine]
-
 
 class RewardModelResource(ConfigurableResource):
     """The reward models: the backbone base and students start from, the teacher kind, how candidates are scored."""
@@ -71,10 +67,6 @@ class RewardModelResource(ConfigurableResource):
     teacher: str = Field(description="'pointwise' (Bradley-Terry scalar RM) or 'pairwise' (P(y1 > y2 | x) model; best/worst of N by knockout tournaments) ($WOFN_TEACHER)")
     score_dtype: str = Field(description="reward-model weights dtype when scoring candidates: float32, bfloat16 (about 2.5x faster on CPUs with bf16 matmul) or float16 ($WOFN_SCORE_DTYPE)")
     score_batch_size: int = Field(description="candidates per reward-model inference call")
-
-    def args(self, model_dir: Path) -> list[str]:
-        """The scoring job's reward-model options, scoring with the model in `model_dir`."""
-        return ["--reward-model", str(model_dir), "--batch-size", str(self.score_batch_size), "--dtype", self.score_dtype]
 
 
 class WofnSettings(ConfigurableResource):
@@ -167,15 +159,8 @@ class WofnSettings(ConfigurableResource):
         values = {**values, **overrides}
         return cls(profile=name, **{k: v for k, v in values.items() if k not in _RESOURCE_FIELDS})
 
-    def filters(self, teacher_is_ensemble: bool = True) -> dict:
-        """The pair filters' arguments (`wofn.pairs.filter_pairs`, `pair_funnel`). A teacher that is not
-        an ensemble (a round >= 2's student) gives no agreement: it is filtered by the margin."""
-        return {"confidence_quantile": self.confidence_quantile, "logprob_quantile": self.logprob_quantile,
-                "likelihood": self.likelihood, "min_margin": self.min_margin, "max_tokens": self.max_pair_tokens,
-                "confidence_measure": self.confidence_measure if teacher_is_ensemble else "margin"}
-
     def threads(self) -> int:
-        return self.torch_threads if self.torch_threads > 0 else (os.cpu_count() or 1)
+        return stages.threads({"torch_threads": self.torch_threads})
 
 
 # Profile keys that belong to a resource other than `settings`: key -> (resource key, field, env var).
@@ -188,6 +173,18 @@ _RESOURCE_FIELDS = {
     "score_dtype": ("reward_models", "score_dtype", "WOFN_SCORE_DTYPE"),
     "score_batch_size": ("reward_models", "score_batch_size", None),
 }
+
+
+def profile_values(settings: WofnSettings, policy: Optional["PolicyResource"] = None,
+                   reward_models: Optional["RewardModelResource"] = None) -> dict:
+    """The settings as the core's stages take them (`wofn.stages`): a mapping of the profile's keys,
+    with the policy's and reward models' keys taken from those resources when given."""
+    values = {name: getattr(settings, name) for name in type(settings).model_fields}
+    owners = {"policy": policy, "reward_models": reward_models}
+    for key, (resource, field, _) in _RESOURCE_FIELDS.items():
+        if owners[resource] is not None:
+            values[key] = getattr(owners[resource], field)
+    return values
 
 
 def _env_or(name: Optional[str], default):

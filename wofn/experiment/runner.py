@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wofn import data, evaluation, models, pairs, prompt_sources, reward_ensemble, stats, training
+from wofn import data, evaluation, models, pairs, prompt_sources, reward_ensemble, stages, stats, training
 from wofn.experiment.config import Cell, ExperimentConfig, filter_quantiles, split_length
 from wofn.paths import REPO_ROOT, content_hash, publish, staging_dir
 
@@ -105,16 +105,10 @@ class Experiment:
         return data.load_preferences(self.settings["eval_pairs"], self.settings["max_eval_pairs"]).to_pylist()
 
     def train_config(self, seed: int) -> training.TrainConfig:
-        s = self.settings
-        return training.TrainConfig(epochs=s["rm_epochs"], batch_size=s["rm_batch_size"],
-                                    learning_rate=s["rm_learning_rate"], max_length=s["rm_max_length"], seed=seed,
-                                    warmup_ratio=s["rm_warmup_ratio"], head=s["rm_head"],
-                                    bf16=s["rm_bf16"], device=s["device"], val_fraction=s["rm_val_fraction"])
+        return stages.train_config(self.settings, seed)
 
     def threads(self) -> int:
-        import os
-
-        return self.settings["torch_threads"] or os.cpu_count() or 1
+        return stages.threads(self.settings)
 
     # ---- steps
     def prompts(self) -> Path:
@@ -133,14 +127,9 @@ class Experiment:
         return out
 
     def sampling_args(self) -> list[str]:
-        s = self.settings
-        return ["--prompts", str(self.path("prompts")), "--output", str(self.path("candidates")),
-                "--errors", str(self.path("candidate_errors")),
-                "--policy", s["policy"], "--dtype", s["policy_dtype"], "--engine", s["sampling_engine"],
-                "--n", str(self.config.max_n), "--max-new-tokens", str(s["max_new_tokens"]),
-                "--temperature", str(s["temperature"]), "--top-p", str(s["top_p"]), "--seed", str(s["seed"]),
-                "--batch-size", str(s["sample_batch_size"]), "--device", s["device"],
-                "--torch-threads", str(self.threads()), "--runner=DirectRunner"]
+        """The sampling job's arguments: N = the grid's largest."""
+        return stages.sampling_argv({**self.settings, "n": self.config.max_n}, self.path("prompts"),
+                                    self.path("candidates"), self.path("candidate_errors"))
 
     def sample(self) -> dict:
         """N = max(grid.n) candidates per prompt; the job skips shards an earlier run finished."""
@@ -211,14 +200,10 @@ class Experiment:
         out = self.path("scores")
         if out.exists():
             return out
-        s = self.settings
         staging, errors = staging_dir(out), staging_dir(self.path("score_errors"))
         started = time.monotonic()
-        stats = score_candidates.run(["--candidates", str(self.path("candidates")), "--output", str(staging),
-                                      "--errors", str(errors), "--reward-model", str(self.teacher_dir()),
-                                      "--batch-size", str(s["score_batch_size"]), "--dtype", s["score_dtype"],
-                                      "--device", s["device"], "--torch-threads", str(self.threads()),
-                                      "--runner=DirectRunner"], save_main_session=False)
+        stats = score_candidates.run(stages.scoring_argv(self.settings, self.path("candidates"), staging, errors,
+                                                         self.teacher_dir()), save_main_session=False)
         publish(errors, self.path("score_errors"))
         publish(staging, out)
         log.info("scoring: %s in %.0fs", stats, time.monotonic() - started)
@@ -265,12 +250,12 @@ class Experiment:
 
     def filtered(self, strategy: str, n: int, filter_name: str, seed: int, length: str = "none") -> pa.Table:
         """A pair set as a student gets it: selected (with the length selection), filtered, then balanced."""
-        s = self.settings
         selection, balanced = split_length(length)
-        confidence, likelihood = filter_quantiles(filter_name, s)
-        table, _ = pairs.filter_pairs(self.pairs_dir(strategy, n, seed, selection), confidence, likelihood,
-                                      s["likelihood"], s["min_margin"], s["max_pair_tokens"], s["confidence_measure"])
-        return pairs.balance_pairs(table, s["confidence_measure"]) if balanced else table
+        confidence, likelihood = filter_quantiles(filter_name, self.settings)
+        arm = {**self.settings, "confidence_quantile": confidence, "logprob_quantile": likelihood,
+               "length_balance": balanced}
+        return stages.filter_pairs(arm, self.pairs_dir(strategy, n, seed, selection), strategy,
+                                   pairs.seed_for(strategy, seed)).table
 
     def cell(self, cell: Cell, human: list[dict]) -> dict:
         """Train and evaluate one student; its result file marks it done."""

@@ -30,6 +30,8 @@ from functools import lru_cache
 from itertools import product
 from pathlib import Path
 
+import numpy as np
+
 from wofn.paths import DATA_DIR
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -235,13 +237,11 @@ def ensemble(by: dict, recipe: str, split: str) -> dict:
     return result
 
 
-def _filter_keys(members: "np.ndarray", measure: str) -> tuple["np.ndarray", "np.ndarray"]:
+def _filter_keys(members: np.ndarray, measure: str) -> tuple[np.ndarray, np.ndarray]:
     """(key the confidence filter ranks by, the teacher's label is right) per pair, from members'
     margins [K, n] on human pairs. The teacher labels a pair by the sign of its mean margin; the key
     is sql/filter_pairs.sql's: confidence = sigmoid(|mean margin|), and with "agreement" the share of
     members whose margin has the mean's sign (a 0 margin counts half) * 1000 + confidence."""
-    import numpy as np
-
     mean = members.mean(0)
     right = np.where(mean > 0, 1.0, np.where(mean == 0, 0.5, 0.0))
     confidence = 1 / (1 + np.exp(-np.abs(mean)))
@@ -252,11 +252,9 @@ def _filter_keys(members: "np.ndarray", measure: str) -> tuple["np.ndarray", "np
     return votes * 1000 + confidence, right
 
 
-def _kept_accuracy(key: "np.ndarray", right: "np.ndarray", quantile: float) -> "np.ndarray":
-    """Accuracy of the pairs with key >= the quantile of key (quantile_cont, as sql/filter_pairs.sql),
+def _kept_accuracy(key: np.ndarray, right: np.ndarray, quantile: float) -> np.ndarray:
+    """Accuracy of the pairs with key >= the quantile of key (quantile_cont, as sql/pair_filter_flags.sql),
     along the last axis (rows: bootstrap replicates)."""
-    import numpy as np
-
     threshold = np.quantile(key, quantile, axis=-1, keepdims=True)  # linear = DuckDB's quantile_cont
     kept = key >= threshold
     return (right * kept).sum(-1) / kept.sum(-1)
@@ -273,8 +271,6 @@ def filter_selection(by: dict, recipe: str, split: str, members: int, quantile: 
     replicate is drawn among the members. A proxy for the synthetic pairs: West-of-N labels
     best-vs-worst policy samples, whose truth is unknown.
     """
-    import numpy as np
-
     seeds = sorted(by[recipe])[:members]
     margins = np.array([by[recipe][s][f"{split}_margins"] for s in seeds], dtype=float)  # [K, n]
     n = margins.shape[1]

@@ -1,9 +1,8 @@
 """What every table asset does after computing: publish files, refresh the catalog view, record
-lineage, report. Also the code versions of the assets, the retry policy of the inference assets,
-and small helpers for plots and summaries."""
+lineage, report. Also the retry policy of the inference assets, and small helpers for plots and
+summaries. (The assets' code versions: wofn_dagster.code_versions.)"""
 
 import base64
-import hashlib
 import io
 import logging
 import shutil
@@ -15,25 +14,12 @@ from dagster import (AssetExecutionContext, Backoff, DataVersion, Failure, Jitte
                      RetryPolicy)
 
 from wofn import catalog, data, lineage, models, schemas
-from wofn.paths import REPO_ROOT, WofnHome, content_hash, parquet_files, partition_keys, publish, staging_dir
+from wofn.paths import WofnHome, content_hash, parquet_files, partition_keys, publish, staging_dir
 
 # Sampling and scoring load models and run Beam jobs: a worker lost, a full disk or a busy GPU
 # can fail a step once and not again. Bad input or settings fail the same way every time, so
 # those raise Failure(allow_retries=False) (see `no_retry_on_bad_input`).
 INFERENCE_RETRY = RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
-
-
-def code_version(*sources: str) -> str:
-    """A code version for an asset: the content hash of the files (or folders) that compute it.
-
-    Any edit to them gives a new version, which the Dagster UI shows as "code version changed".
-    """
-    digest = hashlib.sha256()
-    for source in sources:
-        path = REPO_ROOT / source
-        digest.update(source.encode())
-        digest.update(content_hash(path).encode() if path.exists() else b"missing")
-    return digest.hexdigest()[:12]
 
 
 def _own_code_version(context: AssetExecutionContext | None) -> str | None:

@@ -8,11 +8,12 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from wofn import data, prompt_sources, schemas
 from wofn.paths import content_hash, partition_keys
-from wofn_dagster.assets.common import code_version, error_summary, publish_table, read_table, write_table
+from wofn_dagster.code_versions import code_version
+from wofn_dagster.assets.common import error_summary, publish_table, read_table, write_table
 from wofn_dagster.partitions import batch_source, prompt_batches
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
-_CODE = code_version("wofn/data.py", "wofn/prompt_sources.py", "wofn_dagster/assets/data.py")
+_CODE = code_version("wofn.data", "wofn.prompt_sources", own=__file__)
 
 
 def _source_facts(path) -> dict:

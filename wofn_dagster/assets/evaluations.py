@@ -8,7 +8,8 @@ from dagster import AssetExecutionContext, AutomationCondition, MaterializeResul
 from matplotlib.figure import Figure
 
 from wofn import models, schemas
-from wofn_dagster.assets.common import code_version, png_markdown, publish_table
+from wofn_dagster.code_versions import code_version
+from wofn_dagster.assets.common import png_markdown, publish_table
 from wofn_dagster.assets.training import evaluate_model
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
@@ -23,7 +24,7 @@ def _model_dirs(h, rounds: int) -> list[tuple[int, str, object]]:
 # is rematerialized by hand (the refresh schedule's runs include it anyway).
 @asset(group_name="reward_models", deps=["base_reward_model", "student_reward_model", "student_rounds", "eval_preferences"],
        kinds={"pytorch", "parquet"}, automation_condition=AutomationCondition.eager(),
-       code_version=code_version("wofn/evaluation.py", "wofn_dagster/assets/evaluations.py"))
+       code_version=code_version("wofn.evaluation", own=__file__))
 def reward_model_evaluations(context: AssetExecutionContext, settings: WofnSettings,
                              home: WofnHomeResource) -> MaterializeResult:
     """Base and every round's student on the evaluation pairs: accuracy, length-balanced and

@@ -10,22 +10,18 @@ from matplotlib.figure import Figure
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from beam_jobs import sample_candidates, score_candidates
-from wofn import models, pairwise
-from wofn_dagster.assets.common import (INFERENCE_RETRY, code_version, error_summary, forward_logs,
+from wofn import models, pairwise, stages
+from wofn_dagster.code_versions import code_version
+from wofn_dagster.assets.common import (INFERENCE_RETRY, error_summary, forward_logs,
                                         no_retry_on_bad_input, png_markdown, quantiles, read_table,
                                         staged_partition, table_result)
 from wofn.paths import content_hash
 from wofn_dagster.partitions import prompt_batches
 from wofn_dagster.resources import (BeamRunnerResource, PolicyResource, RewardModelResource, WofnHomeResource,
-                                    WofnSettings)
+                                    WofnSettings, profile_values)
 
-_SAMPLING_CODE = code_version("beam_jobs/sample_candidates.py", "beam_jobs/inference.py", "beam_jobs/io.py",
-                              "wofn/generation.py", "wofn/vllm_sampling.py", "wofn/models.py",
-                              "wofn_dagster/assets/generation.py")
-_SCORING_CODE = code_version("beam_jobs/score_candidates.py", "beam_jobs/inference.py", "beam_jobs/io.py",
-                             "wofn/scoring.py", "wofn/tournament.py", "wofn/rm_format.py", "wofn/models.py",
-                             "wofn/reward_head.py", "wofn/reward_ensemble.py",
-                             "wofn_dagster/assets/generation.py")
+_SAMPLING_CODE = code_version("beam_jobs.sample_candidates", own=__file__, files=("wofn/stages.py",))
+_SCORING_CODE = code_version("beam_jobs.score_candidates", own=__file__, files=("wofn/stages.py",))
 
 
 @asset(group_name="inference", deps=["prompts"], kinds={"beam", "parquet"}, partitions_def=prompt_batches,
@@ -41,22 +37,14 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
                      f"({beam_runner.runner}, attempt {context.retry_number + 1})")
     started = time.monotonic()
     # a retry (or a rerun after a crash) with the same inputs and settings resumes the sampling job's shards
-    resume = content_hash_of_text(json.dumps([content_hash(prompts_dir), policy.args(), settings.n,
+    resume = content_hash_of_text(json.dumps([content_hash(prompts_dir), [policy.model, policy.dtype, policy.engine], settings.n,
                                               settings.max_new_tokens, settings.temperature, settings.top_p,
                                               settings.seed, _SAMPLING_CODE]))
     with no_retry_on_bad_input(), forward_logs(context, "beam_jobs"), \
             staged_partition(h, "candidates", key, context.log, resume_key=resume) as staging, \
             staged_partition(h, "candidate_errors", key, context.log, resume_key=resume) as errors_staging:
-        stats = sample_candidates.run([
-            "--prompts", str(prompts_dir), "--output", str(staging), "--errors", str(errors_staging),
-            *policy.args(), *(["--allow-pickle"] if settings.allow_pickle_weights else []),
-            "--n", str(settings.n),
-            "--max-new-tokens", str(settings.max_new_tokens), "--temperature", str(settings.temperature),
-            "--top-p", str(settings.top_p), "--seed", str(settings.seed),
-            "--batch-size", str(settings.sample_batch_size),
-            "--device", settings.device, "--torch-threads", str(settings.threads()),
-            *beam_runner.args(),
-        ], save_main_session=False)
+        stats = sample_candidates.run(stages.sampling_argv(profile_values(settings, policy=policy), prompts_dir, staging,
+                                                           errors_staging, beam_runner.args()), save_main_session=False)
     seconds = time.monotonic() - started
     rows = read_table(h, "candidates", key)
     stop = sum(1 for r in rows.column("finish_reason").to_pylist() if r == "stop")
@@ -94,12 +82,9 @@ def score_with(context: AssetExecutionContext, settings: WofnSettings, reward_mo
     (`staged(folder)`, or `staged_partition(...)` for one batch)."""
     started = time.monotonic()
     with no_retry_on_bad_input(), forward_logs(context, "beam_jobs"), into as staging, errors_into as errors_staging:
-        stats = score_candidates.run([
-            "--candidates", str(candidates), "--output", str(staging), "--errors", str(errors_staging),
-            *reward_models.args(model_dir), *(["--allow-pickle"] if settings.allow_pickle_weights else []),
-            "--device", settings.device, "--torch-threads", str(settings.threads()),
-            *beam_runner.args(),
-        ], save_main_session=False)
+        stats = score_candidates.run(stages.scoring_argv(profile_values(settings, reward_models=reward_models), candidates,
+                                                         staging, errors_staging, model_dir, beam_runner.args()),
+                                     save_main_session=False)
     return stats, time.monotonic() - started
 
 

@@ -12,18 +12,14 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from dagster_duckdb import DuckDBResource
 from matplotlib.figure import Figure
 
-from wofn import pairs, pairwise
+from wofn import pairs, pairwise, stages
 from wofn.paths import content_hash, partition_keys
-from wofn_dagster.assets.common import batch_versions, code_version, png_markdown, publish_table, quantiles, read_table
-from wofn_dagster.resources import WofnHomeResource, WofnSettings
+from wofn_dagster.code_versions import code_version
+from wofn_dagster.assets.common import batch_versions, png_markdown, publish_table, quantiles, read_table
+from wofn_dagster.resources import WofnHomeResource, WofnSettings, profile_values
 
-_SELECTION_CODE = code_version("wofn/pairs.py", "sql/strategies", "sql/candidate_pool.sql", "sql/prompt_summary.sql",
-                               "sql/label_picks.sql", "sql/west_of_n_pairs.sql",
-                               "sql/west_of_n_pairs_pairwise.sql", "sql/selection_report.sql",
-                               "sql/selection_report_pairwise.sql", "sql/length_control/residual_scores.sql",
-                               "sql/length_control/length_band_scores.sql", "wofn_dagster/assets/pairs.py")
-_FILTER_CODE = code_version("wofn/pairs.py", "sql/filter_pairs.sql", "sql/pair_funnel.sql",
-                            "sql/length_control/balance_pairs.sql", "wofn_dagster/assets/pairs.py")
+_SELECTION_CODE = code_version("wofn.pairs", own=__file__)
+_FILTER_CODE = code_version("wofn.pairs", own=__file__, files=("wofn/stages.py",))
 
 
 def _agreement_metadata(table) -> dict:
@@ -155,16 +151,12 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
     """Selected pairs kept by the confidence, likelihood, margin and length filters (sql/filter_pairs.sql),
     then length-balanced when `length_balance` is on (sql/length_control/balance_pairs.sql)."""
     h = home.home
-    filters = settings.filters()
     strategy, pair_seed = _selected_strategy(context, h, settings)
-    table, steps = pairs.filter_pairs(h.table_dir("west_of_n_pairs"), **filters)
-    funnel = pairs.pair_funnel(h.table_dir("west_of_n_pairs"), **filters, strategy=strategy, pair_seed=pair_seed)
+    kept = stages.filter_pairs(profile_values(settings), h.table_dir("west_of_n_pairs"), strategy, pair_seed)
+    table, funnel, steps, filters = kept.table, kept.funnel, kept.steps, kept.filters
     balance = {"length_balance": MetadataValue.bool(settings.length_balance)}
-    if settings.length_balance:
-        before = pairs.pair_stats(table)
-        table = pairs.balance_pairs(table, filters["confidence_measure"])
-        funnel = pairs.with_balance_step(funnel, table)
-        steps["length_balance"] = table.num_rows
+    if kept.before_balance is not None:
+        before = kept.before_balance
         context.log.info("length balance: %d -> %d pairs", before["pairs"], table.num_rows)
         balance.update({"pairs_before_balance": MetadataValue.int(before["pairs"]),
                         "pairs_after_balance": MetadataValue.int(table.num_rows),

@@ -5,16 +5,18 @@ import shutil
 import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-from wofn import lineage, models, pairs, schemas
+from wofn import lineage, models, pairs, schemas, stages
 from wofn.paths import PARTITION_PREFIX, content_hash, parquet_files
-from wofn_dagster.assets.common import INFERENCE_RETRY, batch_versions, code_version, staged, write_table
+from wofn_dagster.code_versions import code_version
+from wofn_dagster.assets.common import INFERENCE_RETRY, batch_versions, staged, write_table
 from wofn_dagster.assets.generation import score_with
 from wofn_dagster.assets.training import evaluate_model, train_student
 from wofn_dagster.resources import (BeamRunnerResource, PolicyResource, RewardModelResource, WofnHomeResource,
-                                    WofnSettings)
+                                    WofnSettings, profile_values)
 
-_ROUNDS_CODE = code_version("wofn/pairs.py", "wofn/training.py", "beam_jobs/score_candidates.py", "sql",
-                            "wofn_dagster/assets/rounds.py", "wofn_dagster/assets/training.py")
+_ROUNDS_CODE = code_version("wofn.pairs", "wofn.training", "wofn.evaluation", "beam_jobs.score_candidates",
+                            own=__file__, files=("wofn/stages.py", "wofn_dagster/assets/training.py",
+                                                 "wofn_dagster/assets/generation.py"))
 
 
 def _record_table(h, k: int, table: str, inputs: dict, context: AssetExecutionContext, **facts) -> str:
@@ -40,8 +42,7 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
     records = [_record(1, h.model_dir("student_reward_model"), h.model_dir("base_reward_model"),
                        evaluate_model(h, h.model_dir("student_reward_model"), settings))]
     teacher = h.model_dir("student_reward_model")
-    filters = settings.filters(teacher_is_ensemble=False)  # every round's teacher is a single student
-    if settings.rounds > 1 and settings.confidence_measure != filters["confidence_measure"]:
+    if settings.rounds > 1 and settings.confidence_measure != "margin":
         context.log.warning(f"rounds 2..{settings.rounds}: the teacher is one student, which gives no agreement; "
                             f"their confidence filter ranks by the margin (confidence_measure "
                             f"{settings.confidence_measure!r} applies to round 1)")
@@ -64,15 +65,12 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
                                                           f"round_{k}/candidate_scores": scores_version},
                                 context, strategy=settings.strategy, length_control=settings.length_control,
                                 length_band=settings.length_band)
-        kept, funnel = pairs.filter_pairs(rdir / "west_of_n_pairs", **filters)
-        funnel_table = pairs.pair_funnel(rdir / "west_of_n_pairs", **filters, strategy=settings.strategy,
-                                         pair_seed=pairs.seed_for(settings.strategy, settings.pair_seed))
-        if settings.length_balance:
-            before = kept.num_rows
-            kept = pairs.balance_pairs(kept, filters["confidence_measure"])
-            funnel = {**funnel, "length_balance": kept.num_rows}
-            funnel_table = pairs.with_balance_step(funnel_table, kept)
-            context.log.info(f"round {k}: length balance {before} -> {kept.num_rows} pairs")
+        filtered = stages.filter_pairs(profile_values(settings), rdir / "west_of_n_pairs", settings.strategy,
+                                       pairs.seed_for(settings.strategy, settings.pair_seed),
+                                       teacher_is_ensemble=False)  # every round's teacher is one student
+        kept, funnel, funnel_table = filtered.table, filtered.steps, filtered.funnel
+        if filtered.before_balance is not None:
+            context.log.info(f"round {k}: length balance {filtered.before_balance['pairs']} -> {kept.num_rows} pairs")
         write_table(rdir / "filtered_pairs", kept, schemas.PAIRS, where=f"round {k} filtered_pairs")
         kept_version = _record_table(h, k, "filtered_pairs", {f"round_{k}/west_of_n_pairs": pairs_version}, context,
                                strategy=settings.strategy, length_balance=settings.length_balance)

@@ -6,25 +6,18 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
-from wofn import evaluation, lineage, models, pairwise, reward_ensemble, training
+from wofn import evaluation, lineage, models, pairwise, reward_ensemble, stages, training
 from wofn.pairs import check_length_control
 from wofn.paths import WofnHome, content_hash
-from wofn_dagster.assets.common import batch_versions, code_version, png_markdown, read_table
-from wofn_dagster.resources import PolicyResource, RewardModelResource, WofnHomeResource, WofnSettings
+from wofn_dagster.code_versions import code_version
+from wofn_dagster.assets.common import batch_versions, png_markdown, read_table
+from wofn_dagster.resources import PolicyResource, RewardModelResource, WofnHomeResource, WofnSettings, profile_values
 
-_TRAINING_CODE = code_version("wofn/training.py", "wofn/pairwise.py", "wofn/models.py", "wofn/reward_head.py",
-                              "wofn/reward_ensemble.py", "wofn/rm_format.py",
-                              "wofn/evaluation.py", "wofn_dagster/assets/training.py")
+_TRAINING_CODE = code_version("wofn.training", "wofn.evaluation", own=__file__, files=("wofn/stages.py",))
 
 
 def _train_config(settings: WofnSettings) -> training.TrainConfig:
-    return training.TrainConfig(
-        epochs=settings.rm_epochs, batch_size=settings.rm_batch_size,
-        learning_rate=settings.rm_learning_rate, max_length=settings.rm_max_length,
-        warmup_ratio=settings.rm_warmup_ratio, head=settings.rm_head,
-        seed=settings.seed, bf16=settings.rm_bf16, device=settings.device,
-        val_fraction=settings.rm_val_fraction,
-    )
+    return stages.train_config(profile_values(settings))
 
 
 def _progress(context: AssetExecutionContext, label: str):
