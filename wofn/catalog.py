@@ -177,6 +177,13 @@ def query_parameters(sql: str) -> list[str]:
     return sorted(set(_PARAMETER.findall(_COMMENT_OR_QUOTED.sub(" ", sql))))
 
 
+def bound_parameters(sql: str, params: dict | None) -> dict | None:
+    """The entries of `params` that `sql` itself binds (None when none): a query that reads other SQL
+    files' results gets the whole chain's parameters and binds its own."""
+    own = set(query_parameters(sql))
+    return {k: v for k, v in (params or {}).items() if k in own} or None
+
+
 def sql_dependencies(sql: str) -> list[tuple[str, str]]:
     """(view, SQL file name) for each input the query's header says is another SQL file's result
     ("--   pair_filter_flags  (sql/pair_filter_flags.sql, ..." under "Reads:")."""
@@ -233,9 +240,7 @@ def run_sql_file(
     text = path.read_text(encoding="utf-8")
     registered = register_dependencies(con, text, params, inputs)
     try:
-        own = set(query_parameters(text))
-        table = query(con, text, {k: v for k, v in (params or {}).items() if k in own} or None
-                      if registered else params)
+        table = query(con, text, bound_parameters(text, params) if registered else params)
     finally:
         for view in registered:
             con.unregister(view)

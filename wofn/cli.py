@@ -194,8 +194,7 @@ def _sql(args: argparse.Namespace) -> int:
         _register_views(con, home, args.view)
         try:
             catalog.register_dependencies(con, text, params)  # the SQL files it reads, as views
-            own = set(query_parameters(text))
-            relation = con.sql(text, params={k: v for k, v in params.items() if k in own} or None)
+            relation = con.sql(text, params=catalog.bound_parameters(text, params))
             if relation is None:
                 return 0
             if args.format == "json":
