@@ -8,7 +8,7 @@ WOFN_HOME ?= $(CURDIR)/.wofn
 export WOFN_HOME
 export DAGSTER_HOME ?= $(WOFN_HOME)/dagster
 
-.PHONY: setup run run-tiny test ui bench clean
+.PHONY: setup run run-tiny test lint ui bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ run-tiny: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# pyflakes, pycodestyle and import order (pyproject.toml [tool.ruff]); CI runs it before the tests
+lint: setup
+	$(BIN)/ruff check .
 
 # figures, not tests: ours beside a common-tools baseline per stage, one JSON line each (bench/run.py)
 bench: setup

@@ -10,6 +10,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from wofn import models
 from wofn.progress import Progress
+from wofn.settings import DTYPES, Settings, setting_help
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int, batch_hel
                      num_shards: int | None = 4, shards_help: str = "output Parquet shards") -> None:
     parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
     parser.add_argument("--num-shards", type=int, default=num_shards, help=shards_help)
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--torch-threads", type=int, default=0,
+    parser.add_argument("--device", default=Settings.device, help=setting_help("device"))
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--torch-threads", type=int, default=Settings.torch_threads,
                         help="0 = all cores; use 1 per worker in multi_processing mode")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the model folder/hub (off by default)")

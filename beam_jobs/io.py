@@ -143,7 +143,8 @@ class WriteShards(beam.PTransform):
             rows
             | "KeyByShard" >> beam.Map(_key_by_shard, self._num_shards)
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteShardFn(self._output_dir, self._schema, self._num_shards, self._sort_keys))
+            | "WriteShard" >> beam.ParDo(_WriteShardFn(self._output_dir, self._schema, self._num_shards,
+                                                       self._sort_keys))
         )
 
 

@@ -36,12 +36,20 @@ from apache_beam.ml.inference.base import RunInference
 
 from beam_jobs import failpoints
 from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
-from beam_jobs.io import (completed_shards, count_rows, input_pattern, new_pipeline, run_to_completion, shard_of,
-                          write_shard)
-from wofn import generation, models, schemas, vllm_sampling
+from beam_jobs.io import (
+    completed_shards,
+    count_rows,
+    input_pattern,
+    new_pipeline,
+    run_to_completion,
+    shard_of,
+    write_shard,
+)
+from wofn import generation, models, schemas, settings, vllm_sampling
+from wofn.settings import Settings, setting_help
 
 log = logging.getLogger(__name__)
-ENGINES = ("torch", "vllm")
+ENGINES = settings.ENGINES
 JOB_RECORD = "_sampling_job.json"
 
 
@@ -175,7 +183,8 @@ class _WriteSampledShard(beam.DoFn):
         rows = sorted(rows, key=lambda r: (r["prompt_id"], r["candidate_idx"]))
         errors = sorted(errors, key=lambda r: (r["prompt_id"] or "", r["candidate_idx"] or -1, r["reason"]))
         write_shard(self._errors, shard, self._num_shards, pa.Table.from_pylist(errors, schema=schemas.ERRORS))
-        final = write_shard(self._output, shard, self._num_shards, pa.Table.from_pylist(rows, schema=schemas.CANDIDATES))
+        final = write_shard(self._output, shard, self._num_shards,
+                            pa.Table.from_pylist(rows, schema=schemas.CANDIDATES))
         beam.metrics.Metrics.counter("wofn", "rows_written").inc(len(rows))
         beam.metrics.Metrics.counter("wofn", "shards_written").inc()
         yield final
@@ -210,20 +219,23 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--prompts", required=True, help="Parquet file or folder of prompts")
     parser.add_argument("--output", required=True, help="folder for the candidate shards")
     parser.add_argument("--errors", default=None, help="folder for the error shards (default: OUTPUT + '_errors')")
-    parser.add_argument("--policy", required=True, help="shipped name, local folder or HF model id")
-    parser.add_argument("--n", type=int, required=True, help="samples per prompt")
-    parser.add_argument("--max-new-tokens", type=int, required=True)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0, help="global seed; each (prompt, sample) derives its own")
+    # the flags that are settings take their defaults and help from wofn/settings.py
+    parser.add_argument("--policy", required=True, help=setting_help("policy"))
+    parser.add_argument("--n", type=int, required=True, help=setting_help("n"))
+    parser.add_argument("--max-new-tokens", type=int, required=True, help=setting_help("max_new_tokens"))
+    parser.add_argument("--temperature", type=float, default=Settings.temperature, help=setting_help("temperature"))
+    parser.add_argument("--top-p", type=float, default=Settings.top_p, help=setting_help("top_p"))
+    parser.add_argument("--seed", type=int, default=Settings.seed,
+                        help="global seed; each (prompt, sample) derives its own")
     parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are cut from the left")
-    parser.add_argument("--engine", choices=ENGINES, default="torch",
-                        help="torch: wofn's batched sampler (CPU or GPU); vllm: vLLM on GPU workers (pip install vllm)")
+    parser.add_argument("--engine", choices=ENGINES, default=Settings.sampling_engine,
+                        help=setting_help("sampling_engine"))
     parser.add_argument("--prompts-per-shard", type=int, default=64,
                         help="shard size when --num-shards is not given: the unit of resuming and of parallelism")
     parser.add_argument("--max-error-fraction", type=float, default=0.5,
                         help="fail the job when more than this share of the prompts ends in the errors table")
-    add_runtime_args(parser, batch_size=8, batch_help="prompts per generation batch (sorted by length in a shard)",
+    add_runtime_args(parser, batch_size=Settings.sample_batch_size,
+                     batch_help=setting_help("sample_batch_size") + " (sorted by length in a shard)",
                      num_shards=None, shards_help="output shards (default: from --prompts-per-shard)")
     return parser.parse_known_args(argv)
 

@@ -35,6 +35,7 @@ from apache_beam.ml.inference.base import RunInference
 from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
 from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, run_to_completion
 from wofn import evaluation, models, pairwise, schemas, scoring, tournament
+from wofn.settings import TEACHERS, Settings, setting_help
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class JudgeCandidates(beam.PTransform):
 
 def teacher_kind(reward_model: str, requested: str = "auto") -> str:
     """"pointwise" or "pairwise": `requested`, or for "auto" the model folder's manifest kind."""
-    if requested not in ("auto", "pointwise", "pairwise"):
+    if requested not in ("auto", *TEACHERS):
         raise ValueError(f"teacher kind {requested!r}: expected auto, pointwise or pairwise")
     if requested != "auto":
         return requested
@@ -229,12 +230,13 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--max-length", type=int, default=None, help="default: the RM manifest's, else 256")
     parser.add_argument("--token-budget", type=int, default=None,
                         help="padded tokens per forward pass (default: 2048 on CPU, 16384 on GPU)")
-    parser.add_argument("--teacher-kind", choices=["auto", "pointwise", "pairwise"], default="auto",
+    parser.add_argument("--teacher-kind", choices=["auto", *TEACHERS], default="auto",
                         help="pointwise: score each candidate; pairwise: knockout tournaments per prompt; "
                              "auto: pairwise when the model's manifest kind is pairwise_preference_model")
     parser.add_argument("--prompts-per-batch", type=int, default=16,
                         help="pairwise: prompts whose tournaments share the batched model calls")
-    add_runtime_args(parser, batch_size=64, batch_help="pointwise: candidates per inference call")
+    add_runtime_args(parser, batch_size=Settings.score_batch_size,
+                     batch_help="pointwise: " + setting_help("score_batch_size"))
     return parser.parse_known_args(argv)
 
 

@@ -301,8 +301,9 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
         "ours": ours,
         "baseline": {"dtype": "float32", **baseline},
         "speedup": {dtype: round(baseline["seconds"] / figs["seconds"], 3) for dtype, figs in ours.items()},
-        "speedup_generated_tokens_per_s": {dtype: round(figs["generated_tokens_per_s"] / baseline["generated_tokens_per_s"], 3)
-                                           for dtype, figs in ours.items()},
+        "speedup_generated_tokens_per_s": {
+            dtype: round(figs["generated_tokens_per_s"] / baseline["generated_tokens_per_s"], 3)
+            for dtype, figs in ours.items()},
         "load_seconds": {k: round(v, 2) for k, v in load_seconds.items()},
         "baseline_prefill": baseline_prefill,
     }
@@ -350,7 +351,8 @@ def bench_scoring(sizes: dict, peaks: dict) -> dict:
             baseline_scores(rm, prompts[:2], responses[:2])
             log(f"scoring: ours float32 and the batch-size-1 baseline, {len(prompts)} sequences, best of {REPEATS}")
             (rewards[dtype], seconds), (base_rewards, base_s) = best_of(
-                REPEATS, (scoring.score, rm, prompts, responses, RM_MAX_LENGTH), (baseline_scores, rm, prompts, responses))
+                REPEATS, (scoring.score, rm, prompts, responses, RM_MAX_LENGTH),
+                (baseline_scores, rm, prompts, responses))
             default_budget = scoring.default_token_budget(next(rm.model.parameters()).device)
         else:
             log(f"scoring: ours {dtype}, {len(prompts)} sequences, best of {REPEATS}")
@@ -437,7 +439,7 @@ def bench_training(sizes: dict, peaks: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         def train(bf16: bool) -> dict:
             config = stages.train_config(settings, epochs=1.0, bf16=bf16, val_fraction=0.0, log_every=1000)
-            return training.train_reward_model(settings["rm_backbone"], pairs, config, Path(tmp) / f"rm-{bf16}")
+            return training.train_reward_model(settings.rm_backbone, pairs, config, Path(tmp) / f"rm-{bf16}")
         train(True)  # warm-up: model files cached, kernels built
         for repeat in range(REPEATS):
             for label, bf16 in (("fp32", False), ("bf16", True)):
@@ -445,8 +447,8 @@ def bench_training(sizes: dict, peaks: dict) -> dict:
                 metrics = train(bf16)
                 if label not in ours or metrics["seconds"] < ours[label]["seconds"]:
                     ours[label] = side(metrics["seconds"], pairs=len(pairs))
-    return {"config": {"reward_model": settings["rm_backbone"], "max_length": settings["rm_max_length"],
-                       "batch_size": settings["rm_batch_size"], "train_pairs": len(pairs),
+    return {"config": {"reward_model": settings.rm_backbone, "max_length": settings.rm_max_length,
+                       "batch_size": settings.rm_batch_size, "train_pairs": len(pairs),
                        "baseline": "the same training in fp32"},
             "ours": ours, "speedup_bf16_vs_fp32": round(ours["fp32"]["seconds"] / ours["bf16"]["seconds"], 3)}
 
@@ -509,7 +511,8 @@ def write_synthetic_tables(root: Path, prompts: int, seed: int = 0, response_wor
     candidates = {
         "prompt_id": pa.array(prompt_ids), "candidate_idx": pa.array(cand_idx),
         "prompt": pa.array([f"\n\nHuman: synthetic question {p}?\n\nAssistant:" for p in prompt_idx.tolist()]),
-        "response": pa.array([f"synthetic answer {p}-{c}" + filler for p, c in zip(prompt_idx.tolist(), cand_idx.tolist())]),
+        "response": pa.array([f"synthetic answer {p}-{c}" + filler
+                              for p, c in zip(prompt_idx.tolist(), cand_idx.tolist())]),
         "num_tokens": pa.array(num_tokens), "logprob_sum": pa.array(logprob_mean * num_tokens),
         "logprob_mean": pa.array(logprob_mean),
         "finish_reason": pa.array(np.where(num_tokens == MAX_NEW_TOKENS, "length", "stop")),

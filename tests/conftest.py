@@ -11,6 +11,7 @@ import pytest
 from wofn import data, models
 from wofn.paths import DATA_DIR
 
+
 @pytest.fixture(scope="session")
 def tiny_policy() -> models.LoadedModel:
     return models.load_policy(models.TINY_LLAMA)

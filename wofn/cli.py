@@ -29,6 +29,7 @@ import duckdb
 
 from wofn import catalog, data, evaluation, export, lineage, models, schemas
 from wofn.paths import WofnHome, parquet_files
+from wofn.settings import Settings, setting_help
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -62,7 +63,8 @@ ROUND_TABLES = ("candidate_scores", "west_of_n_pairs", "filtered_pairs")
 
 _MISSING_HINTS = {
     "student_scores": "the student's reward per candidate (wofn.schemas.CANDIDATE_SCORES); make it with "
-                      "`python -m beam_jobs.score_candidates --candidates '$WOFN_HOME/tables/candidates/batch=*/*.parquet' "
+                      "`python -m beam_jobs.score_candidates "
+                      "--candidates '$WOFN_HOME/tables/candidates/batch=*/*.parquet' "
                       "--output /tmp/student_scores --reward-model $WOFN_HOME/models/student_reward_model` and "
                       "pass --view student_scores=/tmp/student_scores (in a run with rounds >= 2, "
                       "$WOFN_HOME/rounds/round_2/candidate_scores are round 1's student's)",
@@ -256,8 +258,19 @@ def _experiment(args) -> int:
     return 0
 
 
+def _settings(args) -> int:
+    from wofn import profiles, settings
+
+    if args.markdown:
+        print(settings.markdown(profiles.PROFILES), end="")
+    else:
+        print(json.dumps(profiles.get(args.profile).as_dict(), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wofn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="wofn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     ev = commands.add_parser("evaluate", help="accuracy of reward models on preference pairs")
@@ -269,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--max-pairs", type=int, default=None, help="use the first K pairs of each pairs file")
     ev.add_argument("--max-length", type=int, default=None, help="default: the model manifest's, else 256")
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--high-confidence-fraction", type=float, default=0.25,
-                    help="share of pairs with the largest |margin| for high-conf accuracy (default 0.25)")
+    ev.add_argument("--high-confidence-fraction", type=float, default=Settings.high_confidence_fraction,
+                    help=setting_help("high_confidence_fraction") + f" (default {Settings.high_confidence_fraction})")
     ev.add_argument("--format", choices=["json", "table"], default="json",
                     help="json: one line per (model, pairs file); table: a text table with length baselines")
     ev.add_argument("--output", default=None, help="also write all results to this file as one JSON list")
@@ -291,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ex = commands.add_parser("export", help="write pairs in TRL's preference format (prompt, chosen, rejected)")
     ex.add_argument("--output", required=True, help="FILE.parquet or FILE.jsonl")
     ex.add_argument("--table", default="filtered_pairs", help=f"one of {', '.join(export.PAIR_TABLES)}")
-    ex.add_argument("--round", type=int, default=1, help="West-of-N round: 1 = the main assets, k >= 2 = rounds/round_k")
+    ex.add_argument("--round", type=int, default=1,
+                    help="West-of-N round: 1 = the main assets, k >= 2 = rounds/round_k")
     ex.add_argument("--format", default="trl", choices=sorted(export.FORMATS),
                     help="trl: text columns; trl-conversational: message lists ([{role, content}])")
     ex.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -308,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     li.add_argument("--format", choices=["text", "json"], default="text")
     li.set_defaults(func=_lineage)
 
-    xp = commands.add_parser("experiment", help="run an experiment grid (strategies x N x filters x seeds) and report it")
+    xp = commands.add_parser("experiment",
+                             help="run an experiment grid (strategies x N x filters x seeds) and report it")
     xp.add_argument("config", help="experiment config (YAML), e.g. experiments/hh.yaml")
     xp.add_argument("--home", default=None, help="data root (default $WOFN_HOME or .wofn)")
     xp.add_argument("--estimate", action="store_true", help="print the cost estimate and stop")
@@ -316,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write the report here (e.g. docs/results.md); always written to the run's folder")
     xp.add_argument("--report-only", action="store_true", help="rebuild the report from what the run has so far")
     xp.set_defaults(func=_experiment)
+
+    se = commands.add_parser("settings", help="a profile's settings, or every setting's help (docs/settings.md)")
+    se.add_argument("--profile", default="default", help="profile to print as JSON (default, tiny)")
+    se.add_argument("--markdown", action="store_true",
+                    help="every setting by stage with each profile's value and its help: docs/settings.md")
+    se.set_defaults(func=_settings)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

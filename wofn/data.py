@@ -77,7 +77,8 @@ def _read_parquet(file: Path) -> pa.Table:
         try:
             table.column(name).validate(full=True)
         except pa.ArrowInvalid as exc:
-            raise InputError(f"{file}: column {name!r} holds invalid data (e.g. text that is not UTF-8): {exc}") from exc
+            raise InputError(f"{file}: column {name!r} holds invalid data "
+                             f"(e.g. text that is not UTF-8): {exc}") from exc
     return table
 
 
@@ -134,7 +135,8 @@ def load_preferences(path: str | Path, limit: int | None = None) -> pa.Table:
             if pair_id in seen:
                 raise InputError(f"{where}: pair id {pair_id!r} repeats {seen[pair_id]}")
         else:  # a content hash; the same pair labelled twice is kept twice, as -2, -3, ...
-            base = hashlib.sha256("\x00".join((row["prompt"], row["chosen"], row["rejected"])).encode()).hexdigest()[:16]
+            base = hashlib.sha256(
+                "\x00".join((row["prompt"], row["chosen"], row["rejected"])).encode()).hexdigest()[:16]
             pair_id, k = base, 1
             while pair_id in seen:
                 k += 1
@@ -205,16 +207,17 @@ def training_preferences(human_pairs: str | Path, max_human_pairs: int | None = 
     clash = set(human.column("pair_id").to_pylist()) & set(extra.column("pair_id").to_pylist())
     if clash:
         raise InputError(f"{extra_human_pairs}: pair id {min(clash)!r} (and {len(clash) - 1} more) is also in "
-                         f"{human_pairs}; give the extra pairs their own ids (or drop their id column to use content hashes)")
+                         f"{human_pairs}; give the extra pairs their own ids "
+                         "(or drop their id column to use content hashes)")
     counts.update(extra_human_pairs=extra.num_rows, extra_source=str(extra_human_pairs))
     return pa.concat_tables([human, extra]), counts
 
 
-def training_pairs(settings: dict) -> list[dict]:
-    """The pairs base and student reward models train on, for a settings dict (a profile's keys):
+def training_pairs(settings) -> list[dict]:
+    """The pairs base and student reward models train on, for `wofn.settings.Settings`:
     `human_pairs` (first `max_human_pairs`) plus `extra_human_pairs` (first `max_extra_human_pairs`)."""
-    table, _ = training_preferences(settings["human_pairs"], settings.get("max_human_pairs"),
-                                    settings.get("extra_human_pairs"), settings.get("max_extra_human_pairs"))
+    table, _ = training_preferences(settings.human_pairs, settings.max_human_pairs,
+                                    settings.extra_human_pairs, settings.max_extra_human_pairs)
     return table.to_pylist()
 
 

@@ -109,7 +109,8 @@ def chain(model_dir: Path | str, home: WofnHome | None = None, depth: int = 0) -
         if depth < 8 and (Path(teacher["path"]) / "manifest.json").is_file():
             child = chain(teacher["path"], home, depth + 1)
             if teacher.get("revision") and child.get("revision") != teacher["revision"]:
-                child["note"] = f"the folder now holds revision {child.get('revision')}; trained with {teacher['revision']}"
+                child["note"] = (f"the folder now holds revision {child.get('revision')}; "
+                                 f"trained with {teacher['revision']}")
                 child["revision"] = teacher["revision"]
         else:
             child = {"kind": "model", "label": "teacher", "path": teacher["path"], "revision": teacher.get("revision"),
@@ -154,7 +155,8 @@ def _describe(node: dict) -> str:
 def format_chain(node: dict) -> str:
     """The tree as text, one node a line (model -> teacher -> tables -> prompt files)."""
     lines = [_describe(node)]
-    shown: set[tuple] = set()  # a table version met again (e.g. candidates under pairs and scores) is not expanded twice
+    # a table version met again (e.g. candidates under pairs and scores) is not expanded twice
+    shown: set[tuple] = set()
 
     def walk(children: list[dict], prefix: str) -> None:
         for i, child in enumerate(children):
@@ -162,7 +164,8 @@ def format_chain(node: dict) -> str:
             key = (child.get("label"), child.get("data_version") or child.get("revision"))
             again = child["kind"] == "table" and bool(child.get("inputs")) and key in shown
             shown.add(key)
-            lines.append(prefix + ("└── " if last else "├── ") + _describe(child) + ("  (inputs as above)" if again else ""))
+            lines.append(prefix + ("└── " if last else "├── ") + _describe(child)
+                         + ("  (inputs as above)" if again else ""))
             if not again:
                 walk(child.get("inputs") or [], prefix + ("    " if last else "│   "))
 

@@ -330,13 +330,13 @@ def _load_ensemble(spec: str, resolved: str, device: str, dtype: str, trust_remo
     (hence one tokenizer), under a `RewardEnsemble`."""
     loaded = []
     for member_dir in reward_ensemble.member_dirs(resolved):
-        loaded.append(load_reward_model(str(member_dir), device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                        allow_pickle=allow_pickle, head=head))
+        loaded.append(load_reward_model(str(member_dir), device=device, dtype=dtype,
+                                        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, head=head))
     inits = {read_manifest(m.path).get("init") for m in loaded}
     vocabularies = {len(m.tokenizer) for m in loaded}
     if len(inits) > 1 or len(vocabularies) > 1:
-        raise ValueError(f"{resolved}: the ensemble's members were trained from different backbones ({sorted(map(str, inits))}); "
-                         "an ensemble's members must share one tokenizer")
+        raise ValueError(f"{resolved}: the ensemble's members were trained from different backbones "
+                         f"({sorted(map(str, inits))}); an ensemble's members must share one tokenizer")
     model = reward_ensemble.RewardEnsemble([m.model for m in loaded]).eval()
     manifest = read_manifest(resolved)
     return LoadedModel(model, loaded[0].tokenizer, spec,

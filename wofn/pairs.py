@@ -5,7 +5,8 @@ with temporary views, so it never waits on the shared catalog file.
 
     sql/candidate_pool.sql          candidates + candidate_scores -> one row per candidate, is_valid
     sql/prompt_summary.sql          candidate_pool -> per prompt: valid candidates, reward range
-    sql/strategies/<strategy>.sql   candidate_pool -> the strategy's two picks per prompt
+    sql/strategies/<strategy>.sql   candidate_pool -> the strategy's two picks per prompt (best_vs_random
+                                    and worst_vs_random: strategies/extreme_vs_random.sql)
     sql/label_picks.sql             picks + pool + summary -> pair_draws (one row per prompt)
     sql/west_of_n_pairs.sql         pair_draws -> the pairs of one strategy (wofn.schemas.PAIRS)
     sql/selection_report.sql        why prompts and candidates were left out, per strategy
@@ -30,33 +31,15 @@ import pyarrow.parquet as pq
 
 from wofn import catalog, schemas
 from wofn.paths import parquet_files
+from wofn.settings import LIKELIHOOD_MEASURES, check_confidence_measure, check_length_control, check_strategy
 
 STRATEGIES = schemas.STRATEGIES
 RANDOM_STRATEGIES = tuple(s for s in STRATEGIES if s != "west_of_n")  # the ones that take $seed
-LIKELIHOOD_MEASURES = ("mean", "sum")
-# What the confidence filter and the length balance rank pairs by: "margin" = confidence =
-# sigmoid(r+ - r-) (the paper's); "agreement" = an ensemble teacher's agreement (the share of its
-# members that rank the pair the same way, wofn.reward_ensemble), then confidence.
-CONFIDENCE_MEASURES = ("margin", "agreement")
-# What the strategies rank candidates by: "none" = the teacher's rewards; "residual" = the rewards
-# minus a least-squares fit on length over the run ("residual_per_prompt": one fit per prompt);
-# "band" = only the candidates within length_band of their prompt's best candidate's length.
-LENGTH_CONTROLS = ("none", "residual", "residual_per_prompt", "band")
 
 # The scores the length controls produce: wofn.schemas.CANDIDATE_SCORES, but NULL rewards pass
 # through them unchanged (the strategies drop them, as they drop them from the raw scores).
 _CONTROLLED_SCORES = schemas.CANDIDATE_SCORES.set(
     schemas.CANDIDATE_SCORES.get_field_index("reward"), pa.field("reward", pa.float64()))
-
-
-def check_strategy(strategy: str, pairwise: bool = False) -> None:
-    """Raise ValueError unless `strategy` is known (and, with a pairwise teacher, west_of_n)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
-    if pairwise and strategy != "west_of_n":
-        raise ValueError(
-            f"strategy {strategy!r} needs a reward per candidate, but the teacher is pairwise (it only finds "
-            "the best and worst of N by knockout tournaments); use strategy 'west_of_n' or a pointwise teacher")
 
 
 def seed_for(strategy: str, seed: int) -> int | None:
@@ -82,28 +65,6 @@ def check_filters(confidence_quantile: float, logprob_quantile: float, likelihoo
         raise ValueError(f"min_margin must be a number >= 0, or None (off), got {min_margin!r}")
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
         raise ValueError(f"max_tokens must be an integer >= 1, or None (off), got {max_tokens!r}")
-
-
-def check_confidence_measure(confidence_measure: str) -> None:
-    if confidence_measure not in CONFIDENCE_MEASURES:
-        raise ValueError(f"confidence_measure must be 'margin' (sigmoid of the reward margin) or 'agreement' "
-                         f"(a teacher ensemble's agreement, then the margin), got {confidence_measure!r}")
-
-
-def check_length_control(length_control: str, length_band: float = 0.3, pairwise: bool = False) -> None:
-    """Raise ValueError naming the setting unless `length_control` is one of LENGTH_CONTROLS,
-    `length_band` is a number >= 0, and (with a pairwise teacher) length_control is "none"."""
-    if length_control not in LENGTH_CONTROLS:
-        raise ValueError(f"length_control must be one of {', '.join(LENGTH_CONTROLS)}; got {length_control!r}")
-    if (not isinstance(length_band, (int, float)) or isinstance(length_band, bool) or math.isnan(length_band)
-            or length_band < 0):
-        raise ValueError(f"length_band must be a number >= 0 (0.3 = within 30% of the best candidate's length, "
-                         f"0 = the same length only), got {length_band!r}")
-    if pairwise and length_control != "none":
-        raise ValueError(
-            f"length_control {length_control!r} needs a reward per candidate, but the teacher is pairwise (it only "
-            "finds the best and worst of N by knockout tournaments); set length_control to 'none' (length_balance "
-            "still balances the pairs) or use a pointwise teacher")
 
 
 def length_controlled_scores(candidates_dir: Path, scores_dir: Path, length_control: str,
@@ -141,8 +102,12 @@ def _scores(candidates_dir: Path, scores_dir: Path, length_control: str, length_
     return length_controlled_scores(candidates_dir, scores_dir, length_control, length_band)
 
 
-def _strategy_params(strategy: str, seed: int) -> dict | None:
-    return {"seed": seed} if strategy in RANDOM_STRATEGIES else None
+def _strategy_query(strategy: str, seed: int) -> tuple[str, dict | None]:
+    """The SQL file (under sql/) of a strategy's picks, and its parameters: best_vs_random and
+    worst_vs_random are one file, sql/strategies/extreme_vs_random.sql."""
+    if strategy in ("best_vs_random", "worst_vs_random"):
+        return "strategies/extreme_vs_random", {"seed": seed, "extreme": strategy.split("_", 1)[0]}
+    return f"strategies/{strategy}", {"seed": seed} if strategy in RANDOM_STRATEGIES else None
 
 
 def _view(con, name: str, source: Path | pa.Table) -> None:
@@ -166,8 +131,7 @@ def _draw_steps(con, seed: int, strategies: tuple[str, ...]) -> list[pa.Table]:
     con.register("prompt_summary", catalog.run_sql_file(con, "prompt_summary", schema=schemas.PROMPT_SUMMARY))
     tables = []
     for strategy in strategies:
-        picks = catalog.run_sql_file(con, f"strategies/{strategy}", _strategy_params(strategy, seed),
-                                     schema=schemas.PAIR_PICKS)
+        picks = catalog.run_sql_file(con, *_strategy_query(strategy, seed), schema=schemas.PAIR_PICKS)
         con.register("pair_picks", picks)
         tables.append(catalog.run_sql_file(con, "label_picks",
                                            {"strategy": strategy, "pair_seed": seed_for(strategy, seed)},

@@ -59,7 +59,8 @@ def is_pairwise(model_path: str) -> bool:
 
 
 @torch.inference_mode()
-def _logits(rm: LoadedModel, sequences: list[tuple[int, ...]], token_budget: int | None) -> dict[tuple[int, ...], float]:
+def _logits(rm: LoadedModel, sequences: list[tuple[int, ...]],
+            token_budget: int | None) -> dict[tuple[int, ...], float]:
     """Model output per distinct sequence, in padded batches of at most `token_budget` tokens.
 
     Batches are formed from the distinct sequences sorted by (length desc, ids), so the same set

@@ -1,7 +1,7 @@
 """The one place that defines every wofn table's Arrow schema.
 
 Readers, writers, Beam jobs and SQL outputs are all checked against these. The SQL files in
-`sql/` document the same columns at their top; `tests/test_schemas.py` keeps the two in step.
+`sql/` document the same columns at their top; `tests/sql/test_schemas.py` keeps the two in step.
 """
 
 from __future__ import annotations
@@ -219,7 +219,8 @@ PAIR_FUNNEL = pa.schema(
         pa.field("strategy", pa.string(), nullable=False),  # of the selected pairs
         pa.field("pair_seed", pa.int64()),
         pa.field("step_order", pa.int32(), nullable=False),
-        pa.field("step", pa.string(), nullable=False),  # selected, confidence, likelihood, margin, max_tokens[, length_balance]
+        # selected, confidence, likelihood, margin, max_tokens[, length_balance]
+        pa.field("step", pa.string(), nullable=False),
         pa.field("setting", pa.string(), nullable=False),  # the configured value, as text ("off" = no-op)
         pa.field("threshold", pa.float64()),  # the value applied (e.g. the confidence quantile); null = off
         pa.field("pairs_in", pa.int64(), nullable=False),

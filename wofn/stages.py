@@ -2,11 +2,10 @@
 
 The Dagster assets (`wofn_dagster.assets`), the rounds asset, the experiment runner
 (`wofn.experiment.runner`) and the benchmark (`bench/run.py`) all run the same stages; each of
-them calls these functions instead of writing the stage out again. Settings come in one shape: a
-mapping of the profile's keys (`wofn.profiles`; the Dagster resources give it with
-`wofn_dagster.resources.profile_values`, an experiment has it as `Experiment.settings`).
+them calls these functions instead of writing the stage out again. Settings come in one shape,
+`wofn.settings.Settings` (the Dagster resources give it with `wofn_dagster.resources.run_settings`,
+an experiment has it as `Experiment.settings`).
 
-    threads(s)                       torch threads for one step
     train_config(s, seed)            the TrainConfig of base and student reward models
     sampling_argv(s, ...)            the sampling Beam job's arguments
     scoring_argv(s, ...)             the scoring Beam job's arguments
@@ -16,61 +15,55 @@ mapping of the profile's keys (`wofn.profiles`; the Dagster resources give it wi
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
 from wofn import pairs, training
+from wofn.settings import Settings
 
 
-def threads(s: Mapping) -> int:
-    """`torch_threads`, 0 meaning every core."""
-    return s["torch_threads"] if s["torch_threads"] > 0 else (os.cpu_count() or 1)
-
-
-def train_config(s: Mapping, seed: int | None = None, **overrides) -> training.TrainConfig:
+def train_config(s: Settings, seed: int | None = None, **overrides) -> training.TrainConfig:
     """The reward-model training recipe of the settings (`seed`: default the settings' own;
     `overrides`: other TrainConfig fields, e.g. a benchmark's epochs)."""
-    fields = {"epochs": s["rm_epochs"], "batch_size": s["rm_batch_size"], "learning_rate": s["rm_learning_rate"],
-              "max_length": s["rm_max_length"], "warmup_ratio": s["rm_warmup_ratio"], "head": s["rm_head"],
-              "seed": s["seed"] if seed is None else seed, "bf16": s["rm_bf16"], "device": s["device"],
-              "val_fraction": s["rm_val_fraction"]}
+    fields = {"epochs": s.rm_epochs, "batch_size": s.rm_batch_size, "learning_rate": s.rm_learning_rate,
+              "max_length": s.rm_max_length, "warmup_ratio": s.rm_warmup_ratio, "head": s.rm_head,
+              "seed": s.seed if seed is None else seed, "bf16": s.rm_bf16, "device": s.device,
+              "val_fraction": s.rm_val_fraction}
     return training.TrainConfig(**{**fields, **overrides})
 
 
-def _model_options(s: Mapping) -> list[str]:
-    return ["--device", s["device"], "--torch-threads", str(threads(s)),
-            *(["--allow-pickle"] if s.get("allow_pickle_weights") else [])]
+def _model_options(s: Settings) -> list[str]:
+    return ["--device", s.device, "--torch-threads", str(s.threads()),
+            *(["--allow-pickle"] if s.allow_pickle_weights else [])]
 
 
-def sampling_argv(s: Mapping, prompts: Path | str, output: Path | str, errors: Path | str,
+def sampling_argv(s: Settings, prompts: Path | str, output: Path | str, errors: Path | str,
                   runner: list[str] | tuple[str, ...] = ("--runner=DirectRunner",)) -> list[str]:
     """`beam_jobs.sample_candidates` arguments: N samples per prompt of `prompts` from the settings'
     policy, into `output` (and the prompts it could not sample into `errors`)."""
     return ["--prompts", str(prompts), "--output", str(output), "--errors", str(errors),
-            "--policy", s["policy"], "--dtype", s["policy_dtype"], "--engine", s["sampling_engine"],
-            "--n", str(s["n"]), "--max-new-tokens", str(s["max_new_tokens"]), "--temperature", str(s["temperature"]),
-            "--top-p", str(s["top_p"]), "--seed", str(s["seed"]), "--batch-size", str(s["sample_batch_size"]),
+            "--policy", s.policy, "--dtype", s.policy_dtype, "--engine", s.sampling_engine,
+            "--n", str(s.n), "--max-new-tokens", str(s.max_new_tokens), "--temperature", str(s.temperature),
+            "--top-p", str(s.top_p), "--seed", str(s.seed), "--batch-size", str(s.sample_batch_size),
             *_model_options(s), *runner]
 
 
-def scoring_argv(s: Mapping, candidates: Path | str, output: Path | str, errors: Path | str, reward_model: Path | str,
+def scoring_argv(s: Settings, candidates: Path | str, output: Path | str, errors: Path | str, reward_model: Path | str,
                  runner: list[str] | tuple[str, ...] = ("--runner=DirectRunner",)) -> list[str]:
     """`beam_jobs.score_candidates` arguments: `reward_model` judges every candidate of `candidates`."""
     return ["--candidates", str(candidates), "--output", str(output), "--errors", str(errors),
-            "--reward-model", str(reward_model), "--batch-size", str(s["score_batch_size"]),
-            "--dtype", s["score_dtype"], *_model_options(s), *runner]
+            "--reward-model", str(reward_model), "--batch-size", str(s.score_batch_size),
+            "--dtype", s.score_dtype, *_model_options(s), *runner]
 
 
-def filters(s: Mapping, teacher_is_ensemble: bool = True) -> dict:
+def filters(s: Settings, teacher_is_ensemble: bool = True) -> dict:
     """The filters' arguments (`wofn.pairs.filter_pairs`). A teacher that is not an ensemble (the
     student teaching round k >= 2) gives no agreement: it is filtered by the margin."""
-    return {"confidence_quantile": s["confidence_quantile"], "logprob_quantile": s["logprob_quantile"],
-            "likelihood": s["likelihood"], "min_margin": s["min_margin"], "max_tokens": s["max_pair_tokens"],
-            "confidence_measure": s["confidence_measure"] if teacher_is_ensemble else "margin"}
+    return {"confidence_quantile": s.confidence_quantile, "logprob_quantile": s.logprob_quantile,
+            "likelihood": s.likelihood, "min_margin": s.min_margin, "max_tokens": s.max_pair_tokens,
+            "confidence_measure": s.confidence_measure if teacher_is_ensemble else "margin"}
 
 
 @dataclass
@@ -82,7 +75,7 @@ class FilteredPairs:
     before_balance: dict | None  # pairs.pair_stats of the filtered pairs, when they were then balanced
 
 
-def filter_pairs(s: Mapping, pairs_dir: Path, strategy: str = "west_of_n", pair_seed: int | None = None,
+def filter_pairs(s: Settings, pairs_dir: Path, strategy: str = "west_of_n", pair_seed: int | None = None,
                  teacher_is_ensemble: bool = True) -> FilteredPairs:
     """The selected pairs in `pairs_dir` through the filters (sql/filter_pairs.sql), with the funnel
     (sql/pair_funnel.sql, labelled with `strategy` and `pair_seed`), then, with `length_balance`, as
@@ -91,7 +84,7 @@ def filter_pairs(s: Mapping, pairs_dir: Path, strategy: str = "west_of_n", pair_
     table, funnel = pairs.filter_with_funnel(pairs_dir, **applied, strategy=strategy, pair_seed=pair_seed)
     steps = pairs.funnel_steps(funnel, applied["min_margin"] is not None, applied["max_tokens"] is not None)
     before = None
-    if s["length_balance"]:
+    if s.length_balance:
         before = pairs.pair_stats(table)
         table = pairs.balance_pairs(table, applied["confidence_measure"])
         funnel = pairs.with_balance_step(funnel, table)

@@ -32,18 +32,26 @@ class TrainConfig:
     batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step (before accumulation)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate (docs/results_teacher.md)"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warmup, then linear decay to 0"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warmup, "
+                                                               "then linear decay to 0"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=256, metadata={"help": "tokens per (prompt, response), cut from the left"})
     seed: int = field(default=0, metadata={"help": "seeds the head's initialisation, shuffling and dropout"})
-    split_seed: int | None = field(default=None, metadata={"help": "seeds the validation split (None: seed); an ensemble's members share one"})
+    split_seed: int | None = field(default=None, metadata={"help": "seeds the validation split (None: seed); "
+                                                                   "an ensemble's members share one"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (CPU and recent GPUs)"})
     device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between progress reports"})
-    val_fraction: float = field(default=0.1, metadata={"help": "share of the training pairs held out for validation (0 = none)"})
-    eval_every: int = field(default=0, metadata={"help": "optimizer steps between validation passes (0 = once per epoch)"})
-    select_best: bool = field(default=True, metadata={"help": "keep the checkpoint with the best validation accuracy (as the paper does)"})
-    head: str | None = field(default=None, metadata={"help": "reward head for a backbone (wofn.reward_head): hf (transformers' own), mean, last or auto; None: the init's own (a trained reward model's, else hf). A reward-model init keeps its head; naming another is an error"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of the training pairs held out for validation "
+                                                               "(0 = none)"})
+    eval_every: int = field(default=0, metadata={"help": "optimizer steps between validation passes "
+                                                         "(0 = once per epoch)"})
+    select_best: bool = field(default=True, metadata={"help": "keep the checkpoint with the best validation accuracy "
+                                                              "(as the paper does)"})
+    head: str | None = field(default=None, metadata={
+        "help": "reward head for a backbone (wofn.reward_head): hf (transformers' own), mean, last or auto; "
+                "None: the init's own (a trained reward model's, else hf). A reward-model init keeps its head; "
+                "naming another is an error"})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_length", "log_every"):
@@ -213,7 +221,8 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
             validations.append(result)
             last_margins = margins
             log.info("validation at step %d: accuracy %.3f loss %.4f", done, result["val_accuracy"], result["val_loss"])
-            if best is None or (result["val_accuracy"], -result["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+            if best is None or ((result["val_accuracy"], -result["val_loss"])
+                                > (best["val_accuracy"], -best["val_loss"])):
                 best, best_margins = result, margins
                 if config.select_best and done != total_steps:
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -183,5 +183,5 @@ def teacher_learns_preference(settings: WofnSettings, home: WofnHomeResource) ->
     return AssetCheckResult(passed=passed, severity=severity, metadata=metadata)
 
 
-CHECKS = [teacher_learns_preference, candidates_complete, candidates_unique, rewards_finite, west_of_n_pairs_valid, filtered_pairs_valid,
-          student_not_worse_than_base]
+CHECKS = [teacher_learns_preference, candidates_complete, candidates_unique, rewards_finite, west_of_n_pairs_valid,
+          filtered_pairs_valid, student_not_worse_than_base]

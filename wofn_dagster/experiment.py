@@ -7,7 +7,6 @@ failed run resumes it. The report op records an `experiment_results` materializa
 results table and plots.
 """
 
-from pathlib import Path
 from typing import Optional
 
 from dagster import AssetMaterialization, Config, MetadataValue, OpExecutionContext, job, op
@@ -17,7 +16,8 @@ from pydantic import Field
 from wofn.experiment import config as xconfig
 from wofn.experiment import report as reporting
 from wofn.experiment import runner
-from wofn_dagster.assets.common import forward_logs, png_markdown
+from wofn_dagster.assets.metadata import png_markdown
+from wofn_dagster.assets.runtime import forward_logs
 from wofn_dagster.resources import WofnHomeResource
 
 
@@ -50,7 +50,8 @@ def experiment_inputs(context: OpExecutionContext, config_path: str, home: WofnH
     with forward_logs(context, "wofn.experiment", "beam_jobs", "wofn.training"):
         exp.inputs()
     stats = exp.results()
-    context.add_output_metadata({"base_accuracy": MetadataValue.json({b["seed"]: b["accuracy"] for b in stats["bases"]}),
+    context.add_output_metadata({"base_accuracy": MetadataValue.json(
+                                     {b["seed"]: b["accuracy"] for b in stats["bases"]}),
                                  "base_length_balanced_accuracy": MetadataValue.json(
                                      {b["seed"]: b["length_balanced_accuracy"] for b in stats["bases"]}),
                                  "pair_sets": MetadataValue.int(len(stats["pair_stats"]))})
@@ -64,8 +65,8 @@ def experiment_students(context: OpExecutionContext, config_path: str, home: Wof
 
     def report(progress: dict) -> None:
         context.log.info(f"cell {progress['cells_done']}/{progress['cells_total']} {progress['last']}: accuracy "
-                         f"{progress['last_accuracy']:.3f}, length-balanced {progress['last_length_balanced_accuracy']:.3f}; "
-                         f"ETA {progress['eta_s'] / 60:.0f} min")
+                         f"{progress['last_accuracy']:.3f}, length-balanced "
+                         f"{progress['last_length_balanced_accuracy']:.3f}; ETA {progress['eta_s'] / 60:.0f} min")
 
     with forward_logs(context, "wofn.experiment"):
         exp.cells(on_cell=report)

@@ -2,9 +2,20 @@
 
 import os
 
-from dagster import (AssetKey, AssetRecordsFilter, AssetSelection, DagsterInstance, DagsterRunStatus,
-                     DefaultScheduleStatus, RunRequest, RunsFilter, ScheduleEvaluationContext, SkipReason,
-                     define_asset_job, schedule)
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    AssetSelection,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    RunRequest,
+    RunsFilter,
+    ScheduleEvaluationContext,
+    SkipReason,
+    define_asset_job,
+    schedule,
+)
 
 # Every hour on the hour by default; any cron expression (UTC), e.g. "*/10 * * * *" or "0 3 * * *".
 REFRESH_CRON = os.environ.get("WOFN_REFRESH_CRON", "0 * * * *")

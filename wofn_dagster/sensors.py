@@ -3,8 +3,17 @@ samples and scores it; the automation sensor runs the assets that declare an aut
 
 import json
 
-from dagster import (AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus, RunRequest,
-                     SensorEvaluationContext, SensorResult, SkipReason, define_asset_job, sensor)
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    define_asset_job,
+    sensor,
+)
 
 from wofn_dagster.partitions import inbox_files, prompt_batches
 from wofn_dagster.resources import WofnHomeResource

@@ -13,11 +13,11 @@ import pytest
 from dagster import AssetSelection, DagsterInstance, materialize
 
 from beam_jobs import sample_candidates, score_candidates
-from wofn import data, models, profiles, schemas
+from wofn import data, models, schemas
 from wofn.paths import content_hash
 from wofn_dagster import partitions
 from wofn_dagster.definitions import defs
-from wofn_dagster.resources import BeamRunnerResource, WofnHomeResource, WofnSettings
+from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
 GOOD = "\n\nHuman: how do I bake bread?\n\nAssistant:"
 
@@ -46,7 +46,8 @@ FILE_LEVEL = [
     ("empty.jsonl", lambda p: p.write_text(""), r"empty\.jsonl: no rows"),
     ("not_json.jsonl", lambda p: p.write_text(json.dumps({"prompt": GOOD}) + "\n{prompt: oops\n"),
      r"not_json\.jsonl: line 2 is not JSON"),
-    ("not_object.jsonl", lambda p: p.write_text('["a list"]\n'), r"not_object\.jsonl: line 1 is JSON but not an object"),
+    ("not_object.jsonl", lambda p: p.write_text('["a list"]\n'),
+     r"not_object\.jsonl: line 1 is JSON but not an object"),
     ("bad_utf8.jsonl", lambda p: p.write_bytes(json.dumps({"prompt": GOOD}).encode() + b"\n{\"prompt\": \"\xff\"}\n"),
      r"bad_utf8\.jsonl: line 2 is not valid UTF-8"),
     ("bad_utf8.parquet", _invalid_utf8_parquet, r"bad_utf8\.parquet: column 'prompt' holds invalid data"),
@@ -107,7 +108,7 @@ def test_a_bad_prompts_file_leaves_the_published_tables_unchanged(tmp_path):
     partitions.register(instance, ["batch1"])
 
     def run(prompts_file):
-        settings = WofnSettings(profile="tiny", **{**profiles.TINY, "unlabeled_prompts": str(prompts_file)})
+        settings = WofnSettings.from_profile("tiny", unlabeled_prompts=str(prompts_file))
         return materialize(list(defs.assets), selection=AssetSelection.assets("prompts"), partition_key="batch1",
                            instance=instance, resources={**defs.resources, "settings": settings,
                                                          "home": WofnHomeResource(root=str(home))},

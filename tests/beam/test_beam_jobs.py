@@ -98,7 +98,8 @@ def test_score_transform_and_job(tmp_path, prompts_file):
                                   "--reward-model", "tiny-bert", "--max-length", "64"], save_main_session=False)
     scored = _read_dir(out)
     assert stats["candidates_scored"] == len(rows) == len(scored)
-    assert {(s["prompt_id"], s["candidate_idx"]) for s in scored} == {(r["prompt_id"], r["candidate_idx"]) for r in rows}
+    assert ({(s["prompt_id"], s["candidate_idx"]) for s in scored}
+            == {(r["prompt_id"], r["candidate_idx"]) for r in rows})
     assert all(s["reward_model"] == "tiny-bert" and math.isfinite(s["reward"]) for s in scored)
     assert len({round(s["reward"], 6) for s in scored}) > 1, "an untrained head still separates texts"
 

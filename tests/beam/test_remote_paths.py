@@ -9,7 +9,7 @@ import threading
 import time
 
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import BeamIOError, FileMetadata, FileSystem, MatchResult
+from apache_beam.io.filesystem import BeamIOError, FileMetadata, FileSystem
 
 from beam_jobs import sample_candidates, score_candidates
 from wofn import data, schemas

@@ -86,7 +86,7 @@ def test_rerun_with_other_settings_is_refused(prompts, tmp_path):
 
 
 def test_resumable_staging_keeps_work_across_a_failed_attempt(tmp_path):
-    from wofn_dagster.assets.common import staged
+    from wofn_dagster.assets.tables import staged
 
     final = tmp_path / "tables" / "candidates" / "batch=a"
     with pytest.raises(RuntimeError):

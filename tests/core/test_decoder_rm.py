@@ -39,7 +39,8 @@ def test_padding_does_not_change_rewards(decoder_rm):
 
 def test_decoder_backbone_trains(tmp_path):
     pairs = [{"prompt": "\n\nHuman: Q?\n\nAssistant:", "chosen": " yes, gladly", "rejected": " no way"}] * 16
-    config = training.TrainConfig(epochs=6, batch_size=8, learning_rate=1e-3, max_length=32, val_fraction=0, log_every=1)
+    config = training.TrainConfig(epochs=6, batch_size=8, learning_rate=1e-3, max_length=32, val_fraction=0,
+                                  log_every=1)
     metrics = training.train_reward_model(models.TINY_LLAMA, pairs, config, tmp_path / "rm")
     assert metrics["history"][-1]["loss"] < metrics["history"][0]["loss"]
     rm = models.load_reward_model(str(tmp_path / "rm"))

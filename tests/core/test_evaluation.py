@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 
 import pytest
+from conftest import make_toy_pairs
 
 from wofn import cli, evaluation, models, training
-from conftest import make_toy_pairs
 
 
 def _sig(x: float) -> float:
@@ -227,10 +226,12 @@ def test_cli_evaluate_bad_input_exits_2(trained_rm, tmp_path, capsys):
 
 def test_cli_evaluate_compares_seeds_of_one_model_seed_by_seed(trained_rm, tmp_path, capsys):
     pairs = _write_jsonl(tmp_path / "p.jsonl", make_toy_pairs(20, 6))
-    assert cli.main(["evaluate", "--model", f"{trained_rm},{trained_rm}", "--model", f"{models.TINY_BERT},{models.TINY_BERT}",
+    assert cli.main(["evaluate", "--model", f"{trained_rm},{trained_rm}",
+                     "--model", f"{models.TINY_BERT},{models.TINY_BERT}",
                      "--pairs", pairs, "--format", "table"]) == 0
     out = capsys.readouterr().out
-    assert f"{models.TINY_BERT},{models.TINY_BERT} - {trained_rm},{trained_rm} on {pairs} (n=20, 2 seeds): accuracy" in out
+    assert (f"{models.TINY_BERT},{models.TINY_BERT} - {trained_rm},{trained_rm} on {pairs} "
+            "(n=20, 2 seeds): accuracy") in out
     assert cli.main(["evaluate", "--model", f"{trained_rm},{trained_rm}", "--model", models.TINY_BERT,
                      "--pairs", pairs]) == 2
     assert "same number of seeds" in capsys.readouterr().err

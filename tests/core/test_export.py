@@ -6,8 +6,8 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from pair_tables import build_home
+
 from wofn import cli, export, rm_format, schemas
 from wofn.generation import prompt_to_messages
 

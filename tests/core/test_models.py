@@ -52,9 +52,10 @@ def test_unknown_local_path_is_a_clear_error(tmp_path):
 
 
 def test_real_pickle_checkpoint_is_refused_unless_the_user_opts_in(tmp_path):
-    from beam_jobs import score_candidates
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from beam_jobs import score_candidates
 
     rm = models.load_reward_model(models.TINY_BERT)
     folder = tmp_path / "pickled-rm"

@@ -10,10 +10,10 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_toy_pairs
 
 from beam_jobs import sample_candidates, score_candidates
 from wofn import catalog, evaluation, models, pairwise, rm_format, schemas, tournament, training
-from conftest import make_toy_pairs
 
 MAX_LENGTH = 64
 

@@ -9,14 +9,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_toy_pairs
 from dagster import AssetSelection, materialize
+from pair_tables import candidates_table, scores_table
 
 from beam_jobs import sample_candidates, score_candidates
-from conftest import make_toy_pairs
-from pair_tables import candidates_table, scores_table, view_over
 from wofn import catalog, evaluation, models, pairs, reward_ensemble, schemas, scoring, training
+from wofn.settings import SettingsError
 from wofn_dagster.definitions import defs
-from wofn_dagster.resources import WofnSettings, wofn_resources
+from wofn_dagster.resources import RewardModelResource, WofnSettings, wofn_resources
 
 CONFIG = training.TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, max_length=48, log_every=1, seed=3)
 
@@ -217,13 +218,20 @@ def test_base_reward_model_asset_trains_an_ensemble_and_pairs_filter_by_agreemen
 
 
 def test_ensemble_settings_that_cannot_work_fail_before_training(tmp_path):
-    resources = wofn_resources(home=str(tmp_path / "home"), profile="tiny", teacher_members=2, teacher="pairwise")
+    with pytest.raises(SettingsError, match="teacher_members: 2 needs a pointwise teacher"):
+        wofn_resources(home=str(tmp_path / "home"), profile="tiny", teacher_members=2, teacher="pairwise")
+    # the same, set in the launchpad (each resource alone is valid): refused by the first asset
+    resources = wofn_resources(home=str(tmp_path / "home"), profile="tiny", teacher_members=2, length_control="none")
+    resources["reward_models"] = RewardModelResource(**{**resources["reward_models"].model_dump(),
+                                                        "teacher": "pairwise"})
     result = materialize(list(defs.assets),
                          selection=AssetSelection.assets("human_preferences", "eval_preferences", "base_reward_model"),
                          resources=resources, raise_on_error=False)
     assert not result.success
     error = result.get_step_failure_events()[0].event_specific_data.error
-    assert "teacher_members: 2 needs a pointwise teacher" in error.message + (error.cause.message if error.cause else "")
+    assert ("teacher_members: 2 needs a pointwise teacher"
+            in error.message + (error.cause.message if error.cause else ""))
+    assert not (tmp_path / "home" / "models" / "base_reward_model").exists()
 
 
 # --- the measurement in docs/results_teacher.md ---------------------------------------------------
@@ -248,7 +256,8 @@ def test_the_sweeps_filter_measure_keeps_what_filter_pairs_keeps(tmp_path):
                      "confidence": 1 / (1 + math.exp(-abs(mean[i]))), "chosen_logprob_sum": -1.0,
                      "rejected_logprob_sum": -1.0, "chosen_logprob_mean": -1.0, "rejected_logprob_mean": -1.0,
                      "chosen_num_tokens": 3, "rejected_num_tokens": 3, "n_candidates": 2, "policy": "pi",
-                     "reward_model": "rm", "agreement": reward_ensemble.agreement([[sign * m] for m in members[:, i]])[0]})
+                     "reward_model": "rm",
+                     "agreement": reward_ensemble.agreement([[sign * m] for m in members[:, i]])[0]})
     catalog.write_parquet(pa.Table.from_pylist(rows, schema=schemas.PAIRS), tmp_path / "pairs")
     by = {"r": {s: {"x_margins": list(members[s])} for s in range(3)}}
     result = teacher_sweep.filter_selection(by, "r", "x", members=3, quantile=0.5, n_boot=50)

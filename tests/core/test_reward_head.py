@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_toy_pairs
 
 from wofn import evaluation, models, reward_head, rm_format, scoring, training
-from conftest import make_toy_pairs
 
 
 def _rewards_one_by_one(rm, texts):

@@ -23,5 +23,6 @@ def test_rm_text_normalizes_the_join():
 
 def test_collate_right_pads(tiny_rm):
     batch = rm_format.collate(tiny_rm.tokenizer, [[1, 2, 3], [4]])
-    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, tiny_rm.tokenizer.pad_token_id, tiny_rm.tokenizer.pad_token_id]]
+    assert batch["input_ids"].tolist() == [[1, 2, 3],
+                                           [4, tiny_rm.tokenizer.pad_token_id, tiny_rm.tokenizer.pad_token_id]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

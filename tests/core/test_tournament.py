@@ -63,7 +63,8 @@ def test_total_order_finds_true_best_and_worst(seed):
             assert not result.has_pair and result.logit is None and result.confidence is None
             assert result.comparisons == 0
             continue
-        bracket_matches = {(i, j) for call in judge.calls[: tournament.rounds(16)] for q, i, j in call if q == prompt_id}
+        bracket_matches = {(i, j) for call in judge.calls[: tournament.rounds(16)]
+                           for q, i, j in call if q == prompt_id}
         met = {(result.best_idx, result.worst_idx), (result.worst_idx, result.best_idx)} & bracket_matches
         assert result.comparisons == _expected_comparisons(n, bool(met))
         assert tournament.bracket_comparisons(n) <= result.comparisons <= tournament.bracket_comparisons(n) + 1

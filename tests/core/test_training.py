@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import make_toy_pairs
 from safetensors.torch import load_file
 
 from wofn import evaluation, models, training
-from conftest import make_toy_pairs
 
 
 def test_training_lowers_loss_and_separates_easy_pairs(tmp_path):

@@ -9,8 +9,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import AssetCheckSeverity, AssetKey, AssetSelection, DagsterInstance, materialize
-
 from pair_tables import candidates_table, crafted_rows, scores_table
+
 from wofn import catalog, schemas
 from wofn.paths import WofnHome
 from wofn_dagster import checks

@@ -18,7 +18,8 @@ def test_a_stage_covers_what_it_imports_transitively():
             "wofn/models.py", "wofn/reward_head.py", "wofn/vllm_sampling.py"} <= sampling
     assert not any(name.startswith("sql/") for name in sampling), "sampling runs no SQL"
     # evaluation loads models and scores with them: the hand-kept list named only wofn/evaluation.py
-    assert {"wofn/models.py", "wofn/scoring.py", "wofn/rm_format.py"} <= _names(code_versions.sources("wofn.evaluation"))
+    assert ({"wofn/models.py", "wofn/scoring.py", "wofn/rm_format.py"}
+            <= _names(code_versions.sources("wofn.evaluation")))
 
 
 def test_the_pair_stage_covers_the_sql_it_runs_and_the_sql_that_reads():

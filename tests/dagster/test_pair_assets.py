@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetSelection, materialize
+from pair_tables import candidates_table, crafted_rows, scores_table
 from pydantic import ValidationError
 
-from pair_tables import candidates_table, crafted_rows, scores_table
 from wofn import catalog, pairwise, schemas
+from wofn.settings import SettingsError
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import WofnSettings, wofn_resources
 
@@ -76,9 +77,8 @@ def test_non_default_strategy_materializes_pairs_report_and_funnel(tmp_path):
 
 def test_unknown_strategy_in_settings_fails_before_any_sql(tmp_path):
     home = make_home(tmp_path)
-    result = run(home, strategy="west_of_n'; drop view candidates; --")
-    assert not result.success
-    assert "strategy must be one of" in failure(result)
+    with pytest.raises(SettingsError, match="strategy must be one of"):  # the resources are refused
+        run(home, strategy="west_of_n'; drop view candidates; --")
     assert not (home / "tables" / "west_of_n_pairs").exists()
 
 
@@ -86,8 +86,11 @@ def test_unknown_strategy_in_settings_fails_before_any_sql(tmp_path):
                                           ("pair_seed", "0; drop table x"),
                                           ("max_pair_tokens", "5; drop table x")])
 def test_settings_refuse_sql_text_in_numeric_fields(field, value):
-    with pytest.raises(ValidationError):
+    with pytest.raises(SettingsError, match=f"{field} must be"):
         WofnSettings.from_profile("tiny", **{field: value})
+    fields = WofnSettings.from_profile("tiny").model_dump()
+    with pytest.raises(ValidationError):  # as the launchpad sets them
+        WofnSettings(**{**fields, field: value})
 
 
 def test_pairwise_teacher_refuses_other_strategies_and_drops_stale_draws(tmp_path):

@@ -6,13 +6,15 @@ import math
 
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 from dagster import AssetSelection, DagsterInstance, materialize
 
 from wofn.paths import WofnHome
-from wofn_dagster.assets.common import read_table
+from wofn.settings import SettingsError
+from wofn_dagster.assets.tables import read_table
 from wofn_dagster.definitions import defs
 from wofn_dagster.partitions import prompt_batches
-from wofn_dagster.resources import wofn_resources
+from wofn_dagster.resources import RewardModelResource, wofn_resources
 
 
 def test_pairwise_teacher_materializes_tournament_pairs(tmp_path):
@@ -50,8 +52,13 @@ def test_pairwise_teacher_materializes_tournament_pairs(tmp_path):
 
 
 def test_pairwise_teacher_with_a_length_control_fails_before_training(tmp_path):
-    # the tournaments give no reward per candidate to regress on or band by: refuse at the first asset
-    resources = wofn_resources(home=str(tmp_path), profile="tiny", teacher="pairwise", length_control="band")
+    # the tournaments give no reward per candidate to regress on or band by: refused when the resources
+    # are made, and (set in the launchpad, where each resource alone is valid) at the first asset
+    with pytest.raises(SettingsError, match="length_control 'band' needs a reward per candidate"):
+        wofn_resources(home=str(tmp_path), profile="tiny", teacher="pairwise", length_control="band")
+    resources = wofn_resources(home=str(tmp_path), profile="tiny")
+    resources["reward_models"] = RewardModelResource(**{**resources["reward_models"].model_dump(),
+                                                        "teacher": "pairwise"})
     result = materialize(
         list(defs.assets), selection=AssetSelection.assets("base_reward_model").upstream(),
         resources=resources, instance=DagsterInstance.ephemeral(), raise_on_error=False,
@@ -69,5 +76,5 @@ def test_pairwise_teacher_turns_the_profiles_length_band_off(tmp_path, monkeypat
     monkeypatch.setenv("WOFN_TEACHER", "pairwise")
     settings = wofn_resources(home=str(tmp_path), profile="tiny")["settings"]
     assert (settings.length_control, settings.length_balance) == ("none", True)  # balancing needs no reward
-    explicit = wofn_resources(home=str(tmp_path), profile="tiny", length_control="residual")["settings"]
-    assert explicit.length_control == "residual"  # an explicit choice is kept (and refused before training)
+    with pytest.raises(SettingsError, match="length_control 'residual' needs a reward per candidate"):
+        wofn_resources(home=str(tmp_path), profile="tiny", length_control="residual")  # an explicit choice is refused

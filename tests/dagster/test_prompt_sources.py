@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from wofn import data, profiles, schemas
 from wofn.paths import DATA_DIR
 from wofn.prompt_sources import PROMPT_SOURCES, check_prompt_sources, earlier_turn_prefixes, gather_prompts
+from wofn.settings import SettingsError
 from wofn_dagster import partitions
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
@@ -87,7 +88,8 @@ def test_earlier_turns_carry_their_origin(tmp_path):
 
 def test_whitespace_variants_collapse_to_one_prompt(tmp_path):
     unlabeled = _jsonl(tmp_path / "u.jsonl", [{"prompt": ONE, "source": "s"}])
-    human = _pairs(tmp_path / "h.jsonl", ["\n\nHuman:  Hi   there \n\nAssistant: ", "\n\nHuman: Hi there\n\nAssistant:\n"])
+    human = _pairs(tmp_path / "h.jsonl",
+                   ["\n\nHuman:  Hi   there \n\nAssistant: ", "\n\nHuman: Hi there\n\nAssistant:\n"])
     table, _, counts = gather_prompts(unlabeled, human, None, ("unlabeled", "human_pairs"))
     assert table.to_pylist() == [{"prompt_id": data.prompt_id(ONE), "prompt": ONE, "source": "s"}]
     assert counts["human_pairs"] == {"read": 2, "kept": 0, "duplicates": 2, "eval_leaks": 0}
@@ -121,8 +123,11 @@ def test_unknown_or_lone_earlier_turns_source_names_the_setting(tmp_path):
         check_prompt_sources([])
     with pytest.raises(ValueError, match="prompt_sources: 'earlier_turns' cuts"):
         gather_prompts(tmp_path / "u.jsonl", tmp_path / "h.jsonl", None, ("earlier_turns",))
-    with pytest.raises(ValidationError, match=r"prompt_sources must be .*'web'"):
+    with pytest.raises(SettingsError, match=r"prompt_sources must be .*'web'"):
         WofnSettings.from_profile("tiny", prompt_sources=["web"])
+    fields = {k: v for k, v in WofnSettings.from_profile("tiny").model_dump().items()}
+    with pytest.raises(ValidationError, match=r"prompt_sources must be .*'web'"):  # set in the launchpad
+        WofnSettings(**{**fields, "prompt_sources": ["web"]})
     assert WofnSettings.from_profile("default").prompt_sources == ["unlabeled"]
 
 
@@ -141,16 +146,17 @@ def test_shipped_data_all_sources():
     assert Counter(table.column("source").to_pylist()) == {
         "earlier_turn:human_pairs": 1601, "human_pairs": 1177,
         "hh-rlhf/harmless-base/test:earlier-turn-prefix": 477, "hh-rlhf/harmless-base/test:final-context": 332}
-    test_ids = {data.prompt_id(p) for p in data.load_preferences(DATA_DIR / "hh_test.parquet").column("prompt").to_pylist()}
+    test_ids = {data.prompt_id(p)
+                for p in data.load_preferences(DATA_DIR / "hh_test.parquet").column("prompt").to_pylist()}
     assert not test_ids & set(table.column("prompt_id").to_pylist())
 
 
 def test_default_setting_gives_todays_prompts_table():
     s = profiles.DEFAULT
-    today = data.read_prompts(s["unlabeled_prompts"], s["max_prompts"])
-    table, errors, counts = gather_prompts(s["unlabeled_prompts"], s["human_pairs"], s["eval_pairs"],
-                                           tuple(s["prompt_sources"]), s["max_prompts"],
-                                           max_human_pairs=s["max_human_pairs"])
+    today = data.read_prompts(s.unlabeled_prompts, s.max_prompts)
+    table, errors, counts = gather_prompts(s.unlabeled_prompts, s.human_pairs, s.eval_pairs,
+                                           tuple(s.prompt_sources), s.max_prompts,
+                                           max_human_pairs=s.max_human_pairs)
     assert table.equals(today[0]) and errors.equals(today[1])
     assert counts["rows"] == 256 and counts["eval_leaks"] == 0
 
@@ -178,14 +184,14 @@ def test_prompts_asset_reports_sources_and_eval_leaks(tmp_path):
 
 
 def test_extra_human_pairs_join_the_training_pairs(tmp_path):
-    settings = {**profiles.DEFAULT, "max_human_pairs": 100}
+    settings = profiles.DEFAULT.replace(max_human_pairs=100)
     assert len(data.training_pairs(settings)) == 100
-    both = data.training_pairs({**settings, "extra_human_pairs": str(DATA_DIR / "uf_train.parquet")})
+    both = data.training_pairs(settings.replace(extra_human_pairs=str(DATA_DIR / "uf_train.parquet")))
     assert len(both) == 100 + 889
     assert Counter(p["source"] for p in both) == {"hh-rlhf/harmless-base/test": 100,
                                                   "ultrafeedback_binarized(trl-lib)/train1000": 889}
-    capped = data.training_pairs({**settings, "extra_human_pairs": str(DATA_DIR / "uf_train.parquet"),
-                                  "max_extra_human_pairs": 10})
+    capped = data.training_pairs(settings.replace(extra_human_pairs=str(DATA_DIR / "uf_train.parquet"),
+                                                  max_extra_human_pairs=10))
     assert len(capped) == 110 and capped[:100] == both[:100]
     table, counts = data.training_preferences(DATA_DIR / "hh_train.parquet", None, DATA_DIR / "uf_train.parquet", 50)
     assert table.schema.equals(schemas.PREFERENCES)
@@ -196,12 +202,12 @@ def test_a_bad_extra_file_names_the_file(tmp_path):
     bad = tmp_path / "extra.parquet"
     pq.write_table(pa.table({"prompt": ["x"], "chosen": ["y"]}), bad)
     with pytest.raises(data.InputError, match=r"extra\.parquet.*rejected"):
-        data.training_pairs({**profiles.DEFAULT, "extra_human_pairs": str(bad)})
+        data.training_pairs(profiles.DEFAULT.replace(extra_human_pairs=str(bad)))
     with pytest.raises(data.InputError, match=r"missing\.jsonl: no such file"):
-        data.training_pairs({**profiles.DEFAULT, "extra_human_pairs": str(tmp_path / "missing.jsonl")})
+        data.training_pairs(profiles.DEFAULT.replace(extra_human_pairs=str(tmp_path / "missing.jsonl")))
     clash = _pairs(tmp_path / "clash.jsonl", [ONE], id_prefix="hh-harmless-test-L000")  # id hh-harmless-test-L0000
     with pytest.raises(data.InputError, match=r"clash\.jsonl: pair id 'hh-harmless-test-L0000'.*hh_train\.parquet"):
-        data.training_pairs({**profiles.DEFAULT, "extra_human_pairs": str(clash)})
+        data.training_pairs(profiles.DEFAULT.replace(extra_human_pairs=str(clash)))
 
 
 def test_human_preferences_asset_records_the_extra_pairs(tmp_path):

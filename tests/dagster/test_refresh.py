@@ -11,12 +11,20 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import (AssetSelection, DagsterInstance, RunRequest, SensorResult, SkipReason, build_schedule_context,
-                     build_sensor_context, materialize)
+from dagster import (
+    AssetSelection,
+    DagsterInstance,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    materialize,
+)
 
 from wofn import data
 from wofn.paths import DATA_DIR, WofnHome, content_hash
-from wofn_dagster.assets.common import read_table
+from wofn_dagster.assets.tables import read_table
 from wofn_dagster.definitions import make_defs
 from wofn_dagster.partitions import prompt_batches
 from wofn_dagster.resources import wofn_resources
@@ -81,7 +89,8 @@ def test_two_inbox_files_two_batches_second_refresh_samples_only_the_new_one(tmp
     assert isinstance(refresh_student(build_schedule_context(instance=instance)), SkipReason)
     assert isinstance(tick(instance, resources, first.cursor), SkipReason), "batch_a is not sampled again"
 
-    a_files = {p: (p.stat().st_mtime_ns, content_hash(p)) for p in (home.partition_dir("candidates", "batch_a")).iterdir()}
+    a_files = {p: (p.stat().st_mtime_ns, content_hash(p))
+               for p in (home.partition_dir("candidates", "batch_a")).iterdir()}
     drop(home, "batch_b.jsonl", texts[3:6])
     second = tick(instance, resources, first.cursor)
     assert [r.partition_key for r in second.run_requests] == ["batch_b"]

@@ -2,15 +2,13 @@
 the report, and the Dagster job over the same folder."""
 
 import json
-import os
 import re
 import statistics
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from wofn import cli
+from wofn import cli, profiles
 from wofn.experiment import config as xconfig
 from wofn.experiment import report as reporting
 from wofn.experiment import runner
@@ -63,7 +61,7 @@ def test_split_length():
 
 
 def test_filter_quantiles():
-    settings = {"confidence_quantile": 0.5, "logprob_quantile": 0.1}
+    settings = profiles.DEFAULT.replace(confidence_quantile=0.5, logprob_quantile=0.1)
     assert [xconfig.filter_quantiles(f, settings) for f in xconfig.FILTERS] == [
         (0.0, 0.0), (0.5, 0.0), (0.0, 0.1), (0.5, 0.1)]
     with pytest.raises(ValueError, match="filter must be one of"):
@@ -74,22 +72,27 @@ def test_filter_quantiles():
     (lambda t: t + "\nextra: 1\n", r"unknown key\(s\) \['extra'\]"),
     (lambda t: t.replace("name: tiny", "name: ../up"), "name must be a folder name"),
     (lambda t: t.replace("profile: tiny", "profile: huge"), "profile must be one of"),
-    (lambda t: t.replace("max_prompts: 6", "max_promts: 6"), r"settings: unknown key\(s\) \['max_promts'\]"),
+    (lambda t: t.replace("max_prompts: 6", "max_promts: 6"), r"settings: unknown setting\(s\) \['max_promts'\]"),
     (lambda t: t.replace("[west_of_n, random_pair]", "[west_of_n, best_of_n]"), r"grid.strategies: \['best_of_n'\]"),
     (lambda t: t.replace("n: [2, 4]", "n: [1, 4]"), "grid.n: every N must be an integer >= 2"),
     (lambda t: t.replace("  seeds: [0, 1]\n", ""), r"missing \['seeds'\]"),
-    (lambda t: t.replace("{strategy: west_of_n, n: 4, length: none}", "{strategy: west_of_n, n: 8, length: none}"), r"train\[0\].n .*must be in the grid"),
-    (lambda t: t.replace("{strategy: west_of_n, n: 4, length: none}", "{strategy: west_of_n, size: 4}"), r"train\[0\]: expected a mapping"),
+    (lambda t: t.replace("{strategy: west_of_n, n: 4, length: none}", "{strategy: west_of_n, n: 8, length: none}"),
+     r"train\[0\].n .*must be in the grid"),
+    (lambda t: t.replace("{strategy: west_of_n, n: 4, length: none}", "{strategy: west_of_n, size: 4}"),
+     r"train\[0\]: expected a mapping"),
     (lambda t: t + "\nteacher_seed: 5\n", "teacher_seed 5 must be one of grid.seeds"),
     (lambda t: t.replace("seeds: [0, 1]", "seeds: [0, 0]"), r"grid.seeds: repeated values"),
-    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher: pairwise"), "settings.teacher must be 'pointwise'"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher: pairwise"),
+     "settings.teacher must be 'pointwise'"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, length_control: band"),
      r"settings: \['length_control'\] are set per arm in an experiment: list them under grid.length"),
     (lambda t: "[1, 2", "not valid YAML"),
     (lambda t: t + "\ntune: {rm_dropout: [0.1]}\n", r"tune: \['rm_dropout'\] cannot be tuned"),
-    (lambda t: t + "\ntune: {rm_epochs: [1, -2]}\n", "tune.rm_epochs: every value must be a positive float"),
-    (lambda t: t + "\ntune: {rm_head: [mean, cls]}\n", r"tune.rm_head: every value must be one of"),
-    (lambda t: t + "\ntune: {rm_warmup_ratio: [0, 1]}\n", r"tune.rm_warmup_ratio: every value must be in \[0, 1\)"),
+    (lambda t: t + "\ntune: {rm_epochs: [1, -2]}\n", r"tune.rm_epochs: rm_epochs must be a number > 0, got -2"),
+    (lambda t: t + "\ntune: {rm_head: [mean, cls]}\n",
+     r"tune.rm_head: rm_head must be one of auto, hf, mean, last; got 'cls'"),
+    (lambda t: t + "\ntune: {rm_warmup_ratio: [0, 1]}\n",
+     r"tune.rm_warmup_ratio: rm_warmup_ratio must be a number in \[0, 1\), got 1"),
     (lambda t: t + "\ntune: {rm_epochs: [1, 2]}\ntune_seeds: [0, 0]\n", "tune_seeds must be distinct integers"),
     (lambda t: t + "\ntune_seeds: [0, 1]\n", "tune_seeds needs a tune: mapping"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, rm_val_fraction: 0") + "\ntune: {rm_epochs: [1, 2]}\n",
@@ -98,9 +101,11 @@ def test_filter_quantiles():
      r"settings.prompt_sources must be a non-empty list"),
     (lambda t: t.replace("[none, residual, band+balanced]", "[none, shortest]"), r"grid.length: \['shortest'\]"),
     (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, confidence_measure: agreement"),
-     r"confidence_measure 'agreement' needs a teacher ensemble \(settings.teacher_members >= 2\)"),
-    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher_members: 0"), r"teacher_members must be an integer in \[1, 64\]"),
-    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, confidence_measure: votes"), "settings.confidence_measure must be"),
+     r"settings.confidence_measure 'agreement' needs a teacher ensemble \(teacher_members >= 2\)"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, teacher_members: 0"),
+     r"teacher_members must be an integer in \[1, 64\]"),
+    (lambda t: t.replace("max_prompts: 6", "max_prompts: 6, confidence_measure: votes"),
+     "settings.confidence_measure must be"),
     (lambda t: t.replace("n: 4, filter: none, length: [residual", "n: 4, filter: none, length: [band"),
      r"train\[2\].length .*must be in the grid"),
 ])
@@ -145,7 +150,8 @@ def test_estimate_says_when_the_sampling_rate_was_measured_at_other_batch_rows()
     sampling = {**BENCH["sampling"], "config": {"n": 8, "ours_batch_prompts": 8}}
     est = runner.estimate(cfg, bench={**BENCH, "sampling": sampling})
     assert est["sampling_rows_per_batch"] == {"run": 32, "benchmark": 64}
-    assert "at 64 rows per generation batch, prompts x N; this run has 32: expect it slower" in runner.format_estimate(est)
+    assert ("at 64 rows per generation batch, prompts x N; this run has 32: expect it slower"
+            in runner.format_estimate(est))
     same = {**BENCH, "sampling": {**sampling, "config": {"n": 4, "ours_batch_prompts": 8}}}
     assert "rows per generation batch" not in runner.format_estimate(runner.estimate(cfg, bench=same))
 
@@ -231,7 +237,8 @@ def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
     assert "[longer response wins]" in text and "[shorter response wins]" in text
     cells = exp.results()["cells"]
     for strategy, n, filter_name, length in cfg.train:
-        arm = [c["pairs"] for c in cells if (c["strategy"], c["n"], c["filter"], c["length"]) == (strategy, n, filter_name, length)]
+        arm = [c["pairs"] for c in cells
+               if (c["strategy"], c["n"], c["filter"], c["length"]) == (strategy, n, filter_name, length)]
         longer = 100 * statistics.mean(p["chosen_longer_share"] for p in arm)
         shorter = 100 * statistics.mean(p["chosen_shorter_share"] for p in arm)
         assert re.search(rf"\| student \| {strategy} \| {n} \| {filter_name} \| {re.escape(length)} \| 2 \| [0-9]+ \| "
@@ -246,13 +253,14 @@ def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
             assert reporting.fmt_delta(row, metric) in text
     assert re.search(r"\| [+-][0-9.]+ \[[+-][0-9.]+, [+-][0-9.]+\]( \(noise\))? \|", text)
     # the two halves of the length-balanced accuracy, base and every arm, from the stored evaluations
-    assert "| model | strategy | N | filter | length control | acc, chosen longer | Δ | acc, chosen shorter | Δ |" in text
+    assert ("| model | strategy | N | filter | length control | acc, chosen longer | Δ | "
+            "acc, chosen shorter | Δ |") in text
     base = exp.results()["bases"]
     longer = [100 * b["chosen_longer_accuracy"] for b in base]
     assert f"| **base** | – | – | – | – | {statistics.mean(longer):.1f} ± {statistics.stdev(longer):.1f} | – |" in text
     for strategy, n, filter_name, length in cfg.train:
-        assert re.search(rf"\| student \| {strategy} \| {n} \| {filter_name} \| {re.escape(length)} \| [0-9.]+ ± [0-9.]+ \| "
-                         r"[+-][0-9.]+ ± [0-9.]+ \|", text)
+        assert re.search(rf"\| student \| {strategy} \| {n} \| {filter_name} \| {re.escape(length)} \| "
+                         r"[0-9.]+ ± [0-9.]+ \| [+-][0-9.]+ ± [0-9.]+ \|", text)
     assert "| west_of_n | 4 | none | none | residual | band+balanced |" not in text  # pivot header below
     assert "| strategy | N | filter | none | residual | band+balanced |" in text
     assert "estimate when resumed" not in text  # one run so far
@@ -334,7 +342,7 @@ def test_dagster_job_runs_a_grid_from_scratch(tmp_path):
         assert trial["val_accuracy"] == pytest.approx(statistics.mean(trial["val_accuracy_by_seed"]))
     manifest = json.loads((exp.base_dir(0) / "model" / "manifest.json").read_text())
     assert manifest["train_config"]["learning_rate"] == tuned["settings"]["rm_learning_rate"]
-    assert exp.settings["rm_learning_rate"] == tuned["settings"]["rm_learning_rate"]  # a new Experiment reads it
+    assert exp.settings.rm_learning_rate == tuned["settings"]["rm_learning_rate"]  # a new Experiment reads it
     [cell] = exp.results()["cells"]
     assert cell["cell"] == "west_of_n-n2-none-seed0" and 0 <= cell["accuracy"] <= 1
     assert "| student | west_of_n | 2 | none | none | 1 |" in out.read_text()
@@ -362,7 +370,8 @@ def test_an_ensemble_teacher_scores_and_filters_by_agreement(tmp_path):
     assert cli.main(["experiment", str(cfg_path), "--home", str(tmp_path / "home"), "--report", str(report)]) == 0
     exp = runner.Experiment(xconfig.load(cfg_path), tmp_path / "home")
     teacher = json.loads((exp.path("teacher") / "manifest.json").read_text())
-    assert teacher["kind"] == "reward_ensemble" and teacher["members"] == ["../base/seed=0/model", "../base/seed=1/model"]
+    assert (teacher["kind"] == "reward_ensemble"
+            and teacher["members"] == ["../base/seed=0/model", "../base/seed=1/model"])
     scores = pq.read_table(exp.path("scores")).to_pylist()
     assert all(len(r["member_rewards"]) == 2 and r["reward"] == pytest.approx(sum(r["member_rewards"]) / 2, abs=1e-6)
                for r in scores)

@@ -14,7 +14,7 @@ import pytest
 
 from wofn import schemas
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -121,7 +121,8 @@ def test_manifest_names_data_versions_and_wofn_lineage_prints_the_chain(tiny_run
     batch = lineage["prompt_batches"]["prompts_unlabeled"]
     assert set(batch) == {"prompts", "candidates", "candidate_scores"}
     assert lineage["synthetic_pairs"] == lineage["filtered_pairs"] and lineage["synthetic_table"] == "filtered_pairs"
-    for asset, version in (("filtered_pairs", lineage["filtered_pairs"]), ("west_of_n_pairs", lineage["west_of_n_pairs"]),
+    for asset, version in (("filtered_pairs", lineage["filtered_pairs"]),
+                           ("west_of_n_pairs", lineage["west_of_n_pairs"]),
                            ("candidates", batch["candidates"]), ("prompts", batch["prompts"])):
         record = json.loads((home / "lineage" / asset / f"{version}.json").read_text())
         assert record["data_version"] == version and record["code_version"], asset
@@ -135,7 +136,8 @@ def test_manifest_names_data_versions_and_wofn_lineage_prints_the_chain(tiny_run
                      f"candidate_scores[prompts_unlabeled]  {batch['candidate_scores']}",
                      f"prompts[prompts_unlabeled]  {batch['prompts']}", "prompts_unlabeled.parquet (sha256 "):
         assert any(expected in line for line in lines), (expected, out)
-    tree = json.loads(subprocess.run([str(BIN / "wofn"), "lineage", str(home / "rounds" / "round_2" / "student_reward_model"),
+    tree = json.loads(subprocess.run([str(BIN / "wofn"), "lineage",
+                                      str(home / "rounds" / "round_2" / "student_reward_model"),
                                       "--format", "json"], env=env, capture_output=True, text=True, check=True).stdout)
     assert tree["round"] == 2 and tree["inputs"][1]["revision"] == json.loads(
         (student / "manifest.json").read_text())["revision"], "round 2's teacher is round 1's student"

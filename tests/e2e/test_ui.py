@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -108,7 +108,8 @@ def dagster_ui(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     logs = {name: open(root / f"{name}.log", "w") for name in ("webserver", "daemon")}
     commands = {
-        "webserver": [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-m", "wofn_dagster.definitions"],
+        "webserver": [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
+                      "-m", "wofn_dagster.definitions"],
         "daemon": [str(BIN / "dagster-daemon"), "run", "-m", "wofn_dagster.definitions"],
     }
     # each in a session of its own, so the whole group (code servers included) can be stopped

@@ -11,8 +11,8 @@ from decimal import ROUND_HALF_UP, Decimal
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from pair_tables import HUMAN_PAIRS, build_home, scores_table
+
 from wofn import catalog, cli, pairs, schemas
 from wofn.paths import SQL_DIR
 
@@ -124,7 +124,8 @@ def test_agreement_levels_of_an_ensembles_pairs(capsys, tmp_path):
                          "kept_share": rnd(len(kept) / len(group), 3),
                          "mean_margin": mean([p["margin"] for p in group], 4),
                          "mean_confidence": mean([p["confidence"] for p in group], 4),
-                         "chosen_longer_share": share([p["chosen_num_tokens"] > p["rejected_num_tokens"] for p in group])})
+                         "chosen_longer_share": share([p["chosen_num_tokens"] > p["rejected_num_tokens"]
+                                                       for p in group])})
     assert rows == expected
 
 
@@ -232,7 +233,8 @@ def test_reward_distribution(capsys, home):
 
 
 def test_teacher_student_agreement(capsys, home):
-    rows = analysis(capsys, home, "teacher_student_agreement", "--view", f"student_scores={home.root / 'student_scores'}")
+    rows = analysis(capsys, home, "teacher_student_agreement",
+                    "--view", f"student_scores={home.root / 'student_scores'}")
     selected = read(home, "west_of_n_pairs")
     kept_ids = {p["prompt_id"] for p in read(home, "filtered_pairs")}
     student = {"p02_tie_max": -1.0, "p06_nan": 0.0, "p07_null": None, "p13_text_twin": None}
@@ -249,7 +251,8 @@ def test_teacher_student_agreement(capsys, home):
         assert row == {
             "pair_set": row["pair_set"], "pairs": len(ps), "scored": len(scored),
             "student_agrees": share([s > 0 for _, s in scored]), "student_ties": share([s == 0 for _, s in scored]),
-            "mean_teacher_margin": mean([t for t, _ in margins], 4), "mean_student_margin": mean([s for _, s in scored], 4),
+            "mean_teacher_margin": mean([t for t, _ in margins], 4),
+            "mean_student_margin": mean([s for _, s in scored], 4),
             "margin_correlation": corr,
         }
     assert rows[0]["scored"] == 7 and rows[0]["student_agrees"] == rnd(5 / 7, 3)

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetSelection, materialize
-
 from pair_tables import EXPECTED_PAIRS, candidates_table, crafted_rows, scores_table, view_over
+
 from wofn import catalog, pairs, pairwise, schemas
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import WofnSettings, wofn_resources

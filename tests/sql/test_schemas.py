@@ -38,9 +38,9 @@ def test_the_table_sql_files_are_the_expected_ones():
                          "length_control/balance_pairs.sql",
                          "length_control/length_band_scores.sql", "length_control/residual_scores.sql",
                          "pair_filter_flags.sql", "pair_funnel.sql", "prompt_summary.sql", "selection_report.sql",
-                         "selection_report_pairwise.sql", "strategies/best_vs_random.sql",
+                         "selection_report_pairwise.sql", "strategies/extreme_vs_random.sql",
                          "strategies/random_pair.sql", "strategies/west_of_n.sql",
-                         "strategies/worst_vs_random.sql", "west_of_n_pairs.sql", "west_of_n_pairs_pairwise.sql"]
+                         "west_of_n_pairs.sql", "west_of_n_pairs_pairwise.sql"]
 
 
 @pytest.mark.parametrize("sql_file", TABLE_SQL)

@@ -7,15 +7,23 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pair_tables import (
+    EXPECTED_NO_PAIR,
+    EXPECTED_PAIRS,
+    PROMPTS,
+    candidates_table,
+    crafted_rows,
+    prompt_text,
+    scores_table,
+    sigmoid,
+    view_over,
+)
 
-from pair_tables import (EXPECTED_NO_PAIR, EXPECTED_PAIRS, PROMPTS, candidates_table, crafted_rows,
-                         prompt_text, scores_table, sigmoid, view_over)
 from wofn import catalog, pairs, schemas
 
 

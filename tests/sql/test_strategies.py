@@ -12,8 +12,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-
 from pair_tables import PROMPTS, candidates_table, crafted_rows, reference, scores_table, view_over
+
 from wofn import catalog, pairs, schemas
 from wofn.paths import SQL_DIR
 
@@ -164,9 +164,18 @@ def test_west_of_n_ignores_the_seed(crafted):
 @pytest.mark.parametrize("bad", ["0; drop view candidates", 0.5, None, "1e3"])
 def test_random_strategies_reject_a_non_integer_seed(crafted, strategy, bad):
     con = crafted[0]
-    with pytest.raises(duckdb.Error):
-        catalog.run_sql_file(con, f"strategies/{strategy}", {"seed": bad})
+    pairs.register_candidate_pool(con)
+    name, params = pairs._strategy_query(strategy, 0)
+    with pytest.raises(duckdb.Error, match="seed must be an integer"):
+        catalog.run_sql_file(con, name, {**params, "seed": bad})
     assert catalog.scalar(con, "select count(*) from candidates") > 0
+
+
+@pytest.mark.parametrize("bad", ["random", None, "BEST"])
+def test_extreme_vs_random_rejects_an_unknown_extreme(crafted, bad):
+    pairs.register_candidate_pool(crafted[0])
+    with pytest.raises(duckdb.Error, match="extreme must be 'best' or 'worst'"):
+        catalog.run_sql_file(crafted[0], "strategies/extreme_vs_random", {"seed": 0, "extreme": bad})
 
 
 def test_the_strategy_files_share_the_pool_and_the_labelling():
@@ -180,7 +189,8 @@ def test_the_strategy_files_share_the_pool_and_the_labelling():
                           text, re.S)
         assert pool and tail and rules, path.name
         blocks[path.name] = (pool.group(0), tail.group(0), rules.group(0))
-    assert sorted(blocks) == sorted(f"{s}.sql" for s in STRATEGIES)
+    assert sorted(blocks) == sorted({f"{pairs._strategy_query(s, 0)[0].split('/')[1]}.sql" for s in STRATEGIES})
+    assert len(blocks) == 3  # best_vs_random and worst_vs_random share extreme_vs_random.sql
     assert len(set(blocks.values())) == 1
 
 

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import yaml
 
-from wofn import pairs, profiles, prompt_sources, reward_head
+from wofn import pairs, profiles
+from wofn.settings import Settings, SettingsError, check_names
 
 FILTERS = ("none", "confidence", "likelihood", "both")
-# Length control of a pair set: a selection option of the pair step (pairs.LENGTH_CONTROLS: rank by
+# Length control of a pair set: a selection option of the pair step (settings.LENGTH_CONTROLS: rank by
 # the reward's residual after regressing it on length, over the run or per prompt; or pick within a
 # length band of the best), optionally followed by length-balanced sampling of the kept pairs.
 LENGTHS = ("none", "residual", "residual_per_prompt", "band", "balanced",
@@ -46,8 +47,7 @@ TOP_KEYS = ("name", "profile", "settings", "grid", "train", "teacher_seed", "kee
 # and base RMs and students then train with it. The evaluation pairs are never looked at. With
 # `tune_seeds: [0, 1, 2]` each combination trains once per seed (each seed holds out its own validation
 # split) and the mean validation accuracy decides: one 10% split of ~1k pairs is too small to decide alone.
-TUNABLE = {"rm_learning_rate": float, "rm_epochs": float, "rm_batch_size": int, "rm_max_length": int,
-           "rm_warmup_ratio": float, "rm_head": str}
+TUNABLE = ("rm_learning_rate", "rm_epochs", "rm_batch_size", "rm_max_length", "rm_warmup_ratio", "rm_head")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -76,12 +76,12 @@ class Cell:
         return self.strategy, self.n, self.filter, self.length
 
 
-def filter_quantiles(filter_name: str, settings: dict) -> tuple[float, float]:
+def filter_quantiles(filter_name: str, settings: Settings) -> tuple[float, float]:
     """(confidence_quantile, logprob_quantile) of a filter: the settings' quantiles, or 0 (off)."""
     if filter_name not in FILTERS:
         raise ValueError(f"filter must be one of {', '.join(FILTERS)}; got {filter_name!r}")
-    confidence = settings["confidence_quantile"] if filter_name in ("confidence", "both") else 0.0
-    likelihood = settings["logprob_quantile"] if filter_name in ("likelihood", "both") else 0.0
+    confidence = settings.confidence_quantile if filter_name in ("confidence", "both") else 0.0
+    likelihood = settings.logprob_quantile if filter_name in ("likelihood", "both") else 0.0
     return confidence, likelihood
 
 
@@ -99,17 +99,20 @@ def split_length(length: str) -> tuple[str, bool]:
 class ExperimentConfig:
     name: str = field(metadata={"help": "results folder under $WOFN_HOME/experiments/"})
     profile: str = field(metadata={"help": "wofn profile the settings start from"})
-    settings: dict = field(metadata={"help": "the profile's settings with the config's overrides"})
+    settings: Settings = field(metadata={"help": "the profile's settings with the config's overrides (length control: "
+                                                   "'none', each arm sets its own)"})
     strategies: tuple[str, ...] = field(metadata={"help": "pair strategies (sql/strategies/)"})
     ns: tuple[int, ...] = field(metadata={"help": "candidates per prompt; sampled once at max(ns)"})
     filters: tuple[str, ...] = field(metadata={"help": "none, confidence, likelihood, both"})
     seeds: tuple[int, ...] = field(metadata={"help": "seeds of pairs, mix and training; one base RM per seed"})
-    train: tuple[tuple[str, int, str, str], ...] = field(metadata={"help": "(strategy, n, filter, length) arms to train"})
+    train: tuple[tuple[str, int, str, str], ...] = field(metadata={"help": "(strategy, n, filter, length) "
+                                                                           "arms to train"})
     lengths: tuple[str, ...] = field(default=("none",), metadata={"help": "length controls (LENGTHS)"})
     teacher_seed: int = field(default=0, metadata={"help": "the base RM (by seed) that scores the candidates"})
     keep_students: bool = field(default=False, metadata={"help": "keep student model folders after evaluation"})
     tune: tuple[tuple[str, tuple], ...] = field(default=(), metadata={"help": "(setting, values) swept on validation"})
-    tune_seeds: tuple[int, ...] = field(default=(), metadata={"help": "seeds each tune combination trains with (empty: teacher_seed)"})
+    tune_seeds: tuple[int, ...] = field(default=(), metadata={"help": "seeds each tune combination trains with "
+                                                                      "(empty: teacher_seed)"})
     source: str = field(default="", metadata={"help": "the config file"})
     text: str = field(default="", metadata={"help": "the config file's text, as run"})
 
@@ -163,35 +166,22 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
         raise ConfigError(f"{source}: profile must be one of {sorted(profiles.PROFILES)}, got {profile!r}")
     overrides = raw.get("settings") or {}
     if not isinstance(overrides, dict):
-        raise ConfigError(f"{source}: settings must be a mapping of profile keys")
-    base = profiles.PROFILES[profile]
-    unknown = sorted(set(overrides) - set(base))
-    if unknown:
-        raise ConfigError(f"{source}: settings: unknown key(s) {unknown}; profile keys are {sorted(base)}")
+        raise ConfigError(f"{source}: settings must be a mapping of setting names (docs/settings.md)")
     per_arm = sorted({"length_control", "length_balance"} & set(overrides))
     if per_arm:
         raise ConfigError(f"{source}: settings: {per_arm} are set per arm in an experiment: list them under "
                           "grid.length (e.g. [none, residual_per_prompt, band+balanced]); settings.length_band "
                           "sets the band's width")
-    settings = {**base, **overrides}
-    if settings["teacher"] != "pointwise":
+    try:
+        check_names(overrides, "settings: ")
+        # the arms set length control themselves: the settings are checked with the paper's (none)
+        settings = profiles.get(profile).replace(**overrides, length_control="none", length_balance=False)
+    except SettingsError as exc:
+        raise ConfigError(f"{source}: {exc}" if str(exc).startswith("settings: ")
+                          else f"{source}: settings.{exc}") from exc
+    if settings.teacher != "pointwise":
         raise ConfigError(f"{source}: settings.teacher must be 'pointwise' for an experiment "
                           "(random_pair and best_vs_random need a reward per candidate)")
-    try:
-        prompt_sources.check_prompt_sources(settings["prompt_sources"])
-    except ValueError as exc:
-        raise ConfigError(f"{source}: settings.{exc}") from exc
-    try:
-        pairs.check_filters(settings["confidence_quantile"], settings["logprob_quantile"], settings["likelihood"],
-                            settings["min_margin"], settings["max_pair_tokens"], settings["confidence_measure"])
-    except ValueError as exc:
-        raise ConfigError(f"{source}: settings.{exc}") from exc
-    members = settings["teacher_members"]
-    if not isinstance(members, int) or isinstance(members, bool) or not 1 <= members <= 64:
-        raise ConfigError(f"{source}: settings.teacher_members must be an integer in [1, 64], got {members!r}")
-    if settings["confidence_measure"] == "agreement" and members == 1:
-        raise ConfigError(f"{source}: settings.confidence_measure 'agreement' needs a teacher ensemble "
-                          "(settings.teacher_members >= 2)")
 
     grid = raw.get("grid")
     if not isinstance(grid, dict):
@@ -246,7 +236,8 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
     tune_seeds = tuple(_as_list(raw["tune_seeds"], f"{source}: tune_seeds")) if "tune_seeds" in raw else ()
     if tune_seeds and not tune:
         raise ConfigError(f"{source}: tune_seeds needs a tune: mapping (the settings to sweep)")
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in tune_seeds) or len(set(tune_seeds)) != len(tune_seeds):
+    if (any(isinstance(s, bool) or not isinstance(s, int) for s in tune_seeds)
+            or len(set(tune_seeds)) != len(tune_seeds)):
         raise ConfigError(f"{source}: tune_seeds must be distinct integers, got {list(tune_seeds)}")
     return ExperimentConfig(name=name, profile=profile, settings=settings, tune=tune, tune_seeds=tune_seeds,
                             strategies=tuple(strategies),
@@ -255,7 +246,7 @@ def parse(text: str, source: str = "<config>") -> ExperimentConfig:
                             teacher_seed=teacher_seed, keep_students=keep, source=source, text=text)
 
 
-def _parse_tune(raw, settings: dict, source: str) -> tuple[tuple[str, tuple], ...]:
+def _parse_tune(raw, settings: Settings, source: str) -> tuple[tuple[str, tuple], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, dict) or not raw:
@@ -264,22 +255,16 @@ def _parse_tune(raw, settings: dict, source: str) -> tuple[tuple[str, tuple], ..
     unknown = sorted(set(raw) - set(TUNABLE))
     if unknown:
         raise ConfigError(f"{source}: tune: {unknown} cannot be tuned; tunable: {list(TUNABLE)}")
-    if not settings["rm_val_fraction"] > 0:
+    if not settings.rm_val_fraction > 0:
         raise ConfigError(f"{source}: tune needs a validation split: set settings.rm_val_fraction > 0")
     out = []
     for key, values in raw.items():
         values = _as_list(values, f"{source}: tune.{key}")
-        kind = TUNABLE[key]
-        if key == "rm_head":
-            if any(v not in reward_head.HEADS for v in values):
-                raise ConfigError(f"{source}: tune.rm_head: every value must be one of {list(reward_head.HEADS)}, got {values}")
-        elif key == "rm_warmup_ratio":
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1 for v in values):
-                raise ConfigError(f"{source}: tune.rm_warmup_ratio: every value must be in [0, 1), got {values}")
-        elif any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (kind is int and not isinstance(v, int))
-                 for v in values):
-            raise ConfigError(f"{source}: tune.{key}: every value must be a positive {kind.__name__}, got {values}")
-        out.append((key, tuple(kind(v) for v in values)))
+        try:
+            checked = tuple(getattr(settings.replace(**{key: v}), key) for v in values)
+        except SettingsError as exc:
+            raise ConfigError(f"{source}: tune.{key}: {exc}") from exc
+        out.append((key, checked))
     return tuple(out)
 
 

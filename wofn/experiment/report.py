@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from wofn import stats
 from wofn.experiment.config import ExperimentConfig
 
-METRICS = (("accuracy", "acc"), ("length_balanced_accuracy", "len-bal acc"), ("high_confidence_accuracy", "high-conf acc"))
+METRICS = (("accuracy", "acc"), ("length_balanced_accuracy", "len-bal acc"),
+           ("high_confidence_accuracy", "high-conf acc"))
 # the two sides of the length-balanced accuracy (evaluations before they were recorded lack them)
 SIDES = (("chosen_longer_accuracy", "acc, chosen longer"), ("chosen_shorter_accuracy", "acc, chosen shorter"))
 DISCUSSION_MARKER = "<!-- discussion: kept when the report is regenerated -->"
@@ -103,18 +104,20 @@ def sides_markdown(results: dict, config: ExperimentConfig) -> list[str]:
     if not bases or any(b.get("chosen_longer_accuracy") is None for b in bases):
         return []
     b0, base = bases[0], _base_row(results)
-    lines = [f"The two halves of the length-balanced accuracy: accuracy on the {b0['chosen_longer_n']} evaluation pairs "
-             f"whose chosen response is longer and on the {b0['chosen_shorter_n']} where it is shorter (in characters; "
-             f"mean ± sd over seeds, Δ paired by seed). A model that learned \"shorter is better\" is high on the second "
-             "and low on the first.", "",
+    lines = [f"The two halves of the length-balanced accuracy: accuracy on the {b0['chosen_longer_n']} evaluation "
+             f"pairs whose chosen response is longer and on the {b0['chosen_shorter_n']} where it is shorter "
+             "(in characters; mean ± sd over seeds, Δ paired by seed). A model that learned \"shorter is better\" "
+             "is high on the second and low on the first.", "",
              "| model | strategy | N | filter | length control | acc, chosen longer | Δ | acc, chosen shorter | Δ |",
              "|---|---|---|---|---|---|---|---|---|",
              f"| **base** | – | – | – | – | {fmt(base['chosen_longer_accuracy'])} | – | "
              f"{fmt(base['chosen_shorter_accuracy'])} | – |"]
     for row in arms_table(results, config):
         lines.append(f"| student | {row['strategy']} | {row['n']} | {row['filter']} | {row['length']} | "
-                     f"{fmt(row['chosen_longer_accuracy'])} | {fmt(row['delta_chosen_longer_accuracy'], signed=True)} | "
-                     f"{fmt(row['chosen_shorter_accuracy'])} | {fmt(row['delta_chosen_shorter_accuracy'], signed=True)} |")
+                     f"{fmt(row['chosen_longer_accuracy'])} | "
+                     f"{fmt(row['delta_chosen_longer_accuracy'], signed=True)} | "
+                     f"{fmt(row['chosen_shorter_accuracy'])} | "
+                     f"{fmt(row['delta_chosen_shorter_accuracy'], signed=True)} |")
     return lines
 
 
@@ -125,27 +128,35 @@ def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
         return ["No base model evaluated yet."]
     b0 = bases[0]
     base = _base_row(results)
-    lines += [f"Evaluation: {b0['eval_n']} held-out human pairs. Accuracy in %, mean ± sd over seeds; Δ is paired by seed "
-              "(student of seed s minus base of seed s). len-bal acc: mean of the accuracy where the chosen response "
-              "is longer and where it is shorter (any length-only rule scores 50.0). "
-              f"high-conf acc: accuracy on the {100 * b0['high_confidence_fraction']:g}% of pairs with the largest |margin|. "
+    lines += [f"Evaluation: {b0['eval_n']} held-out human pairs. Accuracy in %, mean ± sd over seeds; Δ is paired "
+              "by seed (student of seed s minus base of seed s). len-bal acc: mean of the accuracy where the chosen "
+              "response is longer and where it is shorter (any length-only rule scores 50.0). "
+              f"high-conf acc: accuracy on the {100 * b0['high_confidence_fraction']:g}% of pairs with the largest "
+              "|margin|. "
               "chosen longer / shorter: share of the student's synthetic pairs whose chosen response is the longer / "
               "the shorter one (policy tokens; equal lengths are the rest). Where the per-pair margins were "
               "stored, Δ acc and Δ len-bal are the mean difference with a 95% bootstrap interval over seeds and "
               "evaluation pairs [low, high], marked (noise) when the interval contains 0.",
               "",
-              "| model | strategy | N | filter | length control | seeds | synthetic pairs | chosen longer / shorter | acc | Δ acc | len-bal acc | Δ len-bal | high-conf acc | Δ high-conf |",
+              "| model | strategy | N | filter | length control | seeds | synthetic pairs | chosen longer / shorter | "
+              "acc | Δ acc | len-bal acc | Δ len-bal | high-conf acc | Δ high-conf |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
               f"| **base** (human pairs only) | – | – | – | – | {len(bases)} | 0 | – | {fmt(base['accuracy'])} | – | "
               f"{fmt(base['length_balanced_accuracy'])} | – | {fmt(base['high_confidence_accuracy'])} | – |",
-              *([f"| **teacher** (ensemble of seeds {', '.join(map(str, results['teacher']['seeds']))}) | – | – | – | – | 1 | 0 | – | "
-                 f"{100 * results['teacher']['accuracy']:.1f} | – | {100 * results['teacher']['length_balanced_accuracy']:.1f} | – | "
-                 f"{100 * results['teacher']['high_confidence_accuracy']:.1f} | – |"] if results.get("teacher") else []),
-              f"| [longer response wins] | – | – | – | – | – | – | – | {100 * b0['longer_wins_accuracy']:.1f} | – | 50.0 | – | – | – |",
-              f"| [shorter response wins] | – | – | – | – | – | – | – | {100 * b0['shorter_wins_accuracy']:.1f} | – | 50.0 | – | – | – |"]
+              *([f"| **teacher** (ensemble of seeds {', '.join(map(str, results['teacher']['seeds']))}) "
+                 "| – | – | – | – | 1 | 0 | – | "
+                 f"{100 * results['teacher']['accuracy']:.1f} | – | "
+                 f"{100 * results['teacher']['length_balanced_accuracy']:.1f} | – | "
+                 f"{100 * results['teacher']['high_confidence_accuracy']:.1f} | – |"]
+                if results.get("teacher") else []),
+              f"| [longer response wins] | – | – | – | – | – | – | – | {100 * b0['longer_wins_accuracy']:.1f} | "
+              "– | 50.0 | – | – | – |",
+              f"| [shorter response wins] | – | – | – | – | – | – | – | {100 * b0['shorter_wins_accuracy']:.1f} | "
+              "– | 50.0 | – | – | – |"]
     for row in arms_table(results, config):
         lines.append(
-            f"| student | {row['strategy']} | {row['n']} | {row['filter']} | {row['length']} | {row['seeds']} | {row['synthetic_pairs']:.0f} | "
+            f"| student | {row['strategy']} | {row['n']} | {row['filter']} | {row['length']} | {row['seeds']} | "
+            f"{row['synthetic_pairs']:.0f} | "
             f"{_longer_shorter(row)} | {fmt(row['accuracy'])} | {fmt_delta(row, 'accuracy')} | "
             f"{fmt(row['length_balanced_accuracy'])} | {fmt_delta(row, 'length_balanced_accuracy')} | "
             f"{fmt(row['high_confidence_accuracy'])} | {fmt(row['delta_high_confidence_accuracy'], signed=True)} |")
@@ -175,17 +186,20 @@ def pair_stats_markdown(results: dict) -> list[str]:
     """
     stats = _grouped_stats(results)
     lengths = list(dict.fromkeys(key[3] for key in stats))
-    lines = ["| strategy | N | filter | pairs | chosen longer | chosen shorter | mean length gap (tokens) | mean confidence | "
-             "chosen log-lik / token | rejected log-lik / token |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | N | filter | pairs | chosen longer | chosen shorter | mean length gap (tokens) | "
+             "mean confidence | chosen log-lik / token | rejected log-lik / token |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (strategy, n, filter_name, length), st in stats.items():
         if length != "none":
             continue
-        lines.append(f"| {strategy} | {n} | {filter_name} | {st['pairs']:.0f} | {100 * st['chosen_longer_share']:.0f}% | "
-                     f"{100 * st['chosen_shorter_share']:.0f}% | {st['mean_length_gap']:+.1f} | {st['mean_confidence']:.3f} | "
+        lines.append(f"| {strategy} | {n} | {filter_name} | {st['pairs']:.0f} | "
+                     f"{100 * st['chosen_longer_share']:.0f}% | {100 * st['chosen_shorter_share']:.0f}% | "
+                     f"{st['mean_length_gap']:+.1f} | {st['mean_confidence']:.3f} | "
                      f"{st['chosen_logprob_mean']:.3f} | {st['rejected_logprob_mean']:.3f} |")
     controls = [length for length in lengths if length != "none"]
     if controls:
-        lines += ["", "With length control: pairs (chosen longer % / chosen shorter %; equal lengths are the rest).", "",
+        lines += ["",
+                  "With length control: pairs (chosen longer % / chosen shorter %; equal lengths are the rest).", "",
                   "| strategy | N | filter | none | " + " | ".join(controls) + " |",
                   "|---|---|---|---|" + "---|" * len(controls)]
         arms = list(dict.fromkeys(key[:3] for key in stats))
@@ -242,7 +256,8 @@ def plot_arms(results: dict, config: ExperimentConfig) -> Figure:
     rows = arms_table(results, config)
     fig = Figure(figsize=(max(6, 0.7 * len(rows) + 2), 4))
     ax = fig.subplots()
-    labels = ["base"] + [f"{r['strategy']}\nN={r['n']} {r['filter']}" + ("" if r["length"] == "none" else f"\n{r['length']}")
+    labels = ["base"] + [f"{r['strategy']}\nN={r['n']} {r['filter']}"
+                         + ("" if r["length"] == "none" else f"\n{r['length']}")
                          for r in rows]
     base = _base_row(results)
     for offset, (key, label) in zip((-0.2, 0.2), METRICS[:2]):
@@ -271,7 +286,8 @@ def plot_pair_logprob_vs_n(results: dict, config: ExperimentConfig) -> Figure:
         for ax, side in zip(axes, ("chosen", "rejected")):
             xs, ys = [], []
             for n in config.ns:
-                values = [r[f"{side}_logprob_mean"] for r in rows if r["n"] == n and r[f"{side}_logprob_mean"] is not None]
+                values = [r[f"{side}_logprob_mean"] for r in rows
+                          if r["n"] == n and r[f"{side}_logprob_mean"] is not None]
                 if values:
                     xs.append(n)
                     ys.append(statistics.mean(values))
@@ -321,15 +337,17 @@ def write_report(results: dict, config: ExperimentConfig, path: Path, command: s
         lines += ["", "Training settings tuned on the validation split of the human pairs (one base RM per row and "
                   f"seed, seeds {', '.join(map(str, seeds))}, each with its own validation split; the mean decides); "
                   "base RMs and students use the chosen row:", "",
-                  "| " + " | ".join(results["tune"]["settings"]) + " | validation accuracy | validation loss | chosen |",
+                  "| " + " | ".join(results["tune"]["settings"])
+                  + " | validation accuracy | validation loss | chosen |",
                   "|" + "---|" * (len(results["tune"]["settings"]) + 3)]
         for trial in results["tune"]["trials"]:
             mark = "✓" if trial["settings"] == results["tune"]["settings"] else ""
             lines.append("| " + " | ".join(f"{v:g}" if isinstance(v, (int, float)) else str(v)
                                            for v in trial["settings"].values())
                          + f" | {100 * trial['val_accuracy']:.1f} | {trial['val_loss']:.4f} | {mark} |")
-    lines += ["", f"Students trained: **{done} of {total}** cells." + ("" if done == total else " (run not finished)"), "",
-              "## Results", ""]
+    lines += ["",
+              f"Students trained: **{done} of {total}** cells." + ("" if done == total else " (run not finished)"),
+              "", "## Results", ""]
     lines += results_markdown(results, config)
     sides = sides_markdown(results, config)
     if sides:

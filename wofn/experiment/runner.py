@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from wofn import data, evaluation, models, pairs, prompt_sources, reward_ensemble, stages, stats, training
 from wofn.experiment.config import Cell, ExperimentConfig, filter_quantiles, split_length
 from wofn.paths import REPO_ROOT, content_hash, publish, staging_dir
+from wofn.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Experiment:
         self.root = Path(home).resolve() / "experiments" / config.name
         self.settings = config.settings
         if config.tune and self.path("tune", "chosen.json").exists():
-            self.settings = {**config.settings, **read_json(self.path("tune", "chosen.json"))["settings"]}
+            self.settings = config.settings.replace(**read_json(self.path("tune", "chosen.json"))["settings"])
 
     # ---- layout
     def path(self, *parts: str) -> Path:
@@ -75,11 +76,11 @@ class Experiment:
 
     def teacher_seeds(self) -> list[int]:
         """The base RMs that make the teacher: `teacher_seed`, and with `teacher_members: K` the next K-1 seeds."""
-        return [self.config.teacher_seed + k for k in range(self.settings["teacher_members"])]
+        return [self.config.teacher_seed + k for k in range(self.settings.teacher_members)]
 
     def teacher_dir(self) -> Path:
         """The teacher_seed's base RM, or with `teacher_members` > 1 the ensemble of teacher_seeds' (teacher/)."""
-        if self.settings["teacher_members"] == 1:
+        if self.settings.teacher_members == 1:
             return self.base_dir(self.config.teacher_seed) / "model"
         return self.path("teacher")
 
@@ -102,13 +103,13 @@ class Experiment:
         return data.training_pairs(self.settings)
 
     def eval_pairs(self) -> list[dict]:
-        return data.load_preferences(self.settings["eval_pairs"], self.settings["max_eval_pairs"]).to_pylist()
+        return data.load_preferences(self.settings.eval_pairs, self.settings.max_eval_pairs).to_pylist()
 
     def train_config(self, seed: int) -> training.TrainConfig:
         return stages.train_config(self.settings, seed)
 
     def threads(self) -> int:
-        return stages.threads(self.settings)
+        return self.settings.threads()
 
     # ---- steps
     def prompts(self) -> Path:
@@ -128,7 +129,7 @@ class Experiment:
 
     def sampling_args(self) -> list[str]:
         """The sampling job's arguments: N = the grid's largest."""
-        return stages.sampling_argv({**self.settings, "n": self.config.max_n}, self.path("prompts"),
+        return stages.sampling_argv(self.settings.replace(n=self.config.max_n), self.path("prompts"),
                                     self.path("candidates"), self.path("candidate_errors"))
 
     def sample(self) -> dict:
@@ -155,10 +156,10 @@ class Experiment:
         model_dir = self.base_dir(seed) / "model"
         human = self.human_pairs()
         log.info("base RM seed %d: training on %d human pairs", seed, len(human))
-        metrics = training.train_reward_model(self.settings["rm_backbone"], human, self.train_config(seed), model_dir,
+        metrics = training.train_reward_model(self.settings.rm_backbone, human, self.train_config(seed), model_dir,
                                               manifest={"role": "base", "experiment": self.config.name})
-        result = {"seed": seed, "train_seconds": metrics["seconds"], "revision": models.read_manifest(str(model_dir))["revision"],
-                  **self._evaluate(model_dir)}
+        result = {"seed": seed, "train_seconds": metrics["seconds"],
+                  "revision": models.read_manifest(str(model_dir))["revision"], **self._evaluate(model_dir)}
         write_json(result_file, result)
         log.info("base RM seed %d: accuracy %.3f, length-balanced %.3f (%.0fs)", seed, result["accuracy"],
                  result["length_balanced_accuracy"], metrics["seconds"])
@@ -168,8 +169,8 @@ class Experiment:
         """Metrics on the evaluation pairs; their count is `eval_n` (`n` is a cell's N). With the per-pair
         margins and the pairs' length signs, which the report's paired intervals are computed from."""
         eval_pairs = self.eval_pairs()
-        result = evaluation.evaluate(str(model_dir), eval_pairs, device=self.settings["device"],
-                                     high_confidence_fraction=self.settings["high_confidence_fraction"],
+        result = evaluation.evaluate(str(model_dir), eval_pairs, device=self.settings.device,
+                                     high_confidence_fraction=self.settings.high_confidence_fraction,
                                      with_margins=True)
         result["length_signs"] = stats.length_signs(eval_pairs)
         return {("eval_n" if k == "n" else k): v for k, v in result.items() if k != "model"}
@@ -234,7 +235,7 @@ class Experiment:
                         if folder.exists():
                             continue
                         options = {} if selection == "none" else {"length_control": selection,
-                                                                  "length_band": s["length_band"]}
+                                                                  "length_band": s.length_band}
                         table, _ = pairs.select_pairs(self.subset(n, "candidates"), self.subset(n, "scores"),
                                                       strategy=strategy, seed=seed, **options)
                         staging = staging_dir(folder)
@@ -252,8 +253,8 @@ class Experiment:
         """A pair set as a student gets it: selected (with the length selection), filtered, then balanced."""
         selection, balanced = split_length(length)
         confidence, likelihood = filter_quantiles(filter_name, self.settings)
-        arm = {**self.settings, "confidence_quantile": confidence, "logprob_quantile": likelihood,
-               "length_balance": balanced}
+        arm = self.settings.replace(confidence_quantile=confidence, logprob_quantile=likelihood,
+                                    length_balance=balanced)
         return stages.filter_pairs(arm, self.pairs_dir(strategy, n, seed, selection), strategy,
                                    pairs.seed_for(strategy, seed)).table
 
@@ -261,11 +262,11 @@ class Experiment:
         """Train and evaluate one student; its result file marks it done."""
         s = self.settings
         synthetic = self.filtered(cell.strategy, cell.n, cell.filter, cell.seed, cell.length)
-        mixed, mix = training.mix_pairs(human, synthetic.to_pylist(), s["synthetic_ratio"], cell.seed)
+        mixed, mix = training.mix_pairs(human, synthetic.to_pylist(), s.synthetic_ratio, cell.seed)
         out = self.path("students", cell.id)
         models.set_torch_threads(self.threads())
         metrics = training.train_reward_model(
-            s["rm_backbone"], mixed, self.train_config(cell.seed), out,
+            s.rm_backbone, mixed, self.train_config(cell.seed), out,
             manifest={"role": "experiment_student", "experiment": self.config.name, "cell": cell.id, "mix": mix})
         result = {
             **self._evaluate(out),  # first: its "n" (evaluation pairs) becomes eval_n, the cell's n is N
@@ -347,7 +348,7 @@ class Experiment:
         chosen = max(trials, key=lambda t: (t["val_accuracy"], -t["val_loss"]))
         result = {"settings": chosen["settings"], "trials": trials}
         write_json(chosen_file, result)
-        self.settings = {**self.config.settings, **chosen["settings"]}
+        self.settings = self.config.settings.replace(**chosen["settings"])
         log.info("tune: chose %s (validation accuracy %.3f)", chosen["settings"], chosen["val_accuracy"])
         return result
 
@@ -356,11 +357,11 @@ class Experiment:
         result_file = self.path("tune", f"{name}.json")
         if not result_file.exists():
             models.set_torch_threads(self.threads())
-            settings, self.settings = self.settings, {**self.config.settings, **combo}
+            settings, self.settings = self.settings, self.config.settings.replace(**combo)
             try:
                 out = self.path("tune", name)
                 log.info("tune %s: training a base RM", name)
-                metrics = training.train_reward_model(self.settings["rm_backbone"], self.human_pairs(),
+                metrics = training.train_reward_model(self.settings.rm_backbone, self.human_pairs(),
                                                       self.train_config(seed), out)
             finally:
                 self.settings = settings
@@ -391,11 +392,11 @@ class Experiment:
         return self.results()
 
 
-def gather_prompts(settings: dict):
+def gather_prompts(settings: Settings):
     """D_U from the `prompt_sources` setting, deduplicated by prompt_id, evaluation prompts left out."""
-    return prompt_sources.gather_prompts(settings["unlabeled_prompts"], settings["human_pairs"], settings["eval_pairs"],
-                                         tuple(settings.get("prompt_sources") or ("unlabeled",)),
-                                         settings["max_prompts"], max_human_pairs=settings["max_human_pairs"])
+    return prompt_sources.gather_prompts(settings.unlabeled_prompts, settings.human_pairs, settings.eval_pairs,
+                                         settings.prompt_sources,
+                                         settings.max_prompts, max_human_pairs=settings.max_human_pairs)
 
 
 def pair_summary(table: pa.Table) -> dict:
@@ -432,16 +433,16 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     missing = [stage for stage in ("sampling", "scoring", "training") if stage not in bench]
     if missing:
         raise ValueError(f"{BENCH_FILE}: no benchmark figures for {missing}; run `make bench` first")
-    dtype = s["policy_dtype"] if s["policy_dtype"] in bench["sampling"]["ours"] else "float32"
+    dtype = s.policy_dtype if s.policy_dtype in bench["sampling"]["ours"] else "float32"
     sampling = bench["sampling"]["ours"][dtype]
     tokens_per_candidate = sampling["generated_tokens"] / sampling["candidates"]
-    score_dtype = s["score_dtype"] if s["score_dtype"] in bench["scoring"]["ours"] else "float32"
+    score_dtype = s.score_dtype if s.score_dtype in bench["scoring"]["ours"] else "float32"
     seqs_per_s = bench["scoring"]["ours"][score_dtype]["sequences_per_s"]
-    pairs_per_s = bench["training"]["ours"]["bf16" if s["rm_bf16"] else "fp32"]["pairs_per_s"]
+    pairs_per_s = bench["training"]["ours"]["bf16" if s.rm_bf16 else "fp32"]["pairs_per_s"]
 
     prompts = gather_prompts(s)[0].num_rows
     human = len(data.training_pairs(s))
-    n_eval = data.load_preferences(s["eval_pairs"], s["max_eval_pairs"]).num_rows
+    n_eval = data.load_preferences(s.eval_pairs, s.max_eval_pairs).num_rows
     candidates = prompts * config.max_n
     exp = Experiment(config, home) if home is not None else None
 
@@ -449,11 +450,11 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
         return exp is not None and path_fn(*args).exists()
 
     def train_seconds(pairs_total: float) -> float:
-        return pairs_total * (1 - s["rm_val_fraction"]) * s["rm_epochs"] / pairs_per_s + 2 * n_eval / seqs_per_s
+        return pairs_total * (1 - s.rm_val_fraction) * s.rm_epochs / pairs_per_s + 2 * n_eval / seqs_per_s
 
     steps = {"sampling": 0.0 if done(lambda: exp.path("sampled.json")) else
              candidates * tokens_per_candidate / sampling["generated_tokens_per_s"]}
-    members = s["teacher_members"]  # an ensemble teacher scores every candidate once per member
+    members = s.teacher_members  # an ensemble teacher scores every candidate once per member
     steps["scoring"] = 0.0 if done(lambda: exp.path("scores")) else members * candidates / seqs_per_s
     combos = math.prod(len(values) for _, values in config.tune) * max(1, len(config.tune_seeds)) if config.tune else 0
     steps["tuning"] = 0.0 if done(lambda: exp.path("tune", "chosen.json")) else combos * train_seconds(human)
@@ -464,7 +465,7 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     student = 0.0
     for cell in cells:
         confidence, likelihood = filter_quantiles(cell.filter, s)
-        synthetic = min(prompts * (1 - confidence) * (1 - likelihood), s["synthetic_ratio"] * human)
+        synthetic = min(prompts * (1 - confidence) * (1 - likelihood), s.synthetic_ratio * human)
         student += train_seconds(human + synthetic)
     steps["students"] = student
     # the rate holds for the benchmark's rows per generation batch (prompts x N); fewer rows decode
@@ -472,7 +473,7 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     bench_config = bench["sampling"].get("config") or {}
     bench_rows = (bench_config.get("n") or 0) * (bench_config.get("ours_batch_prompts") or 0)
     return {"prompts": prompts, "candidates": candidates, "human_pairs": human, "eval_pairs": n_eval,
-            "sampling_rows_per_batch": {"run": config.max_n * s["sample_batch_size"], "benchmark": bench_rows or None},
+            "sampling_rows_per_batch": {"run": config.max_n * s.sample_batch_size, "benchmark": bench_rows or None},
             "students": len(cells), "students_total": len(config.cells()), "seconds": steps,
             "total_seconds": sum(steps.values()),
             "rates": {"sampling_tokens_per_s": sampling["generated_tokens_per_s"],
@@ -485,18 +486,21 @@ def format_estimate(est: dict) -> str:
     lines = [f"estimated cost on this machine (from {BENCH_FILE.relative_to(REPO_ROOT)}): "
              f"{est['total_seconds'] / 60:.0f} min",
              f"  sampling   {minutes['sampling']:6.1f} min  ({est['candidates']} candidates at "
-             f"{est['rates']['sampling_tokens_per_s']:.0f} tokens/s, {est['rates']['tokens_per_candidate']:.0f} tokens each)",
+             f"{est['rates']['sampling_tokens_per_s']:.0f} tokens/s, "
+             f"{est['rates']['tokens_per_candidate']:.0f} tokens each)",
              f"  scoring    {minutes['scoring']:6.1f} min  ({est['rates']['scoring_sequences_per_s']:.0f} sequences/s)",
              f"  base RMs   {minutes['base_models']:6.1f} min  ({est['human_pairs']} human pairs, "
              f"{est['rates']['training_pairs_per_s']:.1f} training pairs/s)",
-             f"  students   {minutes['students']:6.1f} min  ({est['students']} of {est['students_total']} still to train)"]
+             f"  students   {minutes['students']:6.1f} min  ({est['students']} of {est['students_total']} "
+             "still to train)"]
     rows = est.get("sampling_rows_per_batch") or {}
     if rows.get("benchmark") and rows["run"] != rows["benchmark"]:
         lines.insert(2, f"             (the rate is the benchmark's at {rows['benchmark']} rows per generation batch, "
                         f"prompts x N; this run has {rows['run']}: expect it "
                         f"{'slower' if rows['run'] < rows['benchmark'] else 'faster'})")
     if minutes.get("tuning"):
-        lines.insert(3, f"  tuning     {minutes['tuning']:6.1f} min  (one base RM per combination of the tune: settings)")
+        lines.insert(3, f"  tuning     {minutes['tuning']:6.1f} min  "
+                        "(one base RM per combination of the tune: settings)")
     return "\n".join(lines)
 
 
@@ -521,9 +525,10 @@ def report_header(exp: Experiment) -> dict:
     header = {"wofn revision (when the report was written)": _git_revision(),
               "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, no GPU"
               if not torch.cuda.is_available() else f"{torch.cuda.get_device_name()}, torch {torch.__version__}",
-              "data": f"{exp.settings['human_pairs']} (human), {exp.settings['eval_pairs']} (evaluation), "
-                      f"{exp.settings['unlabeled_prompts']} (prompts)",
-              "policy / RM backbone": f"{exp.settings['policy']} ({exp.settings['policy_dtype']}) / {exp.settings['rm_backbone']}"}
+              "data": f"{exp.settings.human_pairs} (human), {exp.settings.eval_pairs} (evaluation), "
+                      f"{exp.settings.unlabeled_prompts} (prompts)",
+              "policy / RM backbone": f"{exp.settings.policy} ({exp.settings.policy_dtype}) / "
+                                      f"{exp.settings.rm_backbone}"}
     if exp.path("estimate.json").exists():
         est = read_json(exp.path("estimate.json"))
         header["estimated cost before the run"] = (f"{est['total_seconds'] / 60:.0f} min ("
@@ -536,7 +541,8 @@ def report_header(exp: Experiment) -> dict:
                 header[f"estimate when resumed at {later['time']}"] = (
                     f"{later['estimate']['total_seconds'] / 60:.0f} min for the {later['estimate']['students']} "
                     f"students still to train (config {later['config']})")
-    spent = {"sampling": read_json(exp.path("sampled.json")).get("seconds", 0) if exp.path("sampled.json").exists() else 0,
+    spent = {"sampling": read_json(exp.path("sampled.json")).get("seconds", 0)
+             if exp.path("sampled.json").exists() else 0,
              "base_models": sum(b["train_seconds"] for b in results["bases"]),
              "students": sum(c["train_seconds"] for c in results["cells"])}
     header["measured (training and sampling time)"] = (f"{sum(spent.values()) / 60:.0f} min ("
@@ -556,7 +562,8 @@ def write_reports(exp: Experiment, report: str | Path | None, command: str) -> P
 
 
 def note_estimate(exp: Experiment, home: Path) -> dict:
-    """The cost of what is left, before it runs: estimate.json (the first run's) and one line per run in estimates.jsonl."""
+    """The cost of what is left, before it runs: estimate.json (the first run's) and one line per run
+    in estimates.jsonl."""
     import datetime
 
     est = estimate(exp.config, home)

@@ -56,7 +56,8 @@ def grid() -> list[dict]:
 
 
 def recipe_name(t: dict) -> str:
-    name = f"{t['objective']} head={t['head']} lr={t['lr']:g} epochs={t['epochs']:g} len={t['max_length']} warmup={t['warmup']:g}"
+    name = (f"{t['objective']} head={t['head']} lr={t['lr']:g} epochs={t['epochs']:g} len={t['max_length']} "
+            f"warmup={t['warmup']:g}")
     return name + (" +uf" if t["extra"] else "")
 
 
@@ -192,7 +193,8 @@ def cpu_minutes(trial: dict, rates: dict[int, float], eval_pairs: int = 304) -> 
     if trial["objective"] != "pointwise" or trial["extra"] or trial["max_length"] not in rates:
         return None
     train_pairs = 1059
-    return (train_pairs * trial["epochs"] / rates[trial["max_length"]] + 3 * eval_pairs / rates[trial["max_length"]]) / 60
+    return (train_pairs * trial["epochs"] / rates[trial["max_length"]]
+            + 3 * eval_pairs / rates[trial["max_length"]]) / 60
 
 
 def _seeds_in_common(a: dict[int, dict], b: dict[int, dict]) -> list[int]:
@@ -233,7 +235,8 @@ def ensemble(by: dict, recipe: str, split: str) -> dict:
     unanimous = [i for i, a in enumerate(agreement) if a == 1.0]
     result["members"] = len(members)
     result["unanimous_share"] = len(unanimous) / len(mean)
-    result["unanimous_accuracy"] = statistics.fmean(1.0 if mean[i] > 0 else 0.0 for i in unanimous) if unanimous else None
+    result["unanimous_accuracy"] = (statistics.fmean(1.0 if mean[i] > 0 else 0.0 for i in unanimous)
+                                    if unanimous else None)
     return result
 
 
@@ -302,8 +305,9 @@ def filter_selection_markdown(by: dict, recipes: list[str], members: tuple[int, 
     def ci(r: dict) -> str:
         return _ci({**r, "difference": r["difference"]})
 
-    lines = ["| recipe | members | q | single seed: kept accurate (all pairs) | ensemble σ(mean margin): kept accurate | "
-             "Δ vs single (95% CI) | ensemble agreement, then margin: kept accurate | Δ vs single (95% CI) |",
+    lines = ["| recipe | members | q | single seed: kept accurate (all pairs) | "
+             "ensemble σ(mean margin): kept accurate | Δ vs single (95% CI) | "
+             "ensemble agreement, then margin: kept accurate | Δ vs single (95% CI) |",
              "|---|---|---|---|---|---|---|---|"]
     for recipe in recipes:
         for k in members:
@@ -336,7 +340,8 @@ def report(out: Path, rates: dict[int, float]) -> str:
         cpu = cpu_minutes(trial, rates)
         delta = "–" if recipe == REFERENCE or trial["extra"] else _ci(compare(by, REFERENCE, recipe, "val", "accuracy"))
         lines.append(
-            f"| {recipe} | {len(by[recipe])} | {100 * mean(recipe, 'val', 'accuracy'):.1f} ± {100 * sd(recipe, 'val', 'accuracy'):.1f} "
+            f"| {recipe} | {len(by[recipe])} | {100 * mean(recipe, 'val', 'accuracy'):.1f} "
+            f"± {100 * sd(recipe, 'val', 'accuracy'):.1f} "
             f"| {100 * mean(recipe, 'val', 'length_balanced_accuracy'):.1f} | {delta} "
             f"| {100 * mean(recipe, 'hh_test', 'accuracy'):.1f} ± {100 * sd(recipe, 'hh_test', 'accuracy'):.1f} "
             f"| {100 * mean(recipe, 'hh_test', 'length_balanced_accuracy'):.1f} "
@@ -353,8 +358,8 @@ def ensembles_markdown(by: dict, recipes: list[str]) -> str:
     from wofn import stats
 
     signs = _signs("hh_test", None)
-    lines = ["| recipe | members | single seed acc | ensemble acc | Δ acc (95% CI) | single len-bal | ensemble len-bal | "
-             "Δ len-bal (95% CI) | ensemble mean margin | unanimous pairs | accuracy on them |",
+    lines = ["| recipe | members | single seed acc | ensemble acc | Δ acc (95% CI) | single len-bal | "
+             "ensemble len-bal | Δ len-bal (95% CI) | ensemble mean margin | unanimous pairs | accuracy on them |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for recipe in recipes:
         seeds = sorted(by[recipe])
@@ -386,10 +391,11 @@ def plot(by: dict, path: Path, chosen: str) -> Path:
         marker, color = ("D", "tab:green") if trial["objective"] == "pairwise" else style
         if trial["extra"]:
             marker, color = "^", "tab:purple"
-        ax.errorbar(statistics.fmean(val), statistics.fmean(test), xerr=statistics.stdev(val), yerr=statistics.stdev(test),
-                    fmt=marker, color=color, alpha=0.45, ms=5, elinewidth=0.6)
+        ax.errorbar(statistics.fmean(val), statistics.fmean(test), xerr=statistics.stdev(val),
+                    yerr=statistics.stdev(test), fmt=marker, color=color, alpha=0.45, ms=5, elinewidth=0.6)
         if recipe in (chosen, REFERENCE):
-            ax.annotate("chosen" if recipe == chosen else "old default", (statistics.fmean(val), statistics.fmean(test)),
+            ax.annotate("chosen" if recipe == chosen else "old default",
+                        (statistics.fmean(val), statistics.fmean(test)),
                         xytext=(6, -12), textcoords="offset points", fontsize=9)
     for label, (marker, color) in (("hf head", ("o", "tab:blue")), ("mean head", ("s", "tab:orange")),
                                    ("pairwise", ("D", "tab:green")), ("+UF pairs", ("^", "tab:purple"))):

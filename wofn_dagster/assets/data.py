@@ -8,8 +8,8 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from wofn import data, prompt_sources, schemas
 from wofn.paths import content_hash, partition_keys
+from wofn_dagster.assets.tables import error_summary, publish_table, read_table, write_table
 from wofn_dagster.code_versions import code_version
-from wofn_dagster.assets.common import error_summary, publish_table, read_table, write_table
 from wofn_dagster.partitions import batch_source, prompt_batches
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
@@ -21,7 +21,8 @@ def _source_facts(path) -> dict:
 
 
 @asset(group_name="inputs", kinds={"parquet"}, code_version=_CODE)
-def human_preferences(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
+def human_preferences(context: AssetExecutionContext, settings: WofnSettings,
+                      home: WofnHomeResource) -> MaterializeResult:
     """D_L: human preference pairs (prompt, chosen, rejected) the base reward model learns from, plus the
     `extra_human_pairs` (e.g. UltraFeedback) when set."""
     table, counts = data.training_preferences(settings.human_pairs, settings.max_human_pairs,
@@ -40,7 +41,8 @@ def human_preferences(context: AssetExecutionContext, settings: WofnSettings, ho
 
 
 @asset(group_name="inputs", kinds={"parquet"}, code_version=_CODE)
-def eval_preferences(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
+def eval_preferences(context: AssetExecutionContext, settings: WofnSettings,
+                     home: WofnHomeResource) -> MaterializeResult:
     """Held-out human pairs on which base and student reward models are compared."""
     table = data.load_preferences(settings.eval_pairs, settings.max_eval_pairs)
     context.log.info("read %d evaluation pairs from %s", table.num_rows, settings.eval_pairs)

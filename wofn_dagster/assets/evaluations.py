@@ -8,9 +8,10 @@ from dagster import AssetExecutionContext, AutomationCondition, MaterializeResul
 from matplotlib.figure import Figure
 
 from wofn import models, schemas
-from wofn_dagster.code_versions import code_version
-from wofn_dagster.assets.common import png_markdown, publish_table
+from wofn_dagster.assets.metadata import png_markdown
+from wofn_dagster.assets.tables import publish_table
 from wofn_dagster.assets.training import evaluate_model
+from wofn_dagster.code_versions import code_version
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
 
 
@@ -22,7 +23,8 @@ def _model_dirs(h, rounds: int) -> list[tuple[int, str, object]]:
 
 # Declarative automation: cheap, and always about the latest models, so it follows any model that
 # is rematerialized by hand (the refresh schedule's runs include it anyway).
-@asset(group_name="reward_models", deps=["base_reward_model", "student_reward_model", "student_rounds", "eval_preferences"],
+@asset(group_name="reward_models",
+       deps=["base_reward_model", "student_reward_model", "student_rounds", "eval_preferences"],
        kinds={"pytorch", "parquet"}, automation_condition=AutomationCondition.eager(),
        code_version=code_version("wofn.evaluation", own=__file__))
 def reward_model_evaluations(context: AssetExecutionContext, settings: WofnSettings,

@@ -6,19 +6,25 @@ import math
 import time
 from pathlib import Path
 
-from matplotlib.figure import Figure
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from matplotlib.figure import Figure
 
 from beam_jobs import sample_candidates, score_candidates
 from wofn import models, pairwise, stages
-from wofn_dagster.code_versions import code_version
-from wofn_dagster.assets.common import (INFERENCE_RETRY, error_summary, forward_logs,
-                                        no_retry_on_bad_input, png_markdown, quantiles, read_table,
-                                        staged_partition, table_result)
 from wofn.paths import content_hash
+from wofn_dagster.assets.metadata import png_markdown, quantiles
+from wofn_dagster.assets.runtime import INFERENCE_RETRY, forward_logs, no_retry_on_bad_input
+from wofn_dagster.assets.tables import error_summary, read_table, staged_partition, table_result
+from wofn_dagster.code_versions import code_version
 from wofn_dagster.partitions import prompt_batches
-from wofn_dagster.resources import (BeamRunnerResource, PolicyResource, RewardModelResource, WofnHomeResource,
-                                    WofnSettings, profile_values)
+from wofn_dagster.resources import (
+    BeamRunnerResource,
+    PolicyResource,
+    RewardModelResource,
+    WofnHomeResource,
+    WofnSettings,
+    run_settings,
+)
 
 _SAMPLING_CODE = code_version("beam_jobs.sample_candidates", own=__file__, files=("wofn/stages.py",))
 _SCORING_CODE = code_version("beam_jobs.score_candidates", own=__file__, files=("wofn/stages.py",))
@@ -37,13 +43,13 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
                      f"({beam_runner.runner}, attempt {context.retry_number + 1})")
     started = time.monotonic()
     # a retry (or a rerun after a crash) with the same inputs and settings resumes the sampling job's shards
-    resume = content_hash_of_text(json.dumps([content_hash(prompts_dir), [policy.model, policy.dtype, policy.engine], settings.n,
-                                              settings.max_new_tokens, settings.temperature, settings.top_p,
+    resume = content_hash_of_text(json.dumps([content_hash(prompts_dir), [policy.model, policy.dtype, policy.engine],
+                                              settings.n, settings.max_new_tokens, settings.temperature, settings.top_p,
                                               settings.seed, _SAMPLING_CODE]))
     with no_retry_on_bad_input(), forward_logs(context, "beam_jobs"), \
             staged_partition(h, "candidates", key, context.log, resume_key=resume) as staging, \
             staged_partition(h, "candidate_errors", key, context.log, resume_key=resume) as errors_staging:
-        stats = sample_candidates.run(stages.sampling_argv(profile_values(settings, policy=policy), prompts_dir, staging,
+        stats = sample_candidates.run(stages.sampling_argv(run_settings(settings, policy=policy), prompts_dir, staging,
                                                            errors_staging, beam_runner.args()), save_main_session=False)
     seconds = time.monotonic() - started
     rows = read_table(h, "candidates", key)
@@ -51,7 +57,8 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
     tokens = sum(rows.column("num_tokens").to_pylist())
     means = rows.column("logprob_mean").to_pylist()
     revision = rows.column("policy_revision")[0].as_py() if rows.num_rows else ""
-    context.log.info("sampled %d candidates, %d tokens in %.0fs (%.1f tokens/s)", rows.num_rows, tokens, seconds, tokens / seconds)
+    context.log.info("sampled %d candidates, %d tokens in %.0fs (%.1f tokens/s)", rows.num_rows, tokens, seconds,
+                     tokens / seconds)
     return table_result(h, "candidates", {
         "prompts": MetadataValue.int(n_prompts),
         "n": MetadataValue.int(settings.n),
@@ -82,8 +89,9 @@ def score_with(context: AssetExecutionContext, settings: WofnSettings, reward_mo
     (`staged(folder)`, or `staged_partition(...)` for one batch)."""
     started = time.monotonic()
     with no_retry_on_bad_input(), forward_logs(context, "beam_jobs"), into as staging, errors_into as errors_staging:
-        stats = score_candidates.run(stages.scoring_argv(profile_values(settings, reward_models=reward_models), candidates,
-                                                         staging, errors_staging, model_dir, beam_runner.args()),
+        stats = score_candidates.run(stages.scoring_argv(run_settings(settings, reward_models=reward_models),
+                                                         candidates, staging, errors_staging, model_dir,
+                                                         beam_runner.args()),
                                      save_main_session=False)
     return stats, time.monotonic() - started
 

@@ -14,9 +14,10 @@ from matplotlib.figure import Figure
 
 from wofn import pairs, pairwise, stages
 from wofn.paths import content_hash, partition_keys
+from wofn_dagster.assets.metadata import png_markdown, quantiles
+from wofn_dagster.assets.tables import batch_versions, publish_table, read_table
 from wofn_dagster.code_versions import code_version
-from wofn_dagster.assets.common import batch_versions, png_markdown, publish_table, quantiles, read_table
-from wofn_dagster.resources import WofnHomeResource, WofnSettings, profile_values
+from wofn_dagster.resources import WofnHomeResource, WofnSettings, run_settings
 
 _SELECTION_CODE = code_version("wofn.pairs", own=__file__)
 _FILTER_CODE = code_version("wofn.pairs", own=__file__, files=("wofn/stages.py",))
@@ -97,8 +98,8 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
     over every prompt batch."""
     h = home.home
     is_pairwise = pairwise.is_pairwise(str(h.model_dir("base_reward_model")))
-    pairs.check_strategy(settings.strategy, pairwise=is_pairwise)
-    pairs.check_length_control(settings.length_control, settings.length_band, pairwise=is_pairwise)
+    # the rules between settings, for the teacher kind the base model on disk has
+    run_settings(settings).replace(teacher="pairwise" if is_pairwise else "pointwise")
     if settings.length_control == "residual_per_prompt" and settings.n < 3:
         context.log.warning(f"length_control 'residual_per_prompt' with n={settings.n}: a line through two candidates "
                             "leaves both residuals 0, so only equal-length candidates can form a pair; use n >= 3, "
@@ -152,7 +153,7 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
     then length-balanced when `length_balance` is on (sql/length_control/balance_pairs.sql)."""
     h = home.home
     strategy, pair_seed = _selected_strategy(context, h, settings)
-    kept = stages.filter_pairs(profile_values(settings), h.table_dir("west_of_n_pairs"), strategy, pair_seed)
+    kept = stages.filter_pairs(run_settings(settings), h.table_dir("west_of_n_pairs"), strategy, pair_seed)
     table, funnel, steps, filters = kept.table, kept.funnel, kept.steps, kept.filters
     balance = {"length_balance": MetadataValue.bool(settings.length_balance)}
     if kept.before_balance is not None:

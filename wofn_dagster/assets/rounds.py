@@ -7,12 +7,19 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 
 from wofn import lineage, models, pairs, schemas, stages
 from wofn.paths import PARTITION_PREFIX, content_hash, parquet_files
-from wofn_dagster.code_versions import code_version
-from wofn_dagster.assets.common import INFERENCE_RETRY, batch_versions, staged, write_table
 from wofn_dagster.assets.generation import score_with
+from wofn_dagster.assets.runtime import INFERENCE_RETRY
+from wofn_dagster.assets.tables import batch_versions, staged, write_table
 from wofn_dagster.assets.training import evaluate_model, train_student
-from wofn_dagster.resources import (BeamRunnerResource, PolicyResource, RewardModelResource, WofnHomeResource,
-                                    WofnSettings, profile_values)
+from wofn_dagster.code_versions import code_version
+from wofn_dagster.resources import (
+    BeamRunnerResource,
+    PolicyResource,
+    RewardModelResource,
+    WofnHomeResource,
+    WofnSettings,
+    run_settings,
+)
 
 _ROUNDS_CODE = code_version("wofn.pairs", "wofn.training", "wofn.evaluation", "beam_jobs.score_candidates",
                             own=__file__, files=("wofn/stages.py", "wofn_dagster/assets/training.py",
@@ -65,7 +72,7 @@ def student_rounds(context: AssetExecutionContext, settings: WofnSettings, home:
                                                           f"round_{k}/candidate_scores": scores_version},
                                 context, strategy=settings.strategy, length_control=settings.length_control,
                                 length_band=settings.length_band)
-        filtered = stages.filter_pairs(profile_values(settings), rdir / "west_of_n_pairs", settings.strategy,
+        filtered = stages.filter_pairs(run_settings(settings), rdir / "west_of_n_pairs", settings.strategy,
                                        pairs.seed_for(settings.strategy, settings.pair_seed),
                                        teacher_is_ensemble=False)  # every round's teacher is one student
         kept, funnel, funnel_table = filtered.table, filtered.steps, filtered.funnel

@@ -3,21 +3,21 @@
 import json
 from pathlib import Path
 
-from matplotlib.figure import Figure
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from matplotlib.figure import Figure
 
 from wofn import evaluation, lineage, models, pairwise, reward_ensemble, stages, training
-from wofn.pairs import check_length_control
 from wofn.paths import WofnHome, content_hash
+from wofn_dagster.assets.metadata import png_markdown
+from wofn_dagster.assets.tables import batch_versions, read_table
 from wofn_dagster.code_versions import code_version
-from wofn_dagster.assets.common import batch_versions, png_markdown, read_table
-from wofn_dagster.resources import PolicyResource, RewardModelResource, WofnHomeResource, WofnSettings, profile_values
+from wofn_dagster.resources import PolicyResource, RewardModelResource, WofnHomeResource, WofnSettings, run_settings
 
 _TRAINING_CODE = code_version("wofn.training", "wofn.evaluation", own=__file__, files=("wofn/stages.py",))
 
 
 def _train_config(settings: WofnSettings) -> training.TrainConfig:
-    return stages.train_config(profile_values(settings))
+    return stages.train_config(run_settings(settings))
 
 
 def _progress(context: AssetExecutionContext, label: str):
@@ -102,19 +102,15 @@ def base_reward_model(context: AssetExecutionContext, settings: WofnSettings, ho
     """Bradley-Terry reward model (scalar head on the backbone) trained on the human pairs: the teacher."""
     h = home.home
     models.set_torch_threads(settings.threads())
-    if reward_models.teacher not in ("pointwise", "pairwise"):
-        raise ValueError(f"teacher must be 'pointwise' or 'pairwise', got {reward_models.teacher!r}")
-    # the pair step would refuse a length control the teacher cannot serve: say so before training it
-    check_length_control(settings.length_control, settings.length_band, pairwise=reward_models.teacher == "pairwise")
-    objective = pairwise.PAIRWISE if reward_models.teacher == "pairwise" else training.POINTWISE
-    members = settings.teacher_members
-    if members > 1 and reward_models.teacher == "pairwise":
-        raise ValueError(f"teacher_members: {members} needs a pointwise teacher; a pairwise teacher is one model "
-                         "(set teacher_members: 1 or teacher: pointwise)")
+    # every rule between settings (e.g. a pairwise teacher takes no length control and one member), before training
+    run = run_settings(settings, reward_models=reward_models)
+    objective = pairwise.PAIRWISE if run.teacher == "pairwise" else training.POINTWISE
+    members = run.teacher_members
     pairs = read_table(h, "human_preferences").to_pylist()
     model_dir = h.model_dir("base_reward_model")
     context.log.info("training base RM on %d human pairs from %s%s", len(pairs), reward_models.backbone,
-                     f" ({members} members, seeds {settings.seed}..{settings.seed + members - 1})" if members > 1 else "")
+                     f" ({members} members, seeds {settings.seed}..{settings.seed + members - 1})"
+                     if members > 1 else "")
     metrics = training.train_ensemble(
         reward_models.backbone, pairs, _train_config(settings), model_dir, members,
         manifest={"role": "base", "lineage": {"human_preferences": _data_version(h, "human_preferences"),
@@ -170,8 +166,6 @@ def train_student(context: AssetExecutionContext, settings: WofnSettings, reward
     the pair and candidate versions behind it, per prompt batch), the teacher's revision and the
     policy. Returns metrics, manifest, mix, lineage and both evaluations.
     """
-    if settings.student_init not in ("backbone", "teacher"):
-        raise ValueError(f"student_init must be 'backbone' or 'teacher', got {settings.student_init!r}")
     teacher_manifest = models.read_manifest(str(teacher_dir))
     if settings.student_init == "teacher" and reward_ensemble.is_ensemble(teacher_dir):
         raise ValueError(f"student_init: teacher continues from one model, but the round-{round_k} teacher "
@@ -182,7 +176,8 @@ def train_student(context: AssetExecutionContext, settings: WofnSettings, reward
     if mix["synthetic_per_human"] < settings.synthetic_ratio:
         context.log.warning(
             f"round {round_k}: only {mix['synthetic_pairs']} synthetic pairs for {mix['human_pairs']} human pairs "
-            f"(ratio {mix['synthetic_per_human']:.2f} < {settings.synthetic_ratio}); raise max_prompts or n for a full mix")
+            f"(ratio {mix['synthetic_per_human']:.2f} < {settings.synthetic_ratio}); "
+            "raise max_prompts or n for a full mix")
     init = reward_models.backbone if settings.student_init == "backbone" else str(teacher_dir)
     lineage = {
         "human_preferences": _data_version(h, "human_preferences"),
@@ -208,8 +203,8 @@ def train_student(context: AssetExecutionContext, settings: WofnSettings, reward
     manifest = _add_to_manifest(out_dir, {"teacher_evaluation": teacher_eval, "accuracy_delta_vs_teacher": delta})
     context.log.info(f"round {round_k}: eval accuracy teacher {teacher_eval['accuracy']:.3f}, "
                      f"student {student_eval['accuracy']:.3f} (delta {delta:+.3f}); length-balanced teacher "
-                     f"{teacher_eval['length_balanced_accuracy']:.3f}, student {student_eval['length_balanced_accuracy']:.3f} "
-                     f"(n={student_eval['n']})")
+                     f"{teacher_eval['length_balanced_accuracy']:.3f}, "
+                     f"student {student_eval['length_balanced_accuracy']:.3f} (n={student_eval['n']})")
     return {"metrics": metrics, "manifest": manifest, "mix": mix, "lineage": lineage,
             "teacher_eval": teacher_eval, "student_eval": student_eval, "delta": delta}
 
@@ -241,7 +236,8 @@ def _synthetic_lineage(h: WofnHome) -> dict:
     return {
         "filtered_pairs": _data_version(h, "filtered_pairs"),
         "west_of_n_pairs": _data_version(h, "west_of_n_pairs"),
-        "prompt_batches": {key: {"prompts": prompts.get(key), "candidates": candidates.get(key), judged: scores.get(key)}
+        "prompt_batches": {key: {"prompts": prompts.get(key), "candidates": candidates.get(key),
+                                 judged: scores.get(key)}
                            for key in sorted(set(prompts) | set(candidates))},
     }
 
@@ -251,7 +247,8 @@ def _synthetic_lineage(h: WofnHome) -> dict:
        code_version=_TRAINING_CODE)
 def student_reward_model(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
                          reward_models: RewardModelResource, policy: PolicyResource) -> MaterializeResult:
-    """Reward model trained on human pairs plus filtered West-of-N pairs (all prompt batches), evaluated beside the base."""
+    """Reward model trained on human pairs plus filtered West-of-N pairs (all prompt batches), evaluated
+    beside the base."""
     h = home.home
     models.set_torch_threads(settings.threads())
     out_dir = h.model_dir("student_reward_model")

@@ -1,0 +1,23 @@
+"""Small summaries for the Dagster UI's metadata: plots as inline images, quantiles."""
+
+import base64
+import io
+
+from dagster import MetadataValue
+
+
+def png_markdown(fig) -> MetadataValue:
+    """A matplotlib figure as a markdown image (shown inline in the Dagster UI)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return MetadataValue.md(f"![plot](data:image/png;base64,{encoded})")
+
+
+def quantiles(values: list[float], qs=(0.0, 0.1, 0.5, 0.9, 1.0)) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {f"q{int(q * 100):02d}": float(ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))])
+            for q in qs}
+
