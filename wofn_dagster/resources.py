@@ -141,7 +141,8 @@ def run_settings(settings: WofnSettings, policy: Optional[PolicyResource] = None
     for resource, owner in (("policy", policy), ("reward_models", reward_models)):
         if owner is not None:
             values.update({name: getattr(owner, field) for name, field in _fields_of(resource).items()})
-    return profiles.get(settings.profile).replace(**values)
+    # a profile name of your own (not a wofn preset) takes the default profile's for what is not given
+    return profiles.PROFILES.get(settings.profile, profiles.DEFAULT).replace(**values)
 
 
 def _env_or(name: Optional[str], default):

@@ -112,6 +112,12 @@ def test_run_settings_check_the_rules_across_resources():
         resources.run_settings(res["settings"], reward_models=pairwise)
 
 
+def test_a_settings_resource_of_your_own_profile_name_runs():
+    fields = {**resources.WofnSettings.from_profile("tiny").model_dump(), "profile": "mine"}
+    run = resources.run_settings(resources.WofnSettings(**fields))
+    assert run.n == profiles.TINY.n and run.policy == profiles.DEFAULT.policy  # not given: the default's
+
+
 def test_beam_job_flags_default_to_the_settings():
     known, _ = sample_candidates.parse_args(["--prompts", "p", "--output", "o", "--policy", "x", "--n", "4",
                                              "--max-new-tokens", "8"])
