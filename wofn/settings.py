@@ -248,15 +248,7 @@ class Settings:
 
     def __post_init__(self):
         for f in fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), _types()[f.name]))
-        for name, check in _CHECKS.items():
-            try:
-                check(getattr(self, name))
-            except SettingsError:
-                raise
-            except ValueError as exc:
-                message = str(exc)
-                raise SettingsError(message if message.startswith(name) else f"{name}: {message}") from exc
+            object.__setattr__(self, f.name, check_value(f.name, getattr(self, f.name)))
         _check_rules(self)
 
     def replace(self, **changes) -> "Settings":
@@ -291,10 +283,6 @@ def from_mapping(values: typing.Mapping, base: Settings | None = None) -> Settin
 
 def setting_help(name: str) -> str:
     return _field(name).metadata["help"]
-
-
-def group_of(name: str) -> str:
-    return _field(name).metadata["group"]
 
 
 def owned_by(resource: str) -> dict[str, tuple[str, str | None]]:
@@ -417,8 +405,9 @@ _CHECKS = {
 }
 
 
-def check_value(name: str, value) -> None:
-    """The checks of one setting alone (its type and range; no cross-setting rule)."""
+def check_value(name: str, value):
+    """`value` as setting `name` takes it (e.g. an int for a float setting, a list as a tuple), after
+    the checks of that setting alone (its type and range; no cross-setting rule)."""
     value = _coerce(name, value, _types()[name])
     if name in _CHECKS:
         try:
@@ -426,7 +415,9 @@ def check_value(name: str, value) -> None:
         except SettingsError:
             raise
         except ValueError as exc:
-            raise SettingsError(str(exc)) from exc
+            message = str(exc)
+            raise SettingsError(message if message.startswith(name) else f"{name}: {message}") from exc
+    return value
 
 
 RULES = (

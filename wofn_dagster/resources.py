@@ -167,7 +167,7 @@ def wofn_resources(home: Optional[str] = None, profile: Optional[str] = None, **
                            for name, (field, env) in settings_model.owned_by(resource).items()}
     options = os.environ.get("WOFN_BEAM_OPTIONS")
     return {
-        "settings": WofnSettings.from_profile(name, **{k: v for k, v in values.items() if _owner(k) == "settings"}),
+        "settings": WofnSettings(profile=name, **{k: v for k, v in values.items() if _owner(k) == "settings"}),
         "home": WofnHomeResource(root=root),
         "policy": PolicyResource(**owned["policy"]),
         "reward_models": RewardModelResource(**owned["reward_models"]),
