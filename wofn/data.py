@@ -192,15 +192,37 @@ def load_prompts(path: str | Path, limit: int | None = None) -> pa.Table:
     return read_prompts(path, limit)[0]
 
 
+HOLDOUT_SALT = "human-holdout"
+
+
+def human_holdout(table: pa.Table, fraction: float, part: str) -> pa.Table:
+    """The `human_holdout` setting's split of a pair table: `part="holdout"` gives the pairs no reward
+    model trains on (the `fraction` chosen by the hash of their pair_id, as `hash_part` does, so the same
+    pairs on every machine and whatever the file's order), `part="rest"` the others. fraction 0: the
+    whole table as "rest", none as "holdout"."""
+    if part not in ("holdout", "rest"):
+        raise ValueError(f"part must be 'holdout' or 'rest', got {part!r}")
+    if fraction == 0:
+        return table if part == "rest" else table.slice(0, 0)
+    held = {r["pair_id"] for r in hash_part(table.select(["pair_id"]).to_pylist(), "holdout", fraction,
+                                            salt=HOLDOUT_SALT)}
+    mask = [(pid in held) == (part == "holdout") for pid in table.column("pair_id").to_pylist()]
+    return table.filter(pa.array(mask, pa.bool_()))
+
+
 def training_preferences(human_pairs: str | Path, max_human_pairs: int | None = None,
                          extra_human_pairs: str | Path | None = None,
-                         max_extra_human_pairs: int | None = None) -> tuple[pa.Table, dict]:
-    """D_L as the reward models train on it: the first `max_human_pairs` pairs of `human_pairs`, then
-    the first `max_extra_human_pairs` of `extra_human_pairs` (a pair file or folder, e.g. UltraFeedback;
-    None or "" = none), as schemas.PREFERENCES, and {"human_pairs", "extra_human_pairs", "extra_source"}.
+                         max_extra_human_pairs: int | None = None,
+                         holdout: float = 0.0) -> tuple[pa.Table, dict]:
+    """D_L as the reward models train on it: the first `max_human_pairs` pairs of `human_pairs` less
+    the `holdout` share (`human_holdout`), then the first `max_extra_human_pairs` of `extra_human_pairs`
+    (a pair file or folder, e.g. UltraFeedback; None or "" = none), as schemas.PREFERENCES, and
+    {"human_pairs", "held_out_pairs", "extra_human_pairs", "extra_source"}.
     A pair_id in both files raises InputError naming both."""
-    human = load_preferences(human_pairs, max_human_pairs)
-    counts = {"human_pairs": human.num_rows, "extra_human_pairs": 0, "extra_source": None}
+    read = load_preferences(human_pairs, max_human_pairs)
+    human = human_holdout(read, holdout, "rest")
+    counts = {"human_pairs": human.num_rows, "held_out_pairs": read.num_rows - human.num_rows,
+              "extra_human_pairs": 0, "extra_source": None}
     if not extra_human_pairs:
         return human, counts
     extra = load_preferences(extra_human_pairs, max_extra_human_pairs)
@@ -215,10 +237,19 @@ def training_preferences(human_pairs: str | Path, max_human_pairs: int | None = 
 
 def training_pairs(settings) -> list[dict]:
     """The pairs base and student reward models train on, for `wofn.settings.Settings`:
-    `human_pairs` (first `max_human_pairs`) plus `extra_human_pairs` (first `max_extra_human_pairs`)."""
+    `human_pairs` (first `max_human_pairs`, less the `human_holdout` share) plus `extra_human_pairs`
+    (first `max_extra_human_pairs`)."""
     table, _ = training_preferences(settings.human_pairs, settings.max_human_pairs,
-                                    settings.extra_human_pairs, settings.max_extra_human_pairs)
+                                    settings.extra_human_pairs, settings.max_extra_human_pairs,
+                                    settings.human_holdout)
     return table.to_pylist()
+
+
+def holdout_pairs(settings) -> pa.Table:
+    """The second held-out set of `wofn.settings.Settings`: the `human_holdout` share of `human_pairs`
+    (first `max_human_pairs`), which `training_pairs` leaves out (empty when human_holdout is 0)."""
+    return human_holdout(load_preferences(settings.human_pairs, settings.max_human_pairs),
+                         settings.human_holdout, "holdout")
 
 
 def hash_part(rows: list[dict], part: str, fraction: float = 0.5, salt: str = "holdout") -> list[dict]:

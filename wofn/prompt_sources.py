@@ -50,14 +50,16 @@ def earlier_turn_prefixes(prompt: str) -> list[str]:
 
 def gather_prompts(unlabeled: str | Path, human_pairs: str | Path, eval_pairs: str | Path | None,
                    sources: tuple[str, ...] = ("unlabeled",), limit: int | None = None, *,
-                   max_human_pairs: int | None = None) -> tuple[pa.Table, pa.Table, dict]:
+                   max_human_pairs: int | None = None,
+                   human_holdout: float = 0.0) -> tuple[pa.Table, pa.Table, dict]:
     """D_U from `sources`: (prompts as schemas.PROMPTS, the unlabeled file's rows left out as
     schemas.ERRORS, counts).
 
     The prompts are sorted by prompt_id and cut to the first `limit`, as `data.read_prompts` does,
     so `sources=("unlabeled",)` gives read_prompts' table (less any prompt of `eval_pairs`).
     `human_pairs` are the training pairs: its first `max_human_pairs` pairs (all of `eval_pairs`
-    are guarded against, whatever max_eval_pairs is).
+    are guarded against, whatever max_eval_pairs is); its `human_holdout` share is held out like
+    `eval_pairs` (not a source, and guarded against).
     counts: per source {"read", "kept", "duplicates" (prompt_id already kept), "eval_leaks"}, then
     "eval_leaks" (all sources), "kept" (before `limit`) and "rows" (after it).
     """
@@ -65,6 +67,10 @@ def gather_prompts(unlabeled: str | Path, human_pairs: str | Path, eval_pairs: s
     eval_ids = set()
     if eval_pairs is not None:
         eval_ids = {data.prompt_id(p) for p in data.load_preferences(eval_pairs).column("prompt").to_pylist()}
+    human = data.load_preferences(human_pairs, max_human_pairs) if "human_pairs" in sources or human_holdout else None
+    if human_holdout:
+        held = data.human_holdout(human, human_holdout, "holdout")
+        eval_ids |= {data.prompt_id(p) for p in held.column("prompt").to_pylist()}
     kept: dict[str, dict] = {}
     counts: dict = {}
     origins: list[tuple[str, list[dict]]] = []  # (source, its kept rows): what earlier_turns cuts
@@ -90,7 +96,7 @@ def gather_prompts(unlabeled: str | Path, human_pairs: str | Path, eval_pairs: s
         origins.append(("unlabeled", add("unlabeled", list(zip(table.column("prompt").to_pylist(),
                                                                table.column("source").to_pylist())))))
     if "human_pairs" in sources:
-        texts = data.load_preferences(human_pairs, max_human_pairs).column("prompt").to_pylist()
+        texts = data.human_holdout(human, human_holdout, "rest").column("prompt").to_pylist()
         origins.append(("human_pairs", add("human_pairs", [(t, "human_pairs") for t in texts])))
     if "earlier_turns" in sources:
         add("earlier_turns", [(prefix, f"earlier_turn:{origin}")
@@ -101,3 +107,12 @@ def gather_prompts(unlabeled: str | Path, human_pairs: str | Path, eval_pairs: s
     rows = sorted(kept.values(), key=lambda r: r["prompt_id"])[:limit]
     counts["rows"] = len(rows)
     return pa.Table.from_pylist(rows, schema=schemas.PROMPTS), errors, counts
+
+
+def gather_for(settings, unlabeled: str | Path | None = None) -> tuple[pa.Table, pa.Table, dict]:
+    """`gather_prompts` as `wofn.settings.Settings` asks: from `prompt_sources`, deduplicated by prompt_id,
+    the prompts of eval_pairs and of the human_holdout share left out (`unlabeled`: another prompt file
+    in place of the unlabeled_prompts setting)."""
+    return gather_prompts(unlabeled or settings.unlabeled_prompts, settings.human_pairs, settings.eval_pairs,
+                          tuple(settings.prompt_sources), settings.max_prompts,
+                          max_human_pairs=settings.max_human_pairs, human_holdout=settings.human_holdout)

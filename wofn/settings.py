@@ -126,6 +126,10 @@ class Settings:
         "evaluation pairs are unchanged")
     max_extra_human_pairs: typing.Optional[int] = _setting(None, "data",
                                                            "use the first K extra_human_pairs (null = all)")
+    human_holdout: float = _setting(
+        0.0, "data", "share of the human pairs (chosen by the hash of each pair_id, wofn.data.human_holdout) that "
+        "no reward model trains on and that evaluation reports as a second held-out set beside eval_pairs; their "
+        "prompts stay out of the prompt batch like eval_pairs' (0 = none)")
 
     # -- sampling
     policy: str = _setting("smollm2-135m-instruct", "sampling",
@@ -393,6 +397,7 @@ _CHECKS = {
     "rm_warmup_ratio": _range("rm_warmup_ratio", 0, 1, high_open=True),
     "rm_head": _choice("rm_head", reward_head.HEADS),
     "rm_val_fraction": _range("rm_val_fraction", 0, 1, high_open=True),
+    "human_holdout": _range("human_holdout", 0, 1, high_open=True),
     "student_init": _choice("student_init", STUDENT_INITS),
     "synthetic_ratio": _range("synthetic_ratio", 0),
     "high_confidence_fraction": _range("high_confidence_fraction", 0, 1, low_open=True),

@@ -165,14 +165,25 @@ class Experiment:
                  result["length_balanced_accuracy"], metrics["seconds"])
         return result
 
+    def holdout_pairs(self) -> list[dict]:
+        """The second held-out set: the `human_holdout` share of the human pairs (none when it is 0)."""
+        return data.holdout_pairs(self.settings).to_pylist()
+
     def _evaluate(self, model_dir: Path) -> dict:
         """Metrics on the evaluation pairs; their count is `eval_n` (`n` is a cell's N). With the per-pair
-        margins and the pairs' length signs, which the report's paired intervals are computed from."""
-        eval_pairs = self.eval_pairs()
-        result = evaluation.evaluate(str(model_dir), eval_pairs, device=self.settings.device,
+        margins and the pairs' length signs, which the report's paired intervals are computed from. With
+        `human_holdout`, the same metrics on the held-out human pairs under "holdout"."""
+        result = self._metrics(model_dir, self.eval_pairs())
+        held = self.holdout_pairs()
+        if held:
+            result["holdout"] = self._metrics(model_dir, held)
+        return result
+
+    def _metrics(self, model_dir: Path, pairs: list[dict]) -> dict:
+        result = evaluation.evaluate(str(model_dir), pairs, device=self.settings.device,
                                      high_confidence_fraction=self.settings.high_confidence_fraction,
                                      with_margins=True)
-        result["length_signs"] = stats.length_signs(eval_pairs)
+        result["length_signs"] = stats.length_signs(pairs)
         return {("eval_n" if k == "n" else k): v for k, v in result.items() if k != "model"}
 
     def teacher(self) -> Path:
@@ -393,10 +404,8 @@ class Experiment:
 
 
 def gather_prompts(settings: Settings):
-    """D_U from the `prompt_sources` setting, deduplicated by prompt_id, evaluation prompts left out."""
-    return prompt_sources.gather_prompts(settings.unlabeled_prompts, settings.human_pairs, settings.eval_pairs,
-                                         settings.prompt_sources,
-                                         settings.max_prompts, max_human_pairs=settings.max_human_pairs)
+    """D_U from the `prompt_sources` setting, deduplicated by prompt_id, held-out prompts left out."""
+    return prompt_sources.gather_for(settings)
 
 
 def pair_summary(table: pa.Table) -> dict:
@@ -442,7 +451,7 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
 
     prompts = gather_prompts(s)[0].num_rows
     human = len(data.training_pairs(s))
-    n_eval = data.load_preferences(s.eval_pairs, s.max_eval_pairs).num_rows
+    n_eval = data.load_preferences(s.eval_pairs, s.max_eval_pairs).num_rows + data.holdout_pairs(s).num_rows
     candidates = prompts * config.max_n
     exp = Experiment(config, home) if home is not None else None
 

@@ -11,7 +11,7 @@ from wofn.paths import content_hash, partition_keys
 from wofn_dagster.assets.tables import error_summary, publish_table, read_table, write_table
 from wofn_dagster.code_versions import code_version
 from wofn_dagster.partitions import batch_source, prompt_batches
-from wofn_dagster.resources import WofnHomeResource, WofnSettings
+from wofn_dagster.resources import WofnHomeResource, WofnSettings, run_settings
 
 _CODE = code_version("wofn.data", "wofn.prompt_sources", own=__file__)
 
@@ -26,12 +26,17 @@ def human_preferences(context: AssetExecutionContext, settings: WofnSettings,
     """D_L: human preference pairs (prompt, chosen, rejected) the base reward model learns from, plus the
     `extra_human_pairs` (e.g. UltraFeedback) when set."""
     table, counts = data.training_preferences(settings.human_pairs, settings.max_human_pairs,
-                                              settings.extra_human_pairs, settings.max_extra_human_pairs)
-    context.log.info("read %d human pairs from %s", counts["human_pairs"], settings.human_pairs)
+                                              settings.extra_human_pairs, settings.max_extra_human_pairs,
+                                              settings.human_holdout)
+    context.log.info("read %d human pairs from %s (%d held out: human_holdout %s)", counts["human_pairs"],
+                     settings.human_pairs, counts["held_out_pairs"], settings.human_holdout)
     metadata = {"source_file": MetadataValue.path(settings.human_pairs),
                 "human_pairs": MetadataValue.int(counts["human_pairs"]),
+                "held_out_pairs": MetadataValue.int(counts["held_out_pairs"]),
                 "extra_human_pairs": MetadataValue.int(counts["extra_human_pairs"])}
     facts = _source_facts(settings.human_pairs)
+    if settings.human_holdout:
+        facts["human_holdout"] = settings.human_holdout
     if counts["extra_source"]:
         context.log.info("added %d extra pairs from %s", counts["extra_human_pairs"], counts["extra_source"])
         metadata["extra_source_file"] = MetadataValue.path(counts["extra_source"])
@@ -68,9 +73,7 @@ def prompts(context: AssetExecutionContext, settings: WofnSettings, home: WofnHo
     source = batch_source(h, settings.unlabeled_prompts, key)
     extra, facts = {}, _source_facts(source)
     if source == Path(settings.unlabeled_prompts):  # the profile's batch, not an inbox file
-        table, errors, counts = prompt_sources.gather_prompts(
-            source, settings.human_pairs, settings.eval_pairs, tuple(settings.prompt_sources), settings.max_prompts,
-            max_human_pairs=settings.max_human_pairs)
+        table, errors, counts = prompt_sources.gather_for(run_settings(settings), source)
         context.log.info(f"batch {key}: prompts per source {counts}")
         extra = {"prompt_sources": MetadataValue.json(counts),
                  "eval_prompts_left_out": MetadataValue.int(counts["eval_leaks"]),
@@ -78,8 +81,10 @@ def prompts(context: AssetExecutionContext, settings: WofnSettings, home: WofnHo
                     for name in prompt_sources.PROMPT_SOURCES if name in counts}}
         facts.update(prompt_sources=list(settings.prompt_sources), eval_pairs=settings.eval_pairs,
                      eval_pairs_hash=content_hash(settings.eval_pairs))
-        if "human_pairs" in settings.prompt_sources:
+        if "human_pairs" in settings.prompt_sources or settings.human_holdout:
             facts.update(human_pairs=settings.human_pairs, human_pairs_hash=content_hash(settings.human_pairs))
+        if settings.human_holdout:
+            facts["human_holdout"] = settings.human_holdout
     else:
         table, errors = data.read_prompts(source, settings.max_prompts)
     write_table(h.partition_dir("prompt_errors", key), errors, schemas.ERRORS, where=f"prompt_errors {key}")
