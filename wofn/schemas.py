@@ -266,7 +266,18 @@ EVALUATIONS = pa.schema(
         pa.field("longer_wins_accuracy", pa.float64(), nullable=False),  # length baseline
         pa.field("shorter_wins_accuracy", pa.float64(), nullable=False),  # length baseline
         pa.field("by_source", pa.string(), nullable=False),  # JSON: {source: {n, accuracy, ...}}
-        pa.field("eval_data_version", pa.string(), nullable=False),  # content hash of eval_preferences
+        pa.field("eval_data_version", pa.string(), nullable=False),  # content hash of the evaluated pairs
+        # which held-out set: "eval_pairs" (eval_preferences) or "human_holdout" (the human pairs no model
+        # trained on, setting human_holdout); one row per model and set
+        pa.field("eval_set", pa.string(), nullable=False),
+        # this model minus the base on the same set and pairs, with a 95% paired bootstrap interval
+        # (wofn.stats.paired_difference); null for the base
+        pa.field("delta_accuracy", pa.float64()),
+        pa.field("delta_accuracy_low", pa.float64()),
+        pa.field("delta_accuracy_high", pa.float64()),
+        pa.field("delta_length_balanced_accuracy", pa.float64()),
+        pa.field("delta_length_balanced_accuracy_low", pa.float64()),
+        pa.field("delta_length_balanced_accuracy_high", pa.float64()),
     ]
 )
 

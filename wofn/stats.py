@@ -52,6 +52,13 @@ def _metric(correct: np.ndarray, signs: np.ndarray, metric: str) -> np.ndarray:
     return np.nanmean(np.stack(sides), 0)
 
 
+def metric(margins: Sequence[float], signs: Sequence[int], name: str) -> float:
+    """One model's metric (`METRICS`) on pairs from its per-pair margins and the pairs' `length_signs`."""
+    if name not in METRICS:
+        raise ValueError(f"metric {name!r}: expected one of {', '.join(METRICS)}")
+    return float(_metric(np.asarray(correct_from_margins(margins)), np.asarray(signs, dtype=int), name))
+
+
 def paired_difference(correct_a: Sequence[Sequence[float]], correct_b: Sequence[Sequence[float]],
                       signs: Sequence[int] | Sequence[Sequence[int]] | None = None,
                       metric: str = "accuracy", n_boot: int = 2000, seed: int = 0) -> dict:

@@ -64,3 +64,12 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="metric 'auc'"):
         stats.paired_difference([[1.0]], [[1.0]], metric="auc")
     assert stats.correct_from_margins([0.3, 0.0, -1.0]) == [1.0, 0.5, 0.0]
+
+
+def test_metric_from_margins_matches_the_evaluation_definitions():
+    margins, signs = [1.0, -1.0, 0.0, 2.0, -0.5], [1, 1, -1, -1, 0]
+    assert stats.metric(margins, signs, "accuracy") == pytest.approx((1 + 0 + 0.5 + 1 + 0) / 5)
+    # chosen longer: 1 of 2; chosen shorter: (0.5 + 1) / 2; equal lengths count in neither side
+    assert stats.metric(margins, signs, "length_balanced_accuracy") == pytest.approx((0.5 + 0.75) / 2)
+    with pytest.raises(ValueError, match="metric 'auc'"):
+        stats.metric(margins, signs, "auc")

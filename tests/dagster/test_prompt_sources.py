@@ -195,7 +195,31 @@ def test_extra_human_pairs_join_the_training_pairs(tmp_path):
     assert len(capped) == 110 and capped[:100] == both[:100]
     table, counts = data.training_preferences(DATA_DIR / "hh_train.parquet", None, DATA_DIR / "uf_train.parquet", 50)
     assert table.schema.equals(schemas.PREFERENCES)
-    assert counts == {"human_pairs": 1177, "extra_human_pairs": 50, "extra_source": str(DATA_DIR / "uf_train.parquet")}
+    assert counts == {"human_pairs": 1177, "held_out_pairs": 0, "extra_human_pairs": 50,
+                      "extra_source": str(DATA_DIR / "uf_train.parquet")}
+
+
+def test_human_holdout_pairs_train_no_model_and_their_prompts_stay_out_of_the_batch():
+    settings = profiles.DEFAULT.replace(human_holdout=0.2)
+    held, train = data.holdout_pairs(settings), data.training_pairs(settings)
+    held_ids = set(held.column("pair_id").to_pylist())
+    assert held.num_rows == 223 and len(train) == 1177 - 223  # experiments/hh_teacher_holdout.yaml's split
+    assert held_ids.isdisjoint(p["pair_id"] for p in train)
+    assert held.schema.equals(schemas.PREFERENCES)
+    # the extra pairs are not split: the share is of the human pairs only
+    extra = data.training_pairs(settings.replace(extra_human_pairs=str(DATA_DIR / "uf_train.parquet")))
+    assert len(extra) == len(train) + 889
+    # as prompts: the held-out pairs' prompts are guarded like the evaluation pairs', the rest kept
+    table, _, counts = gather_prompts(DATA_DIR / "prompts_unlabeled.parquet", DATA_DIR / "hh_train.parquet",
+                                      DATA_DIR / "hh_test.parquet", ("unlabeled", "human_pairs"), human_holdout=0.2)
+    kept = set(table.column("prompt_id").to_pylist())
+    assert not kept & {data.prompt_id(p) for p in held.column("prompt").to_pylist()}
+    assert counts["human_pairs"] == {"read": 1177 - 223, "kept": 1177 - 223, "duplicates": 0, "eval_leaks": 0}
+    # human_holdout 0 (the default): nothing held out, the pair table unchanged
+    assert data.holdout_pairs(profiles.DEFAULT).num_rows == 0
+    assert data.training_pairs(profiles.DEFAULT) == data.load_preferences(DATA_DIR / "hh_train.parquet").to_pylist()
+    with pytest.raises(SettingsError, match=r"human_holdout must be a number in \[0, 1\), got 1"):
+        profiles.DEFAULT.replace(human_holdout=1)
 
 
 def test_a_bad_extra_file_names_the_file(tmp_path):
@@ -218,3 +242,16 @@ def test_human_preferences_asset_records_the_extra_pairs(tmp_path):
     assert metadata["extra_source_file"].value == str(extra) and metadata["rows"].value == 66
     record = json.loads(open(metadata["lineage_record"].value).read())
     assert record["facts"]["extra_source"] == str(extra) and record["facts"]["extra_human_pairs"] == 2
+
+
+def test_human_preferences_asset_leaves_the_holdout_out_and_says_so(tmp_path):
+    result = _materialize(tmp_path, "human_preferences", human_holdout=0.25)
+    metadata = result.asset_materializations_for_node("human_preferences")[0].metadata
+    held = data.holdout_pairs(profiles.TINY.replace(human_holdout=0.25))
+    assert 0 < held.num_rows < 64
+    assert metadata["held_out_pairs"].value == held.num_rows
+    assert metadata["human_pairs"].value == metadata["rows"].value == 64 - held.num_rows
+    table = pq.read_table(tmp_path / "home" / "tables" / "human_preferences")
+    assert set(table.column("pair_id").to_pylist()).isdisjoint(held.column("pair_id").to_pylist())
+    record = json.loads(open(metadata["lineage_record"].value).read())
+    assert record["facts"]["human_holdout"] == 0.25

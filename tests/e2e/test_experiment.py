@@ -170,7 +170,7 @@ def test_estimate_counts_prompts_from_every_source_and_extra_pairs():
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiment")
     cfg_path = root / "tiny.yaml"
-    cfg_path.write_text(TINY)
+    cfg_path.write_text(TINY.replace("max_human_pairs: 40,", "max_human_pairs: 40, human_holdout: 0.25,"))
     report = root / "docs" / "results.md"
     assert cli.main(["experiment", str(cfg_path), "--home", str(root / "home"), "--report", str(report)]) == 0
     cfg = xconfig.load(cfg_path)
@@ -213,13 +213,20 @@ def test_tiny_run_pair_stats_cover_the_grid_and_filters_only_remove(tiny_run):
 def test_tiny_run_trains_and_evaluates_one_student_per_cell(tiny_run):
     cfg, exp, _, _ = tiny_run
     results = exp.results()
+    held = len(exp.holdout_pairs())  # human_holdout: in no model's training pairs, evaluated beside eval_pairs
+    assert 0 < held < 40 and {p["pair_id"] for p in exp.holdout_pairs()}.isdisjoint(
+        p["pair_id"] for p in exp.human_pairs())
+    for model in results["bases"] + results["cells"]:
+        assert model["holdout"]["eval_n"] == len(model["holdout"]["margins"]) == held
+        assert model["holdout"]["accuracy"] == pytest.approx(
+            statistics.mean(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in model["holdout"]["margins"]))
     assert [b["seed"] for b in results["bases"]] == [0, 1]
     assert results["bases"][0]["revision"] != results["bases"][1]["revision"]  # seeds differ
     assert [c["cell"] for c in results["cells"]] == [c.id for c in cfg.cells()]
     stats = {(s["strategy"], s["n"], s["filter"], s["length"], s["seed"]): s for s in results["pair_stats"]}
     for cell in results["cells"]:
         assert 0 <= cell["accuracy"] <= 1 and cell["eval_n"] == 24
-        assert cell["mix"]["human_pairs"] == 40
+        assert cell["mix"]["human_pairs"] == 40 - held
         assert cell["mix"]["synthetic_pairs"] == cell["pairs"]["pairs"] == \
             stats[(cell["strategy"], cell["n"], cell["filter"], cell["length"], cell["seed"])]["pairs"]
         assert cell["lineage"]["teacher_revision"] == results["bases"][0]["revision"]
@@ -268,6 +275,18 @@ def test_report_has_every_arm_the_base_and_the_length_baselines(tiny_run):
         png = report.parent / "results" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"results/{name}" in text
     assert exp.path("results.md").exists()
+    # the second held-out set: each set, then both as one, every arm's Δ with its interval
+    assert "### A second held-out set" in text
+    results = exp.results()
+    held = len(exp.holdout_pairs())
+    for name, n in (("evaluation pairs", 24), ("human_holdout pairs", held), ("both, as one set", 24 + held)):
+        assert re.search(rf"\| {name} \| {n} \| \*\*base\*\* \| – \| [0-9.]+ ± [0-9.]+ \|", text)
+        view = results if name == "evaluation pairs" else reporting.on_held_out_set(
+            results, "holdout" if name.startswith("human") else "pooled")
+        for row in reporting.arms_table(view, cfg):
+            assert row["ci_accuracy"]["n"] == 2 * n  # two seeds' pairs
+            assert (f"| {name} | | student {row['strategy']} N={row['n']} {row['filter']} | {row['length']} | "
+                    f"{reporting.fmt(row['accuracy'])} | {reporting.fmt_delta(row, 'accuracy')} |") in text
 
 
 def test_rerun_resumes_only_missing_work_and_keeps_the_discussion(tiny_run):

@@ -163,6 +163,51 @@ def results_markdown(results: dict, config: ExperimentConfig) -> list[str]:
     return lines
 
 
+def _pooled(first: dict, second: dict) -> dict:
+    """One model's evaluation on two held-out sets taken as one: margins and length signs joined, the
+    metrics recomputed from them (the others, which need the model, left out)."""
+    margins, signs = first["margins"] + second["margins"], first["length_signs"] + second["length_signs"]
+    return {"margins": margins, "length_signs": signs, "eval_n": len(margins),
+            **{name: stats.metric(margins, signs, name) for name in stats.METRICS}}
+
+
+def on_held_out_set(results: dict, which: str) -> dict:
+    """`results` with every base's and student's metrics replaced by those on another held-out set:
+    "holdout" (the `human_holdout` pairs) or "pooled" (the evaluation pairs and those, as one set)."""
+    def view(model: dict) -> dict:
+        other = model["holdout"] if which == "holdout" else _pooled(model, model["holdout"])
+        return {**{k: v for k, v in model.items() if k not in {key for key, _ in METRICS + SIDES}}, **other}
+
+    return {**results, "bases": [view(b) for b in results["bases"]], "cells": [view(c) for c in results["cells"]],
+            "teacher": None}
+
+
+def held_out_markdown(results: dict, config: ExperimentConfig) -> list[str]:
+    """Base and students on each held-out set (the evaluation pairs, the human_holdout pairs, both as one):
+    accuracy and length-balanced accuracy with the paired Δ and its 95% interval. Empty without
+    `human_holdout` evaluations."""
+    models = results["bases"] + results["cells"]
+    if not results["bases"] or any("holdout" not in m or "margins" not in m for m in models):
+        return []
+    sets = [("evaluation pairs", results), ("human_holdout pairs", on_held_out_set(results, "holdout")),
+            ("both, as one set", on_held_out_set(results, "pooled"))]
+    lines = ["Every model on each held-out set: the evaluation pairs, the `human_holdout` share of the human pairs "
+             "(no model trained on them; chosen by pair-id hash before any result), and both taken as one set "
+             "(declared before the run). Δ: paired by seed, 95% bootstrap interval over seeds and pairs, (noise) "
+             "when it contains 0.", "",
+             "| held-out set | pairs | model | length control | acc | Δ acc | len-bal acc | Δ len-bal |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, view in sets:
+        base = _base_row(view)
+        lines.append(f"| {name} | {view['bases'][0]['eval_n']} | **base** | – | {fmt(base['accuracy'])} | – | "
+                     f"{fmt(base['length_balanced_accuracy'])} | – |")
+        for row in arms_table(view, config):
+            lines.append(f"| {name} | | student {row['strategy']} N={row['n']} {row['filter']} | {row['length']} | "
+                         f"{fmt(row['accuracy'])} | {fmt_delta(row, 'accuracy')} | "
+                         f"{fmt(row['length_balanced_accuracy'])} | {fmt_delta(row, 'length_balanced_accuracy')} |")
+    return lines
+
+
 def _grouped_stats(results: dict) -> dict[tuple, dict]:
     """Pair statistics by (strategy, N, filter, length), averaged over seeds."""
     groups: dict[tuple, list[dict]] = {}
@@ -352,6 +397,9 @@ def write_report(results: dict, config: ExperimentConfig, path: Path, command: s
     sides = sides_markdown(results, config)
     if sides:
         lines += ["", *sides]
+    held_out = held_out_markdown(results, config)
+    if held_out:
+        lines += ["", "### A second held-out set", "", *held_out]
     rel = plots_dir.name
     lines += ["", f"![accuracy vs N]({rel}/accuracy_vs_n.png)", "", f"![every trained arm]({rel}/arms.png)", "",
               "## The synthetic pair sets (whole grid, before training)", "",

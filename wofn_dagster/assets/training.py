@@ -1,12 +1,13 @@
 """Reward-model assets: the base model trained on human pairs, and the West-of-N student."""
 
+import hashlib
 import json
 from pathlib import Path
 
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 from matplotlib.figure import Figure
 
-from wofn import evaluation, lineage, models, pairwise, reward_ensemble, stages, training
+from wofn import data, evaluation, lineage, models, pairwise, reward_ensemble, stages, stats, training
 from wofn.paths import WofnHome, content_hash
 from wofn_dagster.assets.metadata import png_markdown
 from wofn_dagster.assets.tables import batch_versions, read_table
@@ -67,22 +68,45 @@ def _data_version(h: WofnHome, asset: str) -> str:
     return content_hash(h.table_dir(asset))
 
 
-def evaluate_model(h: WofnHome, model_dir: Path, settings: WofnSettings) -> dict:
-    """The model's metrics on `eval_preferences`, stored in its manifest and reused while valid.
+EVAL_SETS = ("eval_pairs", "human_holdout")
 
-    A stored evaluation is reused when it was computed on the same evaluation data (data
-    version) with the same high-confidence fraction; otherwise it is computed and stored.
+
+def eval_set_pairs(h: WofnHome, settings: WofnSettings, eval_set: str = "eval_pairs") -> tuple[list[dict], str]:
+    """The pairs of a held-out set and their data version: "eval_pairs" (the `eval_preferences` table) or
+    "human_holdout" (the `human_holdout` share of the human pairs, which no model trains on; empty at 0)."""
+    if eval_set == "eval_pairs":
+        return read_table(h, "eval_preferences").to_pylist(), _data_version(h, "eval_preferences")
+    if eval_set != "human_holdout":
+        raise ValueError(f"eval_set must be one of {', '.join(EVAL_SETS)}, got {eval_set!r}")
+    rows = data.holdout_pairs(run_settings(settings)).to_pylist()
+    trained = set(read_table(h, "human_preferences").column("pair_id").to_pylist())
+    leaked = sorted({r["pair_id"] for r in rows} & trained)
+    if leaked:
+        raise ValueError(f"human_holdout {settings.human_holdout}: {len(leaked)} of its pairs (e.g. {leaked[0]!r}) "
+                         "are in the human_preferences table the models trained on; it was materialized with "
+                         "another human_holdout. Rematerialize human_preferences and the reward models first")
+    return rows, hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluate_model(h: WofnHome, model_dir: Path, settings: WofnSettings, eval_set: str = "eval_pairs") -> dict:
+    """The model's metrics on a held-out set (`eval_set_pairs`), with its per-pair margins and the pairs'
+    length signs (what paired intervals need), stored in its manifest and reused while valid.
+
+    A stored evaluation is reused when it was computed on the same pairs (data version) with the
+    same high-confidence fraction; otherwise it is computed and stored.
     """
-    version = _data_version(h, "eval_preferences")
-    stored = models.read_manifest(str(model_dir)).get("evaluation") or {}
-    if (stored.get("eval_preferences") == version
+    pairs, version = eval_set_pairs(h, settings, eval_set)
+    key = "evaluation" if eval_set == "eval_pairs" else f"evaluation_{eval_set}"
+    stored = models.read_manifest(str(model_dir)).get(key) or {}
+    if (stored.get("data_version") == version and "margins" in stored
             and stored.get("high_confidence_fraction") == settings.high_confidence_fraction):
         return stored
-    result = evaluation.evaluate(str(model_dir), read_table(h, "eval_preferences").to_pylist(),
-                                 device=settings.device,
-                                 high_confidence_fraction=settings.high_confidence_fraction)
-    result = {"eval_preferences": version, "high_confidence_fraction": settings.high_confidence_fraction, **result}
-    _add_to_manifest(model_dir, {"evaluation": result})
+    result = evaluation.evaluate(str(model_dir), pairs, device=settings.device,
+                                 high_confidence_fraction=settings.high_confidence_fraction, with_margins=True)
+    result = {"eval_set": eval_set, "data_version": version, "eval_preferences": version,
+              "high_confidence_fraction": settings.high_confidence_fraction,
+              "length_signs": stats.length_signs(pairs), **result}
+    _add_to_manifest(model_dir, {key: result})
     return result
 
 
