@@ -5,7 +5,6 @@ import os
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
-    AssetSelection,
     DagsterInstance,
     DagsterRunStatus,
     DefaultScheduleStatus,
@@ -17,12 +16,14 @@ from dagster import (
     schedule,
 )
 
+from wofn_dagster.selections import select
+
 # Every hour on the hour by default; any cron expression (UTC), e.g. "*/10 * * * *" or "0 3 * * *".
 REFRESH_CRON = os.environ.get("WOFN_REFRESH_CRON", "0 * * * *")
 
 rebuild_student_job = define_asset_job(
     "rebuild_student",
-    selection=AssetSelection.assets("west_of_n_pairs").downstream(),
+    selection=select("west_of_n_pairs", downstream=True),
     description="pairs over every prompt batch, then the student, its rounds and the evaluation table",
 )
 

@@ -17,11 +17,12 @@ from dagster import (
 
 from wofn_dagster.partitions import inbox_files, prompt_batches
 from wofn_dagster.resources import WofnHomeResource
+from wofn_dagster.selections import select
 
 # Only the batch's own partitions: sampling and scoring never touch the other batches.
 sample_batch_job = define_asset_job(
     "sample_batch",
-    selection=AssetSelection.assets("prompts", "candidates", "candidate_scores"),
+    selection=select("prompts", "candidates", "candidate_scores"),
     description="one prompt batch: its prompts, their N candidates, and the base reward model's scores",
 )
 

@@ -10,7 +10,7 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetSelection, DagsterInstance, materialize
+from dagster import DagsterInstance, materialize
 
 from beam_jobs import sample_candidates, score_candidates
 from wofn import data, models, schemas
@@ -18,6 +18,7 @@ from wofn.paths import content_hash
 from wofn_dagster import partitions
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
+from wofn_dagster.selections import select
 
 GOOD = "\n\nHuman: how do I bake bread?\n\nAssistant:"
 
@@ -109,7 +110,7 @@ def test_a_bad_prompts_file_leaves_the_published_tables_unchanged(tmp_path):
 
     def run(prompts_file):
         settings = WofnSettings.from_profile("tiny", unlabeled_prompts=str(prompts_file))
-        return materialize(list(defs.assets), selection=AssetSelection.assets("prompts"), partition_key="batch1",
+        return materialize(list(defs.assets), selection=select("prompts"), partition_key="batch1",
                            instance=instance, resources={**defs.resources, "settings": settings,
                                                          "home": WofnHomeResource(root=str(home))},
                            raise_on_error=False)

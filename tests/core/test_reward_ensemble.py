@@ -18,6 +18,7 @@ from wofn import catalog, evaluation, models, pairs, reward_ensemble, schemas, s
 from wofn.settings import SettingsError
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import RewardModelResource, WofnSettings, wofn_resources
+from wofn_dagster.selections import select
 
 CONFIG = training.TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, max_length=48, log_every=1, seed=3)
 
@@ -202,7 +203,7 @@ def test_base_reward_model_asset_trains_an_ensemble_and_pairs_filter_by_agreemen
     # the teacher's scores, then the pair assets with the agreement filter
     catalog.write_parquet(candidates_table(CANDIDATES), root / "tables" / "candidates")
     catalog.write_parquet(scores_table(SCORES), root / "tables" / "candidate_scores")
-    result = materialize(list(defs.assets), selection=AssetSelection.assets("west_of_n_pairs", "filtered_pairs"),
+    result = materialize(list(defs.assets), selection=select("west_of_n_pairs", "filtered_pairs"),
                          resources=resources)
     assert result.success
     filtered = result.asset_materializations_for_node("filtered_pairs")[0].metadata

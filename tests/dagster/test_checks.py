@@ -16,6 +16,7 @@ from wofn.paths import WofnHome
 from wofn_dagster import checks
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import wofn_resources
+from wofn_dagster.selections import select
 
 
 def write_batch(root, key: str, cand_rows: list[tuple], score_rows: list[tuple], prompt_ids=None) -> WofnHome:
@@ -59,7 +60,7 @@ def test_duplicate_candidate_fails_the_blocking_check_and_stops_the_pairs(tmp_pa
     cand_rows, score_rows = crafted_rows()  # p10_dup_rows and p11_conflicting_text repeat a (prompt_id, candidate_idx)
     write_batch(tmp_path, "crafted", cand_rows, score_rows)
     result = run(tmp_path, AssetSelection.checks(checks.candidates_unique)
-                 | AssetSelection.assets("west_of_n_pairs", "filtered_pairs"))
+                 | select("west_of_n_pairs", "filtered_pairs"))
     assert not result.success
     unique = evaluations(result)["candidates_unique"]
     assert not unique.passed and unique.severity == AssetCheckSeverity.ERROR
@@ -74,7 +75,7 @@ def test_non_finite_reward_fails_the_blocking_check(tmp_path):
     scores[1] = (scores[1][0], scores[1][1], math.nan)
     scores[4] = (scores[4][0], scores[4][1], math.inf)
     write_batch(tmp_path, "b1", cands, scores)
-    result = run(tmp_path, AssetSelection.checks(checks.rewards_finite) | AssetSelection.assets("west_of_n_pairs"),
+    result = run(tmp_path, AssetSelection.checks(checks.rewards_finite) | select("west_of_n_pairs"),
                  n=2)
     assert not result.success
     finite = evaluations(result)["rewards_finite"]
@@ -87,14 +88,15 @@ def test_a_clean_batch_passes_every_gate_and_pairs_follow(tmp_path):
     write_batch(tmp_path, "b1", cands, scores)
     result = run(tmp_path, AssetSelection.checks(checks.candidates_complete, checks.candidates_unique,
                                                  checks.rewards_finite)
-                 | AssetSelection.assets("west_of_n_pairs", "filtered_pairs"), n=2, confidence_quantile=0.0)
+                 | select("west_of_n_pairs", "filtered_pairs"), n=2, confidence_quantile=0.0)
     assert result.success
     assert {name: e.passed for name, e in evaluations(result).items()} == {
         "candidates_complete": True, "candidates_unique": True, "rewards_finite": True,
         "west_of_n_pairs_valid": True, "filtered_pairs_valid": True}
-    assert materialized(result) == {"west_of_n_pairs", "filtered_pairs"}
+    assert materialized(result) == {"west_of_n_pairs", "pair_draws", "pair_selection_report", "filtered_pairs",
+                                    "pair_funnel"}
     # with N=4 the same batch is short of candidates: the gate names the prompts
-    result = run(tmp_path, AssetSelection.checks(checks.candidates_complete) | AssetSelection.assets("west_of_n_pairs"),
+    result = run(tmp_path, AssetSelection.checks(checks.candidates_complete) | select("west_of_n_pairs"),
                  n=4)
     short = evaluations(result)["candidates_complete"]
     assert not result.success and short.metadata["prompts_short_of_n"].value == 3

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 from dagster import AssetKey
 
+from wofn import schemas
 from wofn_dagster.definitions import defs
 
-ASSETS = {"human_preferences", "eval_preferences", "base_reward_model", "prompts", "candidates",
-          "candidate_scores", "west_of_n_pairs", "filtered_pairs", "student_reward_model", "student_rounds",
-          "reward_model_evaluations"}
+MODELS = {"base_reward_model", "student_reward_model", "student_rounds"}
+# the steps that write several tables, and the tables each writes (one multi-asset each)
+STEPS = {"prompts": {"prompts", "prompt_errors"},
+         "candidates": {"candidates", "candidate_errors"},
+         "candidate_scores": {"candidate_scores", "tournament_pairs", "score_errors"},
+         "west_of_n_pairs": {"west_of_n_pairs", "pair_draws", "pair_selection_report"},
+         "filtered_pairs": {"filtered_pairs", "pair_funnel"}}
 
 
-def test_definitions_load_with_the_product_asset_keys():
+def test_every_table_is_an_asset_the_ui_shows():
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSETS
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == set(schemas.TABLES) | MODELS
+    for step, tables in STEPS.items():
+        assets_def = defs.get_assets_def(AssetKey(step))
+        assert {k.to_user_string() for k in assets_def.keys} == tables
+        assert not assets_def.can_subset  # one Beam job or query writes them together
+        assert all(graph.get(AssetKey(t)).description for t in tables), step
+    # a job that names one table of a step gets the step's other tables too
+    job = defs.resolve_job_def("sample_batch")
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == (
+        STEPS["prompts"] | STEPS["candidates"] | STEPS["candidate_scores"])
 
 
 def test_lineage_edges():
@@ -24,8 +38,10 @@ def test_lineage_edges():
 
     assert parents("candidates") == {"prompts"}
     assert parents("candidate_scores") == {"candidates", "base_reward_model"}
-    assert parents("west_of_n_pairs") == {"candidates", "candidate_scores"}
-    assert parents("filtered_pairs") == {"west_of_n_pairs"}
+    assert parents("tournament_pairs") == parents("score_errors") == {"candidates", "base_reward_model"}
+    assert parents("west_of_n_pairs") == {"candidates", "candidate_scores", "tournament_pairs"}
+    assert parents("pair_draws") == {"candidates", "candidate_scores"}
+    assert parents("filtered_pairs") == parents("pair_funnel") == {"west_of_n_pairs", "pair_selection_report"}
     assert parents("student_reward_model") == {"human_preferences", "filtered_pairs", "eval_preferences",
                                                "base_reward_model"}
     assert parents("student_rounds") == {"student_reward_model", "candidates", "human_preferences", "eval_preferences"}
@@ -40,7 +56,7 @@ def test_resources_have_embedded_defaults():
 def test_prompt_batches_partition_the_inference_assets_only():
     graph = defs.resolve_asset_graph()
     partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def}
-    assert partitioned == {"prompts", "candidates", "candidate_scores"}
+    assert partitioned == STEPS["prompts"] | STEPS["candidates"] | STEPS["candidate_scores"]
     assert graph.get(AssetKey("candidates")).partitions_def.name == "prompt_batches"
     # inference assets retry transient failures; every asset has a code version
     for name in ("candidates", "candidate_scores", "student_rounds"):

@@ -8,7 +8,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetSelection, materialize
+from dagster import materialize
 from pair_tables import candidates_table, crafted_rows, scores_table
 from pydantic import ValidationError
 
@@ -16,6 +16,7 @@ from wofn import catalog, pairwise, schemas
 from wofn.settings import SettingsError
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import WofnSettings, wofn_resources
+from wofn_dagster.selections import select
 
 
 def make_home(root, kind: str = "reward_model"):
@@ -31,7 +32,7 @@ def make_home(root, kind: str = "reward_model"):
 
 def run(root, **overrides):
     return materialize(
-        list(defs.assets), selection=AssetSelection.assets("west_of_n_pairs", "filtered_pairs"),
+        list(defs.assets), selection=select("west_of_n_pairs", "filtered_pairs"),
         resources=wofn_resources(home=str(root), profile="tiny", **overrides),
         raise_on_error=False)
 
@@ -93,7 +94,7 @@ def test_settings_refuse_sql_text_in_numeric_fields(field, value):
         WofnSettings(**{**fields, field: value})
 
 
-def test_pairwise_teacher_refuses_other_strategies_and_drops_stale_draws(tmp_path):
+def test_pairwise_teacher_refuses_other_strategies_and_empties_stale_draws(tmp_path):
     home = make_home(tmp_path)
     assert run(home).success  # pointwise: pair_draws written
     assert (home / "tables" / "pair_draws").exists()
@@ -111,16 +112,18 @@ def test_pairwise_teacher_refuses_other_strategies_and_drops_stale_draws(tmp_pat
     assert not refused.success
     assert "teacher is pairwise" in failure(refused)
 
-    assert run(home, length_control="none").success
-    assert not (home / "tables" / "pair_draws").exists()
+    done = run(home, length_control="none")
+    assert done.success
+    assert pq.read_table(home / "tables" / "pair_draws").num_rows == 0  # the pointwise draws are gone
+    draws = [m for m in done.asset_materializations_for_node("west_of_n_pairs") if m.asset_key.path == ["pair_draws"]]
+    assert draws[0].metadata["rows"].value == 0 and "pairwise" in draws[0].metadata["empty_because"].value
     report = pq.read_table(home / "tables" / "pair_selection_report").to_pylist()
     counts = {r["reason"]: r["count"] for r in report}
     assert counts["prompts"] == 13 and counts["pairs"] == 1 and counts["teacher_prefers_rejected"] == 1
     assert counts["no_tournament_pair"] == 11
     con = duckdb.connect(str(home / "wofn.duckdb"), read_only=True)
     try:
-        views = {r[0] for r in con.sql("select view_name from duckdb_views() where not internal").fetchall()}
-        assert "pair_draws" not in views
+        assert con.sql("select count(*) from pair_draws").fetchall() == [(0,)]
         assert con.sql("select prompt_id from west_of_n_pairs").fetchall() == [("p01_normal",)]
     finally:
         con.close()

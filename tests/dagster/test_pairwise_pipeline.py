@@ -15,6 +15,7 @@ from wofn_dagster.assets.tables import read_table
 from wofn_dagster.definitions import defs
 from wofn_dagster.partitions import prompt_batches
 from wofn_dagster.resources import RewardModelResource, wofn_resources
+from wofn_dagster.selections import select
 
 
 def test_pairwise_teacher_materializes_tournament_pairs(tmp_path):
@@ -24,7 +25,7 @@ def test_pairwise_teacher_materializes_tournament_pairs(tmp_path):
     instance.add_dynamic_partitions(prompt_batches.name, ["prompts_unlabeled"])
     result = materialize(
         list(defs.assets) + list(defs.asset_checks),
-        selection=AssetSelection.assets("west_of_n_pairs").upstream(),
+        selection=select("west_of_n_pairs", upstream=True),
         resources=resources, instance=instance, partition_key="prompts_unlabeled",
     )
     assert result.success
@@ -36,7 +37,10 @@ def test_pairwise_teacher_materializes_tournament_pairs(tmp_path):
     tournaments = read_table(home, "tournament_pairs").to_pylist()
     pairs = pq.read_table(tmp_path / "tables" / "west_of_n_pairs").to_pylist()
     assert (tmp_path / "tables" / "tournament_pairs" / "batch=prompts_unlabeled").is_dir()
-    assert not (tmp_path / "tables" / "candidate_scores").exists()
+    assert read_table(home, "candidate_scores").num_rows == 0  # the pointwise teacher's table: an empty batch
+    [empty] = [m for m in result.asset_materializations_for_node("candidate_scores")
+               if m.asset_key.path == ["candidate_scores"]]
+    assert "pairwise" in empty.metadata["empty_because"].value
     assert 0 < len(tournaments) <= settings.max_prompts
     assert pairs, "some tournaments end with the best beating the worst"
     by_prompt = {t["prompt_id"]: t for t in tournaments}

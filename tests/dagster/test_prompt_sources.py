@@ -9,7 +9,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetSelection, DagsterInstance, materialize
+from dagster import DagsterInstance, materialize
 from pydantic import ValidationError
 
 from wofn import data, profiles, schemas
@@ -19,6 +19,7 @@ from wofn.settings import SettingsError
 from wofn_dagster import partitions
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import WofnHomeResource, WofnSettings
+from wofn_dagster.selections import select
 
 ONE = "\n\nHuman: Hi there\n\nAssistant:"
 TWO = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: Tell me a joke\n\nAssistant:"
@@ -165,7 +166,7 @@ def _materialize(tmp_path, asset, **overrides):
     instance = DagsterInstance.ephemeral()
     partitions.register(instance, ["prompts_unlabeled"])
     settings = WofnSettings.from_profile("tiny", **overrides)
-    return materialize(list(defs.assets), selection=AssetSelection.assets(asset), instance=instance,
+    return materialize(list(defs.assets), selection=select(asset), instance=instance,
                        partition_key="prompts_unlabeled" if asset == "prompts" else None,
                        resources={**defs.resources, "settings": settings,
                                   "home": WofnHomeResource(root=str(tmp_path / "home"))})

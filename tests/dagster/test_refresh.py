@@ -58,7 +58,7 @@ def launch(defs, instance, job: str, request: RunRequest):
 
 
 def partitions_materialized(result, asset: str) -> list[str]:
-    return [m.partition for m in result.asset_materializations_for_node(asset)]
+    return [m.partition for m in result.asset_materializations_for_node(asset) if m.asset_key.path == [asset]]
 
 
 @pytest.mark.slow

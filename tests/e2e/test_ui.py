@@ -24,6 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from wofn import schemas
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -138,10 +140,11 @@ def dagster_ui(tmp_path_factory):
 def test_graphql_lists_assets_schedule_sensors_and_checks(dagster_ui):
     data = graphql(dagster_ui["url"], DEFINITIONS_QUERY)
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
-    assert set(nodes) == {"human_preferences", "eval_preferences", "prompts", "candidates", "candidate_scores",
-                          "west_of_n_pairs", "filtered_pairs", "base_reward_model", "student_reward_model",
-                          "student_rounds", "reward_model_evaluations"}
-    assert {k for k, n in nodes.items() if n["partitionDefinition"]} == {"prompts", "candidates", "candidate_scores"}
+    # every table is an asset, beside the models
+    assert set(nodes) == set(schemas.TABLES) | {"base_reward_model", "student_reward_model", "student_rounds"}
+    assert {k for k, n in nodes.items() if n["partitionDefinition"]} == {
+        "prompts", "prompt_errors", "candidates", "candidate_errors", "candidate_scores", "tournament_pairs",
+        "score_errors"}
     checks = {(k, c["name"]): c["blocking"] for k, n in nodes.items() for c in n["assetChecksOrError"]["checks"]}
     assert checks == {("candidates", "candidates_complete"): True, ("candidates", "candidates_unique"): True,
                       ("candidate_scores", "rewards_finite"): True, ("west_of_n_pairs", "west_of_n_pairs_valid"): True,
@@ -154,6 +157,19 @@ def test_graphql_lists_assets_schedule_sensors_and_checks(dagster_ui):
     sensors = {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
     assert sensors["prompt_inbox"] == "RUNNING" and sensors["evaluations_follow_models"] == "RUNNING"
     assert {"sample_batch", "rebuild_student"} <= {j["name"] for j in repo["jobs"]}
+
+
+def test_materializing_one_table_of_a_step_takes_its_other_tables(dagster_ui):
+    """What the UI asks before it launches a selection: the tables a multi-asset writes together."""
+    def required(*keys):
+        paths = ", ".join(f'{{path: ["{k}"]}}' for k in keys)
+        data = graphql(dagster_ui["url"], f"{{ assetNodeAdditionalRequiredKeys(assetKeys: [{paths}]) {{ path }} }}")
+        return {"/".join(k["path"]) for k in data["assetNodeAdditionalRequiredKeys"]}
+
+    assert required("west_of_n_pairs") == {"pair_draws", "pair_selection_report"}
+    assert required("pair_funnel") == {"filtered_pairs"}
+    assert required("candidate_scores") == {"tournament_pairs", "score_errors"}
+    assert required("base_reward_model") == set()
 
 
 @pytest.mark.slow

@@ -12,12 +12,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetSelection, materialize
+from dagster import materialize
 from pair_tables import EXPECTED_PAIRS, candidates_table, crafted_rows, scores_table, view_over
 
 from wofn import catalog, pairs, pairwise, schemas
 from wofn_dagster.definitions import defs
 from wofn_dagster.resources import WofnSettings, wofn_resources
+from wofn_dagster.selections import select
 
 NAN, INF = float("nan"), float("inf")
 
@@ -388,7 +389,7 @@ def test_pair_assets_with_residual_control_and_balance(tmp_path):
     (teacher / "manifest.json").write_text(json.dumps({"kind": "reward_model"}))
 
     result = materialize(
-        list(defs.assets), selection=AssetSelection.assets("west_of_n_pairs", "filtered_pairs"),
+        list(defs.assets), selection=select("west_of_n_pairs", "filtered_pairs"),
         resources=wofn_resources(home=str(tmp_path), profile="tiny", length_control="residual",
                                  length_balance=True, confidence_quantile=0.0, logprob_quantile=0.0))
     assert result.success
@@ -431,7 +432,7 @@ def test_pair_assets_refuse_length_control_with_a_pairwise_teacher(tmp_path):
     teacher.mkdir(parents=True)
     (teacher / "config.json").write_text("{}")
     (teacher / "manifest.json").write_text(json.dumps({"kind": pairwise.KIND}))
-    result = materialize(list(defs.assets), selection=AssetSelection.assets("west_of_n_pairs"),
+    result = materialize(list(defs.assets), selection=select("west_of_n_pairs"),
                          resources=wofn_resources(home=str(tmp_path), profile="tiny", length_control="band"),
                          raise_on_error=False)
     assert not result.success

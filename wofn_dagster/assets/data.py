@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, asset, multi_asset
 
 from wofn import data, prompt_sources, schemas
 from wofn.paths import content_hash, partition_keys
-from wofn_dagster.assets.tables import error_summary, publish_table, read_table, write_table
+from wofn_dagster.assets.tables import error_result, error_summary, publish_table, read_table, write_table
 from wofn_dagster.code_versions import code_version
 from wofn_dagster.partitions import batch_source, prompt_batches
 from wofn_dagster.resources import WofnHomeResource, WofnSettings, run_settings
@@ -63,11 +63,18 @@ def _ids_in_other_batches(h, key: str) -> set[str]:
     return ids
 
 
-@asset(group_name="inputs", kinds={"parquet"}, partitions_def=prompt_batches, code_version=_CODE)
-def prompts(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
-    """D_U, one prompt batch per partition: deduplicated prompts, each with a stable prompt_id (hash of the
-    normalized text). A prompt already in another batch stays there and is left out of this one. The
-    profile's batch draws from `prompt_sources` and leaves out the prompts of the evaluation pairs."""
+_PROMPTS_DOC = ("D_U, one prompt batch per partition: deduplicated prompts, each with a stable prompt_id (hash of "
+                "the normalized text). A prompt already in another batch stays there and is left out of this one. "
+                "The profile's batch draws from `prompt_sources` and leaves out the prompts of the evaluation pairs.")
+
+
+@multi_asset(name="prompts", partitions_def=prompt_batches, can_subset=False, specs=[
+    AssetSpec("prompts", group_name="inputs", kinds={"parquet"}, code_version=_CODE, description=_PROMPTS_DOC),
+    AssetSpec("prompt_errors", group_name="inputs", kinds={"parquet"}, code_version=_CODE,
+              description="The rows of a prompt file left out of its batch (empty, NUL bytes, too long, "
+                          "repeated), each with its reason")])
+def prompts(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource):
+    """The prompts of one batch, and the rows left out of it (prompt_errors)."""
     h = home.home
     key = context.partition_key
     source = batch_source(h, settings.unlabeled_prompts, key)
@@ -100,9 +107,10 @@ def prompts(context: AssetExecutionContext, settings: WofnSettings, home: WofnHo
                      + f"; {errors.num_rows} rows left out (table prompt_errors)")
     if table.num_rows == 0:
         context.log.warning(f"batch {key}: no new prompts in {source}")
-    return publish_table(h, "prompts", table, {
+    yield publish_table(h, "prompts", table, {
         "source_file": MetadataValue.path(str(source)),
         "prompts_in_other_batches": MetadataValue.int(dropped),
         **extra,
         **error_summary(h, "prompt_errors", partition=key),
     }, context=context, partition=key, facts=facts)
+    yield error_result(h, "prompt_errors", context=context, partition=key)

@@ -6,7 +6,7 @@ import math
 import time
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetSpec, MetadataValue, multi_asset
 from matplotlib.figure import Figure
 
 from beam_jobs import sample_candidates, score_candidates
@@ -14,7 +14,14 @@ from wofn import models, pairwise, stages
 from wofn.paths import content_hash
 from wofn_dagster.assets.metadata import png_markdown, quantiles
 from wofn_dagster.assets.runtime import INFERENCE_RETRY, forward_logs, no_retry_on_bad_input
-from wofn_dagster.assets.tables import error_summary, read_table, staged_partition, table_result
+from wofn_dagster.assets.tables import (
+    empty_result,
+    error_result,
+    error_summary,
+    read_table,
+    staged_partition,
+    table_result,
+)
 from wofn_dagster.code_versions import code_version
 from wofn_dagster.partitions import prompt_batches
 from wofn_dagster.resources import (
@@ -30,11 +37,19 @@ _SAMPLING_CODE = code_version("beam_jobs.sample_candidates", own=__file__, files
 _SCORING_CODE = code_version("beam_jobs.score_candidates", own=__file__, files=("wofn/stages.py",))
 
 
-@asset(group_name="inference", deps=["prompts"], kinds={"beam", "parquet"}, partitions_def=prompt_batches,
-       retry_policy=INFERENCE_RETRY, code_version=_SAMPLING_CODE)
+def _inference_spec(key: str, deps: list[str], code: str, description: str) -> AssetSpec:
+    return AssetSpec(key, deps=deps, group_name="inference", kinds={"beam", "parquet"}, code_version=code,
+                     description=description)
+
+
+@multi_asset(name="candidates", partitions_def=prompt_batches, retry_policy=INFERENCE_RETRY, can_subset=False,
+             specs=[_inference_spec("candidates", ["prompts"], _SAMPLING_CODE, "N responses per prompt of one prompt "
+                                    "batch, sampled from the policy, with their log-likelihood under it"),
+                    _inference_spec("candidate_errors", ["prompts"], _SAMPLING_CODE, "The prompts the sampling job "
+                                    "could not sample (dead letters), each with its reason")])
 def candidates(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
-               policy: PolicyResource, beam_runner: BeamRunnerResource) -> MaterializeResult:
-    """N responses per prompt of one prompt batch, sampled from the policy, with their log-likelihood under it."""
+               policy: PolicyResource, beam_runner: BeamRunnerResource):
+    """One prompt batch's candidates, by the sampling Beam job, and the prompts it could not sample."""
     h = home.home
     key = context.partition_key
     prompts_dir = h.partition_dir("prompts", key)
@@ -59,7 +74,8 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
     revision = rows.column("policy_revision")[0].as_py() if rows.num_rows else ""
     context.log.info("sampled %d candidates, %d tokens in %.0fs (%.1f tokens/s)", rows.num_rows, tokens, seconds,
                      tokens / seconds)
-    return table_result(h, "candidates", {
+    inputs = {"prompts": {key: content_hash(prompts_dir)}}
+    yield table_result(h, "candidates", {
         "prompts": MetadataValue.int(n_prompts),
         "n": MetadataValue.int(settings.n),
         "policy": MetadataValue.text(policy.model),
@@ -72,9 +88,10 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
         "tokens_per_s": MetadataValue.float(tokens / seconds),
         "beam_counters": MetadataValue.json(stats),
         **error_summary(h, "candidate_errors", partition=key),
-    }, context=context, partition=key, inputs={"prompts": {key: content_hash(prompts_dir)}},
+    }, context=context, partition=key, inputs=inputs,
         facts={"policy": policy.model, "policy_revision": revision, "n": settings.n, "seed": settings.seed,
                "temperature": settings.temperature, "top_p": settings.top_p, "max_new_tokens": settings.max_new_tokens})
+    yield error_result(h, "candidate_errors", context=context, partition=key, inputs=inputs)
 
 
 def content_hash_of_text(text: str) -> str:
@@ -106,16 +123,30 @@ def _reward_histogram(rewards: list[float], title: str) -> MetadataValue:
     return png_markdown(fig)
 
 
-@asset(group_name="inference", deps=["candidates", "base_reward_model"], kinds={"beam", "parquet"},
-       partitions_def=prompt_batches, retry_policy=INFERENCE_RETRY, code_version=_SCORING_CODE)
+_JUDGED = ["candidates", "base_reward_model"]
+
+
+_SCORED_DOC = ("The base reward model's reward for each candidate of one prompt batch (pointwise teacher; "
+               "empty under a pairwise one)")
+_TOURNAMENT_DOC = ("The knockout-tournament best and worst candidate of each prompt of one batch (pairwise teacher; "
+                   "empty under a pointwise one)")
+
+
+@multi_asset(name="candidate_scores", partitions_def=prompt_batches, retry_policy=INFERENCE_RETRY, can_subset=False,
+             specs=[_inference_spec("candidate_scores", _JUDGED, _SCORING_CODE, _SCORED_DOC),
+                    _inference_spec("tournament_pairs", _JUDGED, _SCORING_CODE, _TOURNAMENT_DOC),
+                    _inference_spec("score_errors", _JUDGED, _SCORING_CODE, "The candidates the scoring job could "
+                                    "not score (dead letters), each with its reason")])
 def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
-                     reward_models: RewardModelResource, beam_runner: BeamRunnerResource) -> MaterializeResult:
-    """The base reward model's judgement of one prompt batch's candidates: a reward each (pointwise teacher),
-    or the knockout-tournament best and worst of each prompt (pairwise teacher, table tournament_pairs)."""
+                     reward_models: RewardModelResource, beam_runner: BeamRunnerResource):
+    """The base reward model's judgement of one prompt batch's candidates, by the scoring Beam job: a reward
+    each (pointwise teacher, candidate_scores), or the knockout-tournament best and worst of each prompt
+    (pairwise teacher, tournament_pairs); the other table of the two gets an empty batch."""
     h = home.home
     key = context.partition_key
     model_dir = h.model_dir("base_reward_model")
-    table = "tournament_pairs" if pairwise.is_pairwise(str(model_dir)) else "candidate_scores"
+    is_pairwise = pairwise.is_pairwise(str(model_dir))
+    table, other = ("tournament_pairs", "candidate_scores") if is_pairwise else ("candidate_scores", "tournament_pairs")
     candidates_dir = h.partition_dir("candidates", key)
     stats, seconds = score_with(context, settings, reward_models, beam_runner, candidates_dir, model_dir,
                                 into=staged_partition(h, table, key, context.log),
@@ -130,7 +161,7 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
         confidences = read_table(h, table, key).column("confidence").to_pylist()
         context.log.info(f"judged {stats.get('prompts_judged', 0)} prompts with "
                          f"{stats.get('comparisons', 0)} pairwise comparisons in {seconds:.0f}s")
-        return table_result(h, table, {
+        yield table_result(h, table, {
             "teacher": MetadataValue.text("pairwise"),
             "reward_model": MetadataValue.path(str(model_dir)),
             "confidence_quantiles": MetadataValue.json(quantiles(confidences)),
@@ -138,17 +169,21 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
             "beam_counters": MetadataValue.json(stats),
             **errors,
         }, **lineage)
-    rewards = read_table(h, table, key).column("reward").to_pylist()
-    finite = [r for r in rewards if math.isfinite(r)]
-    context.log.info("scored %d candidates in %.0fs", len(rewards), seconds)
-    return table_result(h, table, {
-        "teacher": MetadataValue.text("pointwise"),
-        "reward_model": MetadataValue.path(str(model_dir)),
-        "reward_quantiles": MetadataValue.json(quantiles(finite)),
-        "non_finite_rewards": MetadataValue.int(len(rewards) - len(finite)),
-        "seconds": MetadataValue.float(seconds),
-        "candidates_per_s": MetadataValue.float(len(rewards) / seconds),
-        "reward_histogram": _reward_histogram(finite, f"batch {key}: base rewards"),
-        "beam_counters": MetadataValue.json(stats),
-        **errors,
-    }, **lineage)
+    else:
+        rewards = read_table(h, table, key).column("reward").to_pylist()
+        finite = [r for r in rewards if math.isfinite(r)]
+        context.log.info("scored %d candidates in %.0fs", len(rewards), seconds)
+        yield table_result(h, table, {
+            "teacher": MetadataValue.text("pointwise"),
+            "reward_model": MetadataValue.path(str(model_dir)),
+            "reward_quantiles": MetadataValue.json(quantiles(finite)),
+            "non_finite_rewards": MetadataValue.int(len(rewards) - len(finite)),
+            "seconds": MetadataValue.float(seconds),
+            "candidates_per_s": MetadataValue.float(len(rewards) / seconds),
+            "reward_histogram": _reward_histogram(finite, f"batch {key}: base rewards"),
+            "beam_counters": MetadataValue.json(stats),
+            **errors,
+        }, **lineage)
+    yield empty_result(h, other, f"the base reward model is {'pairwise' if is_pairwise else 'pointwise'}: "
+                       f"it writes {table}", context=context, partition=key, inputs=lineage["inputs"])
+    yield error_result(h, "score_errors", context=context, partition=key, inputs=lineage["inputs"])

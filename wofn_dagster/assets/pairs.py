@@ -1,21 +1,20 @@
 """Pair assets, computed by DuckDB over the Parquet tables: the selected pairs and the filtered set.
 
-Beside its pairs, `west_of_n_pairs` writes `pair_draws` (every strategy's draw per prompt, so the
-strategies can be compared on the same candidates; pointwise teachers only) and
-`pair_selection_report` (why prompts and candidates were left out); `filtered_pairs` writes
-`pair_funnel` (what each filter step kept). Each gets its own catalog view.
+Each is a multi-asset with the tables its step writes beside its pairs: `west_of_n_pairs` with
+`pair_draws` (every strategy's draw per prompt, so the strategies can be compared on the same
+candidates; empty under a pairwise teacher) and `pair_selection_report` (why prompts and
+candidates were left out); `filtered_pairs` with `pair_funnel` (what each filter step kept).
+Selecting one materializes its group (the UI adds the others; jobs select with
+`required_multi_asset_neighbors()`).
 """
 
-import shutil
-
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
-from dagster_duckdb import DuckDBResource
+from dagster import AssetExecutionContext, AssetSpec, MetadataValue, multi_asset
 from matplotlib.figure import Figure
 
 from wofn import pairs, pairwise, stages
 from wofn.paths import content_hash, partition_keys
 from wofn_dagster.assets.metadata import png_markdown, quantiles
-from wofn_dagster.assets.tables import batch_versions, publish_table, read_table
+from wofn_dagster.assets.tables import batch_versions, empty_result, publish_table, read_table
 from wofn_dagster.code_versions import code_version
 from wofn_dagster.resources import WofnHomeResource, WofnSettings, run_settings
 
@@ -56,14 +55,6 @@ def _markdown(table, columns: list[str]) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-def _drop_pair_draws(h, duckdb: DuckDBResource) -> None:
-    """Remove pair_draws (folder and catalog view): a pointwise run's draws describe other rewards."""
-    shutil.rmtree(h.table_dir("pair_draws"), ignore_errors=True)
-    if h.catalog_path.exists():
-        with duckdb.get_connection() as con:
-            con.execute("drop view if exists pair_draws")
-
-
 def _plot_confidence(selected, kept) -> MetadataValue:
     fig = Figure(figsize=(5, 3))
     ax = fig.subplots()
@@ -90,12 +81,24 @@ def _plot_funnel(funnel) -> MetadataValue:
     return png_markdown(fig)
 
 
-@asset(group_name="pairs", deps=["candidates", "candidate_scores"], kinds={"duckdb", "parquet"},
-       code_version=_SELECTION_CODE)
-def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource,
-                    duckdb: DuckDBResource) -> MaterializeResult:
-    """Per prompt, the configured strategy's synthetic pair (default west_of_n: best vs worst; sql/strategies/),
-    over every prompt batch."""
+def _pair_spec(key: str, deps: list[str], code: str, description: str) -> AssetSpec:
+    return AssetSpec(key, deps=deps, group_name="pairs", kinds={"duckdb", "parquet"}, code_version=code,
+                     description=description)
+
+
+_JUDGED = ["candidates", "candidate_scores", "tournament_pairs"]
+
+
+@multi_asset(name="west_of_n_pairs", can_subset=False, specs=[
+    _pair_spec("west_of_n_pairs", _JUDGED, _SELECTION_CODE, "Per prompt, the configured strategy's synthetic pair "
+               "(default west_of_n: best vs worst; sql/strategies/), over every prompt batch"),
+    _pair_spec("pair_draws", ["candidates", "candidate_scores"], _SELECTION_CODE, "Every strategy's draw per prompt, "
+               "so the strategies can be compared on the same candidates (pointwise teacher; empty under a pairwise "
+               "one)"),
+    _pair_spec("pair_selection_report", _JUDGED, _SELECTION_CODE, "Per strategy, how many prompts gave a pair and "
+               "why the others did not (sql/selection_report.sql)")])
+def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource):
+    """Per prompt, the configured strategy's synthetic pair, with every strategy's draws and the selection report."""
     h = home.home
     is_pairwise = pairwise.is_pairwise(str(h.model_dir("base_reward_model")))
     # the rules between settings, for the teacher kind the base model on disk has
@@ -117,21 +120,23 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
         judged = h.table_dir("tournament_pairs")
         table, _ = pairs.select_pairs(candidates_dir, judged, pairwise=True)
         report = pairs.selection_report(candidates_dir, judged, None, settings.strategy, pairwise=True)
-        _drop_pair_draws(h, duckdb)
+        draws = empty_result(h, "pair_draws", "the base reward model is pairwise: its tournaments give one "
+                             "pair per prompt, with no rewards to draw other strategies from",
+                             context=context, inputs=inputs)
         per_strategy = {}
     else:
         judged = h.table_dir("candidate_scores")
-        publish_table(h, "pair_draws", pairs.draw_pairs(candidates_dir, judged, settings.pair_seed, **length),
-                      context=context, inputs=inputs)
+        draws = publish_table(h, "pair_draws", pairs.draw_pairs(candidates_dir, judged, settings.pair_seed, **length),
+                              context=context, inputs=inputs)
         report = pairs.selection_report(candidates_dir, judged, h.table_dir("pair_draws"), settings.strategy,
                                         **length)
         table = pairs.pairs_from_draws(h.table_dir("pair_draws"), settings.strategy)
         per_strategy = {r["strategy"]: r["count"] for r in report.to_pylist() if r["reason"] == "pairs"}
-    publish_table(h, "pair_selection_report", report, context=context, inputs=inputs)
+    report_result = publish_table(h, "pair_selection_report", report, context=context, inputs=inputs)
     reasons = {r["reason"]: r["count"] for r in report.to_pylist() if r["selected"]}
     n_prompts = reasons.get("prompts", 0)
     context.log.info("%s: %d pairs from %d prompts; %s", settings.strategy, table.num_rows, n_prompts, reasons)
-    return publish_table(h, "west_of_n_pairs", table, {
+    yield publish_table(h, "west_of_n_pairs", table, {
         "prompt_batches": MetadataValue.json(sorted(inputs["candidates"])),
         "unscored_batches": MetadataValue.json(unscored),
         "strategy": MetadataValue.text(settings.strategy),
@@ -145,12 +150,20 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
         "pairs_per_strategy": MetadataValue.json(per_strategy),
         **_pair_metadata(table),
     }, context=context, inputs=inputs, facts={"strategy": settings.strategy, "pair_seed": pair_seed, **length})
+    yield draws
+    yield report_result
 
 
-@asset(group_name="pairs", deps=["west_of_n_pairs"], kinds={"duckdb", "parquet"}, code_version=_FILTER_CODE)
-def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource) -> MaterializeResult:
-    """Selected pairs kept by the confidence, likelihood, margin and length filters (sql/filter_pairs.sql),
-    then length-balanced when `length_balance` is on (sql/length_control/balance_pairs.sql)."""
+_SELECTED = ["west_of_n_pairs", "pair_selection_report"]
+
+
+@multi_asset(name="filtered_pairs", can_subset=False, specs=[
+    _pair_spec("filtered_pairs", _SELECTED, _FILTER_CODE, "Selected pairs kept by the confidence, likelihood, margin "
+               "and length filters (sql/filter_pairs.sql), then length-balanced when `length_balance` is on "
+               "(sql/length_control/balance_pairs.sql)"),
+    _pair_spec("pair_funnel", _SELECTED, _FILTER_CODE, "What each filter step kept, in order (sql/pair_funnel.sql)")])
+def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource):
+    """The filtered pairs and the funnel of the filter steps that kept them."""
     h = home.home
     strategy, pair_seed = _selected_strategy(context, h, settings)
     kept = stages.filter_pairs(run_settings(settings), h.table_dir("west_of_n_pairs"), strategy, pair_seed)
@@ -163,9 +176,9 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
                         "pairs_after_balance": MetadataValue.int(table.num_rows),
                         "chosen_longer_share_before_balance": MetadataValue.float(before["chosen_longer_share"])})
     inputs = {"west_of_n_pairs": content_hash(h.table_dir("west_of_n_pairs"))}
-    publish_table(h, "pair_funnel", funnel, context=context, inputs=inputs)
+    funnel_result = publish_table(h, "pair_funnel", funnel, context=context, inputs=inputs)
     context.log.info("filter funnel: %s", steps)
-    return publish_table(h, "filtered_pairs", table, {
+    yield publish_table(h, "filtered_pairs", table, {
         "funnel_plot": _plot_funnel(funnel),
         "confidence_plot": _plot_confidence(read_table(h, "west_of_n_pairs"), table),
         "strategy": MetadataValue.text(strategy),
@@ -177,6 +190,7 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
         **_pair_metadata(table),
     }, context=context, inputs=inputs, facts={"strategy": strategy, "filters": filters,
                                               "length_balance": settings.length_balance})
+    yield funnel_result
 
 
 def _selected_strategy(context: AssetExecutionContext, h, settings: WofnSettings) -> tuple[str, object]:

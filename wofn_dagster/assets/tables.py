@@ -7,22 +7,23 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue
+from dagster import AssetExecutionContext, AssetKey, DataVersion, MaterializeResult, MetadataValue
 
 from wofn import catalog, lineage, schemas
 from wofn.paths import WofnHome, content_hash, parquet_files, partition_keys, publish, staging_dir
 
 
-def _own_code_version(context: AssetExecutionContext | None) -> str | None:
+def _own_code_version(context: AssetExecutionContext | None, asset: str) -> str | None:
     if context is None:
         return None
-    return context.assets_def.code_versions_by_key.get(context.asset_key)
+    return context.assets_def.code_versions_by_key.get(AssetKey(asset))
 
 
 def table_result(home: WofnHome, asset: str, metadata: dict | None = None, *,
                  context: AssetExecutionContext | None = None, partition: str | None = None,
                  inputs: dict | None = None, facts: dict | None = None) -> MaterializeResult:
-    """Refresh `asset`'s catalog view over its published folder, record its lineage, and describe it.
+    """Refresh `asset`'s catalog view over its published folder, record its lineage, and describe it
+    (a MaterializeResult for `asset`, so a multi-asset yields one per table it writes).
 
     With `partition`, the folder is that prompt batch's (`batch=<key>`); the catalog view reads
     every batch. The data version is the content hash of the published files; `inputs` name the
@@ -32,7 +33,7 @@ def table_result(home: WofnHome, asset: str, metadata: dict | None = None, *,
     catalog.refresh_view(home.catalog_path, asset, home.table_dir(asset))
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parquet_files(table_dir))
     version = content_hash(table_dir)
-    code = _own_code_version(context)
+    code = _own_code_version(context, asset)
     lineage.record(home, asset, version, partition=partition, inputs=inputs, rows=rows, path=table_dir,
                    code_version=code, run_id=context.run.run_id if context else None, facts=facts)
     extra = {}
@@ -43,6 +44,7 @@ def table_result(home: WofnHome, asset: str, metadata: dict | None = None, *,
                  "rows_all_batches": MetadataValue.int(sum(
                      pq.ParquetFile(p).metadata.num_rows for p in parquet_files(home.table_dir(asset))))}
     return MaterializeResult(
+        asset_key=asset,
         metadata={
             "rows": MetadataValue.int(rows),
             "path": MetadataValue.path(str(table_dir)),
@@ -141,6 +143,24 @@ def error_summary(home: WofnHome, table: str, folder: Path | None = None, partit
     return {f"{table}": MetadataValue.int(rows.num_rows),
             f"{table}_by_reason": MetadataValue.json(reasons),
             f"{table}_path": MetadataValue.path(str(folder))}
+
+
+def error_result(home: WofnHome, table: str, *, context: AssetExecutionContext, partition: str | None = None,
+                 inputs: dict | None = None) -> MaterializeResult:
+    """A dead-letter table's own materialization (its rows by reason; see `error_summary`)."""
+    summary = error_summary(home, table, partition=partition)
+    return table_result(home, table, {"by_reason": summary[f"{table}_by_reason"]}, context=context,
+                        partition=partition, inputs=inputs)
+
+
+def empty_result(home: WofnHome, asset: str, why: str, *, context: AssetExecutionContext,
+                 partition: str | None = None, inputs: dict | None = None) -> MaterializeResult:
+    """Publish `asset` with no rows: a table this run's settings do not fill (e.g. the pairwise teacher's
+    tournament_pairs under a pointwise one). Rows an earlier run left there would describe other
+    settings, so they are replaced, and the catalog view reads zero rows."""
+    table = pa.Table.from_pylist([], schema=schemas.TABLES[asset])
+    return publish_table(home, asset, table, {"empty_because": MetadataValue.text(why)}, context=context,
+                         partition=partition, inputs=inputs)
 
 
 def read_table(home: WofnHome, asset: str, partition: str | None = None) -> pa.Table:
