@@ -23,7 +23,6 @@ Length control (the base reward model may prefer short answers, and West-of-N th
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 
 from wofn import catalog, schemas
 from wofn.paths import parquet_files
-from wofn.settings import LIKELIHOOD_MEASURES, check_confidence_measure, check_length_control, check_strategy
+from wofn.settings import check_length_control, check_strategy, check_value
 
 STRATEGIES = schemas.STRATEGIES
 RANDOM_STRATEGIES = tuple(s for s in STRATEGIES if s != "west_of_n")  # the ones that take $seed
@@ -50,21 +49,15 @@ def seed_for(strategy: str, seed: int) -> int | None:
 def check_filters(confidence_quantile: float, logprob_quantile: float, likelihood: str = "mean",
                   min_margin: float | None = None, max_tokens: int | None = None,
                   confidence_measure: str = "margin") -> None:
-    """Raise ValueError naming the setting when a filter parameter is out of range.
+    """Raise SettingsError (a ValueError) naming the setting when a filter parameter is out of range:
+    each is checked as its setting (wofn.settings; `max_tokens` is the setting max_pair_tokens).
 
-    The SQL checks the same (sql/filter_pairs.sql); checking here first gives the setting's name.
+    The SQL checks the same (sql/pair_filter_flags.sql); checking here first gives the setting's name.
     """
-    for name, q in (("confidence_quantile", confidence_quantile), ("logprob_quantile", logprob_quantile)):
-        if not isinstance(q, (int, float)) or isinstance(q, bool) or not 0 <= q <= 1:
-            raise ValueError(f"{name} must be a number in [0, 1], got {q!r}")
-    if likelihood not in LIKELIHOOD_MEASURES:
-        raise ValueError(f"likelihood must be 'mean' (per-token log-prob) or 'sum', got {likelihood!r}")
-    check_confidence_measure(confidence_measure)
-    if min_margin is not None and (not isinstance(min_margin, (int, float)) or isinstance(min_margin, bool)
-                                   or math.isnan(min_margin) or min_margin < 0):
-        raise ValueError(f"min_margin must be a number >= 0, or None (off), got {min_margin!r}")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
-        raise ValueError(f"max_tokens must be an integer >= 1, or None (off), got {max_tokens!r}")
+    for name, value in (("confidence_quantile", confidence_quantile), ("logprob_quantile", logprob_quantile),
+                        ("likelihood", likelihood), ("min_margin", min_margin), ("max_pair_tokens", max_tokens),
+                        ("confidence_measure", confidence_measure)):
+        check_value(name, value)
 
 
 def length_controlled_scores(candidates_dir: Path, scores_dir: Path, length_control: str,
@@ -312,7 +305,7 @@ def balance_pairs(pairs: Path | pa.Table, confidence_measure: str = "margin") ->
     """As many chosen-longer as chosen-shorter pairs, the most confident of each (by
     `confidence_measure`, as the confidence filter), plus every equal-length pair
     (sql/length_control/balance_pairs.sql; wofn.schemas.PAIRS, by prompt_id)."""
-    check_confidence_measure(confidence_measure)
+    check_value("confidence_measure", confidence_measure)
     if not isinstance(pairs, pa.Table):
         files = parquet_files(pairs)
         if not files:

@@ -314,7 +314,7 @@ def test_filter_pairs_reports_the_funnel_steps(crafted, tmp_path):
     ({"logprob_quantile": 1.5}, "logprob_quantile must be a number in"),
     ({"likelihood": "mean; drop table x"}, "likelihood must be"),
     ({"min_margin": -1.0}, "min_margin must be"),
-    ({"max_tokens": "5; drop table x"}, "max_tokens must be an integer"),
+    ({"max_tokens": "5; drop table x"}, "max_pair_tokens must be an integer"),
 ])
 def test_filter_settings_are_checked_before_any_sql(tmp_path, kwargs, message):
     args = {"confidence_quantile": 0.5, "logprob_quantile": 0.1, **kwargs}
