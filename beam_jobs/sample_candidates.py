@@ -88,7 +88,8 @@ class PolicyHandler(WofnModelHandler):
     def _load(self):
         rt = self._runtime
         if self._engine == "vllm":
-            return vllm_sampling.load(self._model, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code)
+            return vllm_sampling.load(self._model, dtype=models.resolve_dtype(rt.dtype, rt.device),
+                                      trust_remote_code=rt.trust_remote_code)
         return models.load_policy(self._model, device=rt.device, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code,
                                   allow_pickle=rt.allow_pickle)
 
@@ -245,7 +246,7 @@ def job_record(known: argparse.Namespace, num_shards: int) -> dict:
     return {"prompts": known.prompts, "policy": known.policy, "engine": known.engine, "n": known.n,
             "max_new_tokens": known.max_new_tokens, "temperature": known.temperature, "top_p": known.top_p,
             "seed": known.seed, "max_prompt_tokens": known.max_prompt_tokens, "num_shards": num_shards,
-            "dtype": known.dtype}
+            "dtype": models.resolve_dtype(known.dtype, known.device)}
 
 
 def check_job_record(output: str, record: dict) -> None:

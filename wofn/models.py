@@ -190,6 +190,26 @@ def ensure_pad_token(tokenizer, model=None) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with the
+    AVX512-BF16 or AMX-BF16 flag (`cpu_has_native_bf16`; False where /proc/cpuinfo cannot say)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return kind == "cpu" and cpu_has_native_bf16() is True
+
+
+def resolve_dtype(name: str, device: str) -> str:
+    """A dtype setting as it applies on `device`: 'auto' is bfloat16 where the device computes it
+    natively (`native_bf16`) and float32 elsewhere, so a CPU that emulates bf16 (~50x slower) gets
+    float32; the other names stay as they are."""
+    if name != "auto":
+        return name
+    chosen = "bfloat16" if native_bf16(device) else "float32"
+    log.info("dtype auto on %s: %s", device, chosen)
+    return chosen
+
+
 def torch_dtype(name: str) -> torch.dtype:
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
@@ -253,6 +273,7 @@ def load_policy(spec: str, device: str = "cpu", dtype: str = "float32",
     _quiet_progress_bars()
     resolved = resolve(spec)
     check_safetensors(resolved, allow_pickle)
+    dtype = resolve_dtype(dtype, device)
     if dtype == "bfloat16":
         warn_if_slow_bf16(device, f"policy {spec}", "policy_dtype: float32 (--dtype float32 for the Beam job)")
     tokenizer = load_tokenizer(resolved, trust_remote_code)
@@ -304,6 +325,7 @@ def load_reward_model(spec: str, device: str = "cpu", dtype: str = "float32",
 
     _quiet_progress_bars()
     resolved = resolve(spec)
+    dtype = resolve_dtype(dtype, device)
     if reward_ensemble.is_ensemble(resolved):
         return _load_ensemble(spec, resolved, device, dtype, trust_remote_code, allow_pickle, head)
     check_safetensors(resolved, allow_pickle)

@@ -38,7 +38,7 @@ GROUPS = {
     "evaluation": "Evaluation and gates",
     "runtime": "Runtime: seeds, threads, devices, trust",
 }
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: bfloat16 where the device computes it natively
 ENGINES = ("torch", "vllm")
 TEACHERS = ("pointwise", "pairwise")
 STUDENT_INITS = ("backbone", "teacher")
@@ -135,8 +135,9 @@ class Settings:
     policy: str = _setting("smollm2-135m-instruct", "sampling",
                            "policy: shipped name (smollm2-135m-instruct, tiny-llama), local folder, or HF causal-LM id",
                            resource=("policy", "model"), env="WOFN_POLICY")
-    policy_dtype: str = _setting("bfloat16", "sampling", "policy weights dtype: float32, bfloat16 or float16 "
-                                 "(float32 on CPUs without native bf16, e.g. AVX2-only)",
+    policy_dtype: str = _setting("auto", "sampling", "policy weights dtype: 'auto' (bfloat16 on a GPU or CPU that "
+                                 "computes it natively, float32 elsewhere, e.g. AVX2-only CPUs, which emulate bf16 "
+                                 "~50x slower), float32, bfloat16 or float16",
                                  resource=("policy", "dtype"), env="WOFN_POLICY_DTYPE")
     sampling_engine: str = _setting("torch", "sampling", "'torch' (wofn's batched sampler, CPU or GPU) or 'vllm' "
                                     "(GPU workers with vllm installed)",
@@ -158,8 +159,9 @@ class Settings:
         "holds each member's, and each pair's agreement (the share of members ranking it the same way) can rank the "
         "confidence filter (confidence_measure: agreement). Costs K base trainings and K scorings; pointwise "
         "teachers only; students then start from the backbone")
-    score_dtype: str = _setting("bfloat16", "scoring", "reward-model weights dtype when scoring candidates: float32, "
-                                "bfloat16 (about 2.5x faster on CPUs with bf16 matmul) or float16",
+    score_dtype: str = _setting("auto", "scoring", "reward-model weights dtype when scoring candidates: 'auto' "
+                                "(bfloat16 where the device computes it natively, about 2.5x faster on such CPUs; "
+                                "float32 elsewhere), float32, bfloat16 or float16",
                                 resource=("reward_models", "score_dtype"), env="WOFN_SCORE_DTYPE")
     score_batch_size: int = _setting(64, "scoring", "candidates per reward-model inference call",
                                      resource=("reward_models", "score_batch_size"))
@@ -219,7 +221,9 @@ class Settings:
         "otherwise, i.e. the last real token for decoders), 'mean', 'last', or 'hf' "
         "(AutoModelForSequenceClassification's head: BERT's pooler, a decoder's last token; the default profile's: "
         "mean pooling matched it only at 4 epochs and 256 tokens, docs/results_teacher.md); stored in the model folder")
-    rm_bf16: bool = _setting(True, "training", "bfloat16 autocast in RM training (off on CPUs without native bf16)")
+    rm_bf16: typing.Optional[bool] = _setting(
+        None, "training", "bfloat16 autocast in RM training: true, false, or null (auto: on where the device computes "
+        "bf16 natively, off on CPUs that emulate it)")
     rm_val_fraction: float = _setting(0.1, "training", "share of the human pairs held out to pick the best "
                                       "checkpoint, in [0, 1)")
     student_init: str = _setting("backbone", "training", "'backbone' (the paper) or 'teacher' (continue from the "

@@ -20,8 +20,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from wofn import pairs, training
+from wofn import models, pairs, training
 from wofn.settings import Settings
+
+
+def rm_bf16(s: Settings) -> bool:
+    """Whether reward-model training runs in bf16 autocast: the setting, or (null) where the device
+    computes bf16 natively."""
+    return models.native_bf16(s.device) if s.rm_bf16 is None else s.rm_bf16
 
 
 def train_config(s: Settings, seed: int | None = None, **overrides) -> training.TrainConfig:
@@ -29,7 +35,7 @@ def train_config(s: Settings, seed: int | None = None, **overrides) -> training.
     `overrides`: other TrainConfig fields, e.g. a benchmark's epochs)."""
     fields = {"epochs": s.rm_epochs, "batch_size": s.rm_batch_size, "learning_rate": s.rm_learning_rate,
               "max_length": s.rm_max_length, "warmup_ratio": s.rm_warmup_ratio, "head": s.rm_head,
-              "seed": s.seed if seed is None else seed, "bf16": s.rm_bf16, "device": s.device,
+              "seed": s.seed if seed is None else seed, "bf16": rm_bf16(s), "device": s.device,
               "val_fraction": s.rm_val_fraction}
     return training.TrainConfig(**{**fields, **overrides})
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wofn import generation, models
+from wofn import generation, models, profiles, stages
 
 
 def test_minilm_backbone_loads_as_scalar_reward_model():
@@ -103,3 +103,27 @@ def test_bf16_on_a_cpu_that_emulates_it_is_named(tmp_path, monkeypatch, caplog):
     assert "without native bf16" not in caplog.text
     monkeypatch.setattr(models, "CPUINFO", native)
     assert not models.warn_if_slow_bf16("cpu", "x", "y")
+
+
+def test_auto_dtype_is_bf16_only_where_the_device_computes_it_natively(tmp_path, monkeypatch, caplog):
+    emulating = tmp_path / "cpuinfo-avx2"
+    emulating.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n")
+    native = tmp_path / "cpuinfo-amx"
+    native.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    monkeypatch.setattr(models, "CPUINFO", emulating)
+    assert models.resolve_dtype("auto", "cpu") == "float32"
+    assert models.resolve_dtype("bfloat16", "cpu") == "bfloat16"  # asked for by name: as asked (and warned)
+    with caplog.at_level("WARNING", logger="wofn.models"):
+        loaded = models.load_reward_model(models.TINY_BERT, dtype="auto")
+    assert next(loaded.model.parameters()).dtype == torch.float32 and "without native bf16" not in caplog.text
+    settings = profiles.DEFAULT
+    assert (settings.policy_dtype, settings.score_dtype, settings.rm_bf16) == ("auto", "auto", None)
+    assert stages.train_config(settings).bf16 is False and stages.train_config(settings.replace(rm_bf16=True)).bf16
+    assert models.native_bf16("meta") is False
+
+    monkeypatch.setattr(models, "CPUINFO", native)
+    assert models.resolve_dtype("auto", "cpu") == "bfloat16" and models.resolve_dtype("float16", "cpu") == "float16"
+    assert models.load_reward_model(models.TINY_BERT, dtype="auto").model.dtype == torch.bfloat16
+    assert stages.train_config(settings).bf16 is True and not stages.train_config(settings.replace(rm_bf16=False)).bf16
+    monkeypatch.setattr(models, "CPUINFO", tmp_path / "missing")  # cannot tell: the safe choice
+    assert models.resolve_dtype("auto", "cpu") == "float32"

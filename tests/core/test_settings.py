@@ -65,7 +65,7 @@ def test_profiles_are_instances_and_tiny_changes_only_what_it_names():
     ({"max_prompts": 0}, r"max_prompts must be an integer >= 1, got 0"),
     ({"top_p": 0}, r"top_p must be a number in \(0, 1\], got 0.0"),
     ({"rm_warmup_ratio": 1}, r"rm_warmup_ratio must be a number in \[0, 1\), got 1.0"),
-    ({"policy_dtype": "int8"}, r"policy_dtype must be one of float32, bfloat16, float16; got 'int8'"),
+    ({"policy_dtype": "int8"}, r"policy_dtype must be one of auto, float32, bfloat16, float16; got 'int8'"),
     ({"prompt_sources": "unlabeled"}, r"prompt_sources must be a list of strings"),
     ({"prompt_sources": ["web"]}, r"prompt_sources must be a non-empty list of .*'web'"),
     ({"strategy": "best_of_n"}, r"strategy must be one of"),
@@ -98,7 +98,8 @@ def test_a_pairwise_teacher_override_turns_the_length_control_off():
 
 
 def test_resources_check_each_field_as_its_setting():
-    with pytest.raises(ValidationError, match=r"policy_dtype must be one of float32, bfloat16, float16; got 'int8'"):
+    with pytest.raises(ValidationError,
+                       match=r"policy_dtype must be one of auto, float32, bfloat16, float16; got 'int8'"):
         resources.PolicyResource(model="x", dtype="int8", engine="torch")
     fields = resources.WofnSettings.from_profile("tiny").model_dump()
     with pytest.raises(ValidationError, match=r"n must be an integer >= 2"):

@@ -442,12 +442,13 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     missing = [stage for stage in ("sampling", "scoring", "training") if stage not in bench]
     if missing:
         raise ValueError(f"{BENCH_FILE}: no benchmark figures for {missing}; run `make bench` first")
-    dtype = s.policy_dtype if s.policy_dtype in bench["sampling"]["ours"] else "float32"
-    sampling = bench["sampling"]["ours"][dtype]
+    dtype = models.resolve_dtype(s.policy_dtype, s.device)
+    sampling = bench["sampling"]["ours"][dtype if dtype in bench["sampling"]["ours"] else "float32"]
     tokens_per_candidate = sampling["generated_tokens"] / sampling["candidates"]
-    score_dtype = s.score_dtype if s.score_dtype in bench["scoring"]["ours"] else "float32"
-    seqs_per_s = bench["scoring"]["ours"][score_dtype]["sequences_per_s"]
-    pairs_per_s = bench["training"]["ours"]["bf16" if s.rm_bf16 else "fp32"]["pairs_per_s"]
+    score_dtype = models.resolve_dtype(s.score_dtype, s.device)
+    seqs_per_s = bench["scoring"]["ours"][score_dtype if score_dtype in bench["scoring"]["ours"] else "float32"][
+        "sequences_per_s"]
+    pairs_per_s = bench["training"]["ours"]["bf16" if stages.rm_bf16(s) else "fp32"]["pairs_per_s"]
 
     prompts = gather_prompts(s)[0].num_rows
     human = len(data.training_pairs(s))
@@ -536,7 +537,8 @@ def report_header(exp: Experiment) -> dict:
               if not torch.cuda.is_available() else f"{torch.cuda.get_device_name()}, torch {torch.__version__}",
               "data": f"{exp.settings.human_pairs} (human), {exp.settings.eval_pairs} (evaluation), "
                       f"{exp.settings.unlabeled_prompts} (prompts)",
-              "policy / RM backbone": f"{exp.settings.policy} ({exp.settings.policy_dtype}) / "
+              "policy / RM backbone": f"{exp.settings.policy} "
+                                      f"({models.resolve_dtype(exp.settings.policy_dtype, exp.settings.device)}) / "
                                       f"{exp.settings.rm_backbone}"}
     if exp.path("estimate.json").exists():
         est = read_json(exp.path("estimate.json"))
