@@ -400,3 +400,22 @@ def test_an_ensemble_teacher_scores_and_filters_by_agreement(tmp_path):
     assert cell["lineage"]["teacher_revision"] == teacher["revision"]
     assert json.loads(exp.path("teacher_result.json").read_text())["seeds"] == [0, 1]
     assert "| **teacher** (ensemble of seeds 0, 1) |" in report.read_text()
+
+
+def test_bases_only_trains_and_reports_the_bases_a_full_run_then_reuses(tmp_path, capsys):
+    from wofn.experiment import bases
+
+    cfg_path = tmp_path / "bases.yaml"
+    cfg_path.write_text(TINY.split("train:")[0].replace("name: tiny", "name: bases")
+                        .replace("max_human_pairs: 40,", "max_human_pairs: 40, human_holdout: 0.25,"))
+    home = tmp_path / "home"
+    assert bases.main([str(cfg_path), "--seeds", "1", "--home", str(home)]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    summary = json.loads(line)
+    assert summary["seed"] == 1 and 0 <= summary["accuracy"] <= 1 and "length_balanced_accuracy" in summary
+    assert set(summary["holdout"]) == {"accuracy", "length_balanced_accuracy", "mean_margin"}
+    exp = runner.Experiment(xconfig.load(cfg_path), home)
+    result = exp.base_dir(1) / runner.EVAL_FILE
+    stamp = result.stat().st_mtime_ns
+    assert exp.base(1)["accuracy"] == summary["accuracy"] and result.stat().st_mtime_ns == stamp  # reused
+    assert not exp.base_dir(0).exists()  # only the seeds asked for
