@@ -6,6 +6,9 @@ it reaches point <name>. Points:
   before_rename   a shard file's temporary copy is written, not yet renamed to its final name
   after_rename    a shard file is complete under its final name
 (The sampling job writes each shard's errors file, then its candidates file.)
+
+`WOFN_FAIL_OOM_ABOVE=<k>` (`out_of_memory`) makes inference calls on more than k items fail as
+out of memory.
 """
 
 from __future__ import annotations
@@ -24,3 +27,14 @@ def hit(name: str) -> None:
     _seen[name] += 1
     if wanted == f"{name}:{_seen[name]}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+OOM_ENV = "WOFN_FAIL_OOM_ABOVE"
+
+
+def out_of_memory(items: int) -> None:
+    """`WOFN_FAIL_OOM_ABOVE=<k>`: an inference call on more than k items raises the error a GPU out of
+    memory raises (k = 0: every call), so the tests can watch batches halve down to one item."""
+    limit = os.environ.get(OOM_ENV)
+    if limit is not None and items > int(limit):
+        raise MemoryError(f"CUDA out of memory (injected by {OOM_ENV}={limit} for a call on {items} items)")

@@ -17,8 +17,12 @@ shard has the same rows, and nothing is duplicated. The output folder records th
 was written with (`_sampling_job.json`); a rerun with other settings is refused.
 
 Inside a shard, prompts are sorted by length and cut into batches of `--batch-size`, so a
-batch's prompts pad to nearly the same width. A batch that fails is retried one prompt at a
-time, so one bad prompt (an out-of-memory, a tokenizer error) fails alone.
+batch's prompts pad to nearly the same width; the longest batch runs first. A batch that runs out
+of memory is halved and retried, down to one prompt (counted as `oom_halvings`); a batch that
+fails otherwise is retried one prompt at a time, so one bad prompt fails alone.
+
+`--device cuda` on a node of several GPUs: one worker process per GPU (`--gpus`, default all;
+the DirectRunner runs in multi_processing mode), each loading one model copy on its own GPU.
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
 from beam_jobs import failpoints
-from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
+from beam_jobs.inference import (
+    Runtime,
+    WofnModelHandler,
+    add_runtime_args,
+    is_out_of_memory,
+    run_halving,
+    runtime_from_args,
+    worker_options,
+)
 from beam_jobs.io import (
     completed_shards,
     count_rows,
@@ -66,9 +78,7 @@ def error_row(stage: str, reason: str, detail: str, prompt_id: str | None = None
 
 
 def _failure_reason(exc: BaseException) -> str:
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
-        return "out_of_memory"
-    return "sampling_error"
+    return "out_of_memory" if is_out_of_memory(exc) else "sampling_error"
 
 
 class PolicyHandler(WofnModelHandler):
@@ -88,10 +98,10 @@ class PolicyHandler(WofnModelHandler):
     def _load(self):
         rt = self._runtime
         if self._engine == "vllm":
-            return vllm_sampling.load(self._model, dtype=models.resolve_dtype(rt.dtype, rt.device),
-                                      trust_remote_code=rt.trust_remote_code)
-        return models.load_policy(self._model, device=rt.device, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code,
-                                  allow_pickle=rt.allow_pickle)
+            return vllm_sampling.load(self._model, dtype=models.resolve_dtype(rt.dtype, self.device),
+                                      trust_remote_code=rt.trust_remote_code, device=self.device)
+        return models.load_policy(self._model, device=self.device, dtype=rt.dtype,
+                                  trust_remote_code=rt.trust_remote_code, allow_pickle=rt.allow_pickle)
 
     def batch_elements_kwargs(self) -> dict:
         return {"min_batch_size": 1, "max_batch_size": 1}  # one shard per call; it batches inside
@@ -110,18 +120,15 @@ class PolicyHandler(WofnModelHandler):
                 errors.append(problem)
             else:
                 usable.append(row)
-        for chunk in length_sorted_batches(usable, self._runtime.batch_size):
-            try:
-                got = sampler(model, [(r["prompt_id"], r["prompt"]) for r in chunk], self._params)
-            except Exception:  # noqa: BLE001 - retried one prompt at a time; failures become error rows
-                log.warning("a batch of %d prompts failed; retrying them one at a time", len(chunk), exc_info=True)
-                got = []
-                for r in chunk:
-                    try:
-                        got.extend(sampler(model, [(r["prompt_id"], r["prompt"])], self._params))
-                    except Exception as exc:  # noqa: BLE001 - recorded in the errors table, with the message
-                        errors.append(error_row("sampling", _failure_reason(exc), f"{type(exc).__name__}: {exc}",
-                                                r["prompt_id"]))
+        # the longest batch first: a run that cannot fit fails (or halves) in its first minute
+        for chunk in reversed(length_sorted_batches(usable, self._runtime.batch_size)):
+            done, failed = run_halving(
+                chunk, lambda part: sampler(model, [(r["prompt_id"], r["prompt"]) for r in part], self._params),
+                "prompts")
+            got = [candidate for _, candidates in done for candidate in candidates]
+            for r, exc in failed:
+                errors.append(error_row("sampling", _failure_reason(exc), f"{type(exc).__name__}: {exc}",
+                                        r["prompt_id"]))
             for candidate in got:
                 if math.isfinite(candidate["logprob_sum"]):
                     rows.append(candidate)
@@ -286,7 +293,7 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
         log.info("resuming: %d of %d shards already written in %s", len(done), num_shards, known.output)
     expected = None if n_prompts is None else round(n_prompts * (num_shards - len(done)) / num_shards)
     handler = PolicyHandler(known.policy, params, runtime_from_args(known), expected, known.engine)
-    pipeline = new_pipeline(pipeline_args, save_main_session)
+    pipeline = new_pipeline(worker_options(handler.runtime, pipeline_args), save_main_session)
     _ = (
         pipeline
         | "ReadPrompts" >> beam.io.ReadFromParquet(input_pattern(known.prompts), columns=["prompt_id", "prompt"])

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
+from beam_jobs import inference
 from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
 from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, run_to_completion
 from wofn import evaluation, models, pairwise, schemas, scoring, tournament
@@ -51,7 +52,7 @@ class _TeacherHandler(WofnModelHandler):
 
     def _load(self) -> models.LoadedModel:
         rt = self._runtime
-        return models.load_reward_model(self._model, device=rt.device, dtype=rt.dtype,
+        return models.load_reward_model(self._model, device=self.device, dtype=rt.dtype,
                                         trust_remote_code=rt.trust_remote_code, allow_pickle=rt.allow_pickle)
 
     def _length(self, model: models.LoadedModel) -> int:
@@ -68,12 +69,13 @@ class RewardHandler(_TeacherHandler):
     def run_inference(self, batch: Sequence[dict], model: models.LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
         max_length = self._length(model)
-        try:
-            rewards = scoring.score_members(model, [r["prompt"] for r in batch], [r["response"] for r in batch],
-                                            max_length, self._token_budget)
-        except Exception:  # noqa: BLE001 - retried one candidate at a time; failures become error rows
-            log.warning("a batch of %d candidates failed; retrying them one at a time", len(batch), exc_info=True)
-            rewards = [self._score_one(model, r, max_length) for r in batch]
+        done, failed = inference.run_halving(
+            batch, lambda rows: scoring.score_members(model, [r["prompt"] for r in rows], [r["response"] for r in rows],
+                                                      max_length, self._token_budget), "candidates")
+        reward_of = {(r["prompt_id"], r["candidate_idx"]): reward for rows, rewards in done
+                     for r, reward in zip(rows, rewards)}
+        reward_of.update({(r["prompt_id"], r["candidate_idx"]): exc for r, exc in failed})
+        rewards = [reward_of[(r["prompt_id"], r["candidate_idx"])] for r in batch]
         beam.metrics.Metrics.counter("wofn", "candidates_scored").inc(len(batch))
         self._report(len(batch))
         return [
@@ -84,19 +86,12 @@ class RewardHandler(_TeacherHandler):
             for r, reward in zip(batch, rewards)
         ]
 
-    def _score_one(self, model: models.LoadedModel, row: dict,
-                   max_length: int) -> tuple[float, list[float] | None] | BaseException:
-        try:
-            return scoring.score_members(model, [row["prompt"]], [row["response"]], max_length, self._token_budget)[0]
-        except Exception as exc:  # noqa: BLE001 - becomes an error row, with the message
-            return exc
-
 
 def _failure(row: dict) -> dict | None:
     """The wofn.schemas.ERRORS row for a score row without a finite reward, else None."""
     reward = row["reward"]
     if isinstance(reward, BaseException):
-        reason = "out_of_memory" if "out of memory" in str(reward).lower() else "scoring_error"
+        reason = "out_of_memory" if inference.is_out_of_memory(reward) else "scoring_error"
         detail = f"{type(reward).__name__}: {reward}"
     elif reward is None or not math.isfinite(reward):
         reason, detail = "non_finite_reward", f"reward {reward}"
@@ -141,11 +136,17 @@ class TournamentHandler(_TeacherHandler):
 
     def run_inference(self, batch: Sequence[dict], model: models.LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[list]:
+        if len({g["prompt_id"] for g in batch}) != len(batch):
+            raise ValueError("a batch holds the same prompt_id twice; group candidates by prompt_id first")
+        done, failed = inference.run_halving(batch, lambda groups: self._judge(groups, model), "prompts")
+        if failed:
+            raise failed[0][1]
+        return [rows for _, out in done for rows in out]
+
+    def _judge(self, batch: list[dict], model: models.LoadedModel) -> list[list]:
         max_length = self._length(model)
         prompts = {g["prompt_id"]: g["prompt"] for g in batch}
         responses = {g["prompt_id"]: dict(g["candidates"]) for g in batch}
-        if len(prompts) != len(batch):
-            raise ValueError("a batch holds the same prompt_id twice; group candidates by prompt_id first")
 
         def judge(matches: list[tournament.Match]) -> list[float]:
             return pairwise.compare(
@@ -252,7 +253,7 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
         return _run_pairwise(known, pipeline_args, save_main_session)
     handler = RewardHandler(known.reward_model, runtime_from_args(known), known.max_length,
                             known.token_budget, count_rows(known.candidates))
-    pipeline = new_pipeline(pipeline_args, save_main_session)
+    pipeline = new_pipeline(inference.worker_options(handler.runtime, pipeline_args), save_main_session)
     scored = _read_candidates(pipeline, known.candidates) | "ScoreCandidates" >> ScoreCandidates(handler)
     written_scores = scored["scores"] | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES,
                                                                       known.num_shards)
@@ -268,7 +269,7 @@ def _run_pairwise(known: argparse.Namespace, pipeline_args: list[str], save_main
         raise ValueError(f"--prompts-per-batch must be >= 1, got {known.prompts_per_batch}")
     runtime = dataclasses.replace(runtime_from_args(known), batch_size=known.prompts_per_batch)
     handler = TournamentHandler(known.reward_model, runtime, known.max_length, known.token_budget)
-    pipeline = new_pipeline(pipeline_args, save_main_session)
+    pipeline = new_pipeline(inference.worker_options(handler.runtime, pipeline_args), save_main_session)
     _ = (
         _read_candidates(pipeline, known.candidates)
         | "JudgeCandidates" >> JudgeCandidates(handler)

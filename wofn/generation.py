@@ -171,8 +171,10 @@ def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: Sampling
 
 def candidate_row(tokenizer, prompt: tuple[str, str], candidate_idx: int, tokens: list[int], logprob_sum: float,
                   finish_reason: str, params: SamplingParams, seed: int, eos_ids: set[int], policy: str,
-                  policy_revision: str) -> dict:
-    """One wofn.schemas.CANDIDATES row (every sampling engine builds its rows here)."""
+                  policy_revision: str, logprob_mode: str = "raw") -> dict:
+    """One wofn.schemas.CANDIDATES row (every sampling engine builds its rows here). `logprob_mode`:
+    "raw" when `logprob_sum` is under the model's own distribution (temperature 1), "processed"
+    when under the sampling distribution (after temperature and top-p)."""
     text_tokens = [t for t in tokens if t not in eos_ids]
     return {
         "prompt_id": prompt[0],
@@ -189,6 +191,7 @@ def candidate_row(tokenizer, prompt: tuple[str, str], candidate_idx: int, tokens
         "seed": seed,
         "policy": policy,
         "policy_revision": policy_revision,
+        "logprob_mode": logprob_mode,
     }
 
 

@@ -7,6 +7,12 @@
   raise `max_prompts` (null = all), `n`, `rm_epochs`, `rm_max_length` on real hardware.
 - `tiny`: tiny random models built from configs with the real tokenizers, 24 prompts, N=4, a
   few dozen human pairs. For tests and smoke runs (under 2 minutes).
+- `gpu`: a GPU node: bf16, N=16, 256 new tokens, every prompt (`max_prompts: null`), larger
+  batches; the policy and reward model are Hugging Face ids (downloaded once into the HF cache;
+  a local folder works the same): Qwen2.5-1.5B-Instruct samples, and the base reward model
+  starts from Skywork-Reward-V2-Qwen3-1.7B (a public 1.7B reward model, transformers' head). One
+  Beam worker and one model copy per GPU of the node (`device: cuda`, `gpus: 0` = all).
+  Point `unlabeled_prompts` / `human_pairs` at your own data for a real run.
 """
 
 from __future__ import annotations
@@ -36,7 +42,27 @@ TINY = DEFAULT.replace(
     rounds=2,
 )
 
-PROFILES = {"default": DEFAULT, "tiny": TINY}
+GPU = DEFAULT.replace(
+    device="cuda",
+    gpus=0,
+    max_prompts=None,
+    policy="Qwen/Qwen2.5-1.5B-Instruct",
+    policy_dtype="bfloat16",
+    score_dtype="bfloat16",
+    rm_bf16=True,
+    n=16,
+    max_new_tokens=256,
+    sample_batch_size=32,
+    score_batch_size=256,
+    rm_backbone="Skywork/Skywork-Reward-V2-Qwen3-1.7B",
+    rm_head="hf",
+    rm_max_length=1024,
+    rm_epochs=1.0,
+    rm_batch_size=32,
+    rm_learning_rate=2e-6,
+)
+
+PROFILES = {"default": DEFAULT, "tiny": TINY, "gpu": GPU}
 
 
 def get(name: str) -> Settings:

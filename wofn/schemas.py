@@ -59,6 +59,9 @@ CANDIDATES = pa.schema(
         pa.field("seed", pa.int64(), nullable=False),  # per (prompt, sample): reruns reproduce it
         pa.field("policy", pa.string(), nullable=False),  # model name as given
         pa.field("policy_revision", pa.string(), nullable=False),  # content hash of the weights
+        # which distribution logprob_sum is under: "raw" (the model's own, temperature 1; the torch
+        # engine, vLLM V1) or "processed" (after temperature and top-p; vLLM V0). Null: written before.
+        _added(pa.field("logprob_mode", pa.string())),
     ]
 )
 

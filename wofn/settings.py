@@ -249,7 +249,12 @@ class Settings:
     # -- runtime
     seed: int = _setting(0, "runtime", "global seed for sampling and training")
     torch_threads: int = _setting(0, "runtime", "torch threads per step; 0 = all cores")
-    device: str = _setting("cpu", "runtime", "torch device for sampling, scoring and training (cpu, cuda, cuda:1)")
+    device: str = _setting("cpu", "runtime", "torch device for sampling, scoring and training (cpu, cuda, cuda:1); "
+                           "'cuda' on a node of several GPUs: one Beam worker process per GPU, each with its own "
+                           "model copy (see gpus)")
+    gpus: int = _setting(0, "runtime", "with device 'cuda': how many of the node's GPUs the Beam jobs spread over, "
+                         "one worker process and one model copy each (0 = every visible GPU; the DirectRunner "
+                         "then runs in multi_processing mode unless its workers are set in the Beam options)")
     allow_pickle_weights: bool = _setting(False, "runtime", "load pickle (*.bin) checkpoints in the Beam jobs; they "
                                           "can run code when loaded, so only for files you trust (default: "
                                           "safetensors only)")
@@ -411,6 +416,7 @@ _CHECKS = {
     "seed": _range("seed", 0),
     "pair_seed": _range("pair_seed", 0),
     "torch_threads": _range("torch_threads", 0),
+    "gpus": _range("gpus", 0),
 }
 
 

@@ -41,7 +41,7 @@ def train_config(s: Settings, seed: int | None = None, **overrides) -> training.
 
 
 def _model_options(s: Settings) -> list[str]:
-    return ["--device", s.device, "--torch-threads", str(s.threads()),
+    return ["--device", s.device, "--gpus", str(s.gpus), "--torch-threads", str(s.threads()),
             *(["--allow-pickle"] if s.allow_pickle_weights else [])]
 
 
