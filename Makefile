@@ -8,7 +8,7 @@ WOFN_HOME ?= $(CURDIR)/.wofn
 export WOFN_HOME
 export DAGSTER_HOME ?= $(WOFN_HOME)/dagster
 
-.PHONY: setup run run-tiny test lint ui bench clean
+.PHONY: setup run run-tiny test lint ui bench gpu-check gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,17 @@ lint: setup
 # figures, not tests: ours beside a common-tools baseline per stage, one JSON line each (bench/run.py)
 bench: setup
 	@$(BIN)/python -m bench.run
+
+# wofn's GPU paths on one CUDA GPU without network, one JSON line per stage (bench/gpu_check.py,
+# docs/benchmark.md). No setup: a GPU machine has python3 with torch but no venv; Beam comes from
+# .whl/ (make gpu-wheels). Flags through ARGS, e.g. ARGS=--quick or ARGS=--dry-run.
+gpu-check:
+	bash bench/gpu_check.sh $(ARGS)
+
+# .whl/: the wheels gpu-check needs beyond a GPU image's packages (the device README's pip download,
+# cp312 manylinux, --no-deps, pinned by constraints.txt) and the SmolLM2 tokenizer
+gpu-wheels: setup
+	$(BIN)/python -m bench.gpu_check --prepare
 
 # the profile's prompt batch is registered, so "Materialize all" has a batch to run
 ui: setup $(DAGSTER_HOME)/dagster.yaml

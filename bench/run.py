@@ -133,25 +133,35 @@ def matmul_params(model) -> int:
     return total
 
 
-def mfu(params: int, tokens: int, seconds: float, peak_gflops: float | None) -> dict:
-    """Achieved GFLOP/s at ~2 * params FLOPs per token (attention ignored), and its share of peak."""
-    achieved = 2 * params * tokens / seconds / 1e9
-    return {"flop_params": params, "flop_tokens": tokens, "achieved_gflops": round(achieved, 2),
-            "peak_gflops": peak_gflops,
+def mfu(params: int, tokens: int, seconds: float, peak_gflops: float | None, flops_per_param_token: int = 2) -> dict:
+    """Achieved GFLOP/s at ~`flops_per_param_token` * params FLOPs per token (2: a forward pass,
+    6: forward and backward in training; attention ignored), and its share of peak."""
+    achieved = flops_per_param_token * params * tokens / seconds / 1e9
+    return {"flop_params": params, "flop_tokens": tokens, "flops_per_param_token": flops_per_param_token,
+            "achieved_gflops": round(achieved, 2), "peak_gflops": peak_gflops,
             "fraction_of_peak": round(achieved / peak_gflops, 4) if peak_gflops else None}
 
 
 # --- mfu: the matmul peak ----------------------------------------------------------------------
 
-def matmul_peak_gflops(dtype, size: int = 2048, seconds: float = 2.0) -> float:
+def matmul_peak_gflops(dtype, size: int = 2048, seconds: float = 2.0, device: str = "cpu") -> float:
+    """GFLOP/s of a `size`^3 matmul loop run for ~`seconds` on `device`. On a GPU the loop waits for
+    every 10 queued products before it reads the clock, so the time covers the work."""
     import torch
 
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    cuda = torch.device(device).type == "cuda"
+    chunk = 10 if cuda else 1
     out = torch.matmul(a, b)  # warm-up
+    if cuda:
+        torch.cuda.synchronize(device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        torch.matmul(a, b, out=out)
-        count += 1
+        for _ in range(chunk):
+            torch.matmul(a, b, out=out)
+        count += chunk
+        if cuda:
+            torch.cuda.synchronize(device)
     return round(2 * size**3 * count / (time.perf_counter() - start) / 1e9, 1)
 
 
@@ -213,9 +223,11 @@ def baseline_sampling(policy, encoded: list[list[int]], params) -> tuple[int, in
     from wofn import generation
 
     eos_ids = generation._eos_ids(policy.model, policy.tokenizer)
+    device = next(policy.model.parameters()).device
     tokens = 0
     for ids in encoded:
-        inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        inputs = {"input_ids": torch.tensor([ids], device=device),
+                  "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=device)}
         out = policy.model.generate(**inputs, do_sample=True, temperature=params.temperature,
                                     max_new_tokens=params.max_new_tokens, num_return_sequences=params.n)
         tokens += tokens_through_eos(out[:, len(ids):], eos_ids)
