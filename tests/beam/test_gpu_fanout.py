@@ -4,9 +4,12 @@ own device; out-of-memory batches halved down to one item; the `gpu` profile res
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import failpoints, inference, sample_candidates, score_candidates
 from beam_jobs.inference import Runtime
@@ -201,3 +204,28 @@ def test_torch_engine_rows_hold_raw_log_probabilities(tiny_policy):
     rows = generation.sample(tiny_policy, [("p", "\n\nHuman: hi\n\nAssistant:")],
                              generation.SamplingParams(n=2, max_new_tokens=3))
     assert {r["logprob_mode"] for r in rows} == {"raw"}
+
+
+class _CountingPolicy(sample_candidates.PolicyHandler):
+    loads: list = []
+    threads: set = set()
+
+    def _load(self):
+        type(self).loads.append(1)
+        return super()._load()
+
+    def run_inference(self, batch, model, inference_args=None):
+        type(self).threads.add(threading.get_ident())
+        return super().run_inference(batch, model, inference_args)
+
+
+def test_threads_of_one_worker_process_share_one_model_copy():
+    """Beam's RunInference shares the loaded model across a process's threads: the DirectRunner's
+    multi_threading mode runs shards on several threads, and the policy loads once."""
+    prompts = [{"prompt_id": f"p{i}", "prompt": f"\n\nHuman: question {i}?\n\nAssistant:"} for i in range(12)]
+    handler = _CountingPolicy("tiny-llama", generation.SamplingParams(n=2, max_new_tokens=2), Runtime(batch_size=2))
+    options = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=4"])
+    with beam.Pipeline(options=options) as p:
+        _ = p | beam.Create(prompts, reshuffle=False) | sample_candidates.SampleCandidates(handler, num_shards=12)
+    assert len(_CountingPolicy.threads) > 1, "the runner used one thread: nothing shared"
+    assert len(_CountingPolicy.loads) == 1
