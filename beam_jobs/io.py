@@ -32,6 +32,29 @@ def input_pattern(path: str) -> str:
     return FileSystems.join(path, "*.parquet")
 
 
+def missing_columns(path: str, columns: tuple[str, ...]) -> tuple[str, list[str]] | None:
+    """The first Parquet file of `path` (a file or folder) that lacks some of `columns`, with those
+    columns; None when every file has them all. FileNotFoundError naming `path` when it has no file."""
+    files = sorted(m.path for m in FileSystems.match([input_pattern(path)])[0].metadata_list)
+    if not files:
+        raise FileNotFoundError(f"{path}: no Parquet file there")
+    for name in files:
+        with FileSystems.open(name, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            names = set(pq.ParquetFile(fh).schema_arrow.names)
+        missing = [c for c in columns if c not in names]
+        if missing:
+            return name, missing
+    return None
+
+
+def require_columns(path: str, columns: tuple[str, ...], what: str) -> None:
+    """ValueError naming the file of `path` that lacks some of `columns` (`what`: the input's role)."""
+    gap = missing_columns(path, columns)
+    if gap:
+        raise ValueError(f"{gap[0]}: no column {', '.join(map(repr, gap[1]))}; {what} needs the columns "
+                         f"{', '.join(columns)}")
+
+
 def count_rows(path: str) -> int | None:
     """Rows in a Parquet file or folder, from the footers (for progress ETAs); None if unknown."""
     try:

@@ -4,7 +4,8 @@
         --max-new-tokens M [--temperature T] [--seed S] [--engine torch|vllm] [--device cuda --dtype bfloat16]
         [--errors DIR] [--prompts-per-shard K | --num-shards S] [Beam pipeline options such as --runner]
 
-PATH is a Parquet file or folder with columns `prompt_id, prompt` (wofn.schemas.PROMPTS).
+PATH is a Parquet file or folder with columns `prompt_id, prompt` (wofn.schemas.PROMPTS); a file
+with only `prompt` gets the prompt_id the `prompts` asset would give (`wofn.data.prompt_id`).
 Writes wofn.schemas.CANDIDATES shards to DIR, and the prompts or candidates that failed to
 wofn.schemas.ERRORS shards in the errors folder (default DIR + "_errors"): every input prompt
 ends up with its candidates or with a row there.
@@ -52,12 +53,14 @@ from beam_jobs.io import (
     completed_shards,
     count_rows,
     input_pattern,
+    missing_columns,
     new_pipeline,
+    require_columns,
     run_to_completion,
     shard_of,
     write_shard,
 )
-from wofn import generation, models, schemas, settings, vllm_sampling
+from wofn import data, generation, models, schemas, settings, vllm_sampling
 from wofn.settings import Settings, setting_help
 
 log = logging.getLogger(__name__)
@@ -273,6 +276,20 @@ def check_job_record(output: str, record: dict) -> None:
         fh.write(json.dumps(record, indent=2, sort_keys=True).encode("utf-8"))
 
 
+def _with_prompt_id(row: dict) -> dict:
+    return {"prompt_id": data.prompt_id(row["prompt"] or ""), "prompt": row["prompt"]}
+
+
+def read_prompts(pipeline: beam.Pipeline, path: str):
+    """The prompt rows of `path` (it has a `prompt` column); without a prompt_id column, each gets
+    the id the `prompts` asset gives its text."""
+    if missing_columns(path, ("prompt_id",)):
+        log.info("%s has no prompt_id column: each prompt gets the id of its text (wofn.data.prompt_id)", path)
+        return (pipeline | "ReadPrompts" >> beam.io.ReadFromParquet(input_pattern(path), columns=["prompt"])
+                | "DerivePromptIds" >> beam.Map(_with_prompt_id))
+    return pipeline | "ReadPrompts" >> beam.io.ReadFromParquet(input_pattern(path), columns=["prompt_id", "prompt"])
+
+
 def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     known, pipeline_args = parse_args(argv)
     params = generation.SamplingParams(
@@ -283,6 +300,7 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
         vllm_sampling.require_vllm()  # fail before the pipeline starts, with the install hint
     if known.prompts_per_shard < 1:
         raise ValueError(f"--prompts-per-shard must be >= 1, got {known.prompts_per_shard}")
+    require_columns(known.prompts, ("prompt",), "a prompt file")  # before anything is written
     n_prompts = count_rows(known.prompts)
     num_shards = known.num_shards or max(1, math.ceil((n_prompts or 1) / known.prompts_per_shard))
     errors_dir = known.errors or known.output.rstrip("/") + "_errors"
@@ -295,8 +313,7 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     handler = PolicyHandler(known.policy, params, runtime_from_args(known), expected, known.engine)
     pipeline = new_pipeline(worker_options(handler.runtime, pipeline_args), save_main_session)
     _ = (
-        pipeline
-        | "ReadPrompts" >> beam.io.ReadFromParquet(input_pattern(known.prompts), columns=["prompt_id", "prompt"])
+        read_prompts(pipeline, known.prompts)
         | "SampleCandidates" >> SampleCandidates(handler, num_shards, done)
         | "WriteShards" >> beam.ParDo(_WriteSampledShard(known.output, errors_dir, num_shards))
     )

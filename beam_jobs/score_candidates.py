@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from beam_jobs import inference
 from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
-from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, run_to_completion
+from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, require_columns, run_to_completion
 from wofn import evaluation, models, pairwise, schemas, scoring, tournament
 from wofn.settings import TEACHERS, Settings, setting_help
 
@@ -241,14 +241,17 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
+CANDIDATE_COLUMNS = ("prompt_id", "candidate_idx", "prompt", "response")
+
+
 def _read_candidates(pipeline: beam.Pipeline, path: str):
     """The candidate columns a teacher reads, from a Parquet file or folder."""
-    return pipeline | "ReadCandidates" >> beam.io.ReadFromParquet(
-        input_pattern(path), columns=["prompt_id", "candidate_idx", "prompt", "response"])
+    return pipeline | "ReadCandidates" >> beam.io.ReadFromParquet(input_pattern(path), columns=list(CANDIDATE_COLUMNS))
 
 
 def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     known, pipeline_args = parse_args(argv)
+    require_columns(known.candidates, CANDIDATE_COLUMNS, "a candidates file (wofn.schemas.CANDIDATES)")
     if teacher_kind(known.reward_model, known.teacher_kind) == "pairwise":
         return _run_pairwise(known, pipeline_args, save_main_session)
     handler = RewardHandler(known.reward_model, runtime_from_args(known), known.max_length,

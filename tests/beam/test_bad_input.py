@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -171,3 +172,33 @@ def _candidates() -> pa.Table:
              "logprob_sum": -1.0, "logprob_mean": -0.5, "finish_reason": "stop", "temperature": 0.7, "top_p": 1.0,
              "max_new_tokens": 4, "seed": i, "policy": "x", "policy_revision": "y"} for i in range(2)]
     return pa.Table.from_pylist(rows, schema=schemas.CANDIDATES)
+
+
+def test_sampling_job_on_a_prompt_file_with_only_a_prompt_column_derives_the_ids(tmp_path):
+    """What the README says a prompt file needs (a `prompt` column) is enough for the job run on its
+    own: each prompt gets the id the `prompts` asset gives it."""
+    texts = [GOOD, "\n\nHuman: what is a prime number?\n\nAssistant:", ""]
+    pq.write_table(pa.table({"prompt": texts}), tmp_path / "only_prompt.parquet")
+    out = tmp_path / "cands"
+    stats = sample_candidates.run(["--prompts", str(tmp_path / "only_prompt.parquet"), "--output", str(out),
+                                   "--policy", "tiny-llama", "--n", "2", "--max-new-tokens", "2"],
+                                  save_main_session=False)
+    rows = [r for f in out.glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert stats["candidates"] == 4 and {r["prompt_id"] for r in rows} == {data.prompt_id(t) for t in texts[:2]}
+    errors = [r for f in (tmp_path / "cands_errors").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert [(e["reason"], e["prompt_id"]) for e in errors] == [("empty_prompt", data.prompt_id(""))]
+
+
+@pytest.mark.parametrize("job, flag, table, message", [
+    (sample_candidates, "--prompts", {"text": [GOOD]}, "no column 'prompt'; a prompt file needs"),
+    (score_candidates, "--candidates", {"prompt_id": ["a"], "prompt": [GOOD]},
+     "no column 'candidate_idx', 'response'; a candidates file"),
+])
+def test_beam_job_input_without_its_columns_is_refused_naming_the_file(tmp_path, job, flag, table, message):
+    path = tmp_path / "input.parquet"
+    pq.write_table(pa.table(table), path)
+    model = ["--policy", "tiny-llama", "--n", "2", "--max-new-tokens", "2"] if job is sample_candidates \
+        else ["--reward-model", "tiny-bert"]
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
+        job.run([flag, str(path), "--output", str(tmp_path / "out"), *model], save_main_session=False)
+    assert not (tmp_path / "out").exists(), "nothing is written for an input that is refused"
