@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from beam_jobs import dask_compat, failpoints
 
@@ -171,9 +171,28 @@ class WriteShards(beam.PTransform):
         )
 
 
+LOCAL_RUNNERS = (None, "DirectRunner", "direct", "SwitchingDirectRunner")
+
+
+def local_runner(options: PipelineOptions):
+    """The runner Beam's DirectRunner ends up using for a batch pipeline like ours (the FnApiRunner,
+    with the options in its provision info), without the DirectRunner's first attempt: a PrismRunner,
+    which downloads its binary from github.com on every run, then falls back when that fails offline."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def new_pipeline(pipeline_args: list[str], save_main_session: bool) -> beam.Pipeline:
+    """A pipeline for `pipeline_args`; the DirectRunner (the default) runs on the FnApiRunner, offline."""
     options = PipelineOptions(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
+    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        return beam.Pipeline(runner=local_runner(options), options=options)
     return beam.Pipeline(options=options)
 
 
