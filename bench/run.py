@@ -540,7 +540,8 @@ def write_synthetic_tables(root: Path, prompts: int, seed: int = 0, response_wor
     out = []
     for name, columns, schema in (("candidates", candidates, schemas.CANDIDATES),
                                   ("candidate_scores", scores, schemas.CANDIDATE_SCORES)):
-        catalog.write_parquet(pa.Table.from_pydict(columns, schema=schema), root / name)
+        added = {f.name: pa.nulls(rows, f.type) for f in schema if schemas.is_added(f) and f.name not in columns}
+        catalog.write_parquet(pa.Table.from_pydict({**columns, **added}, schema=schema), root / name)
         out.append(root / name)
     return out[0], out[1]
 

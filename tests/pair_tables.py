@@ -44,6 +44,7 @@ def candidates_table(rows: list[tuple]) -> pa.Table:
         out["seed"].append(1000 + idx)
         out["policy"].append(f"pi@{idx}")  # per row, to check which row the pair takes it from
         out["policy_revision"].append("abc123")
+        out["logprob_mode"].append("raw")
     return pa.Table.from_pydict(out, schema=schemas.CANDIDATES)
 
 
