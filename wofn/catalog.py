@@ -12,6 +12,10 @@ Notes on duckdb 2.x (checked against 2.0.1):
   * Relations have no `fetchone()`; use `fetchall()` or Arrow.
   * Named parameters (`$name`) bind from a dict; unknown or missing names raise
     `duckdb.InvalidInputException`.
+  * duckdb 2 writes a storage format DuckDB 1.x cannot read (the `duckdb` CLI on PyPI is 1.5.6).
+    The catalog is written with `storage_compatibility_version` v1.0.0 (STORAGE), which every
+    DuckDB since 1.0 reads; a catalog written before in the newer format is rewritten, views and
+    all, the first time wofn opens it for writing (`_rewrite_for_duckdb_1`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wofn import paths, schemas
+
+STORAGE = {"storage_compatibility_version": "v1.0.0"}  # readable by DuckDB 1.0 and later
+_NEWEST_1X_STORAGE = 68  # the newest storage version number DuckDB 1.x reads (1.5.6: 64 to 68)
 
 
 class CatalogLockedError(RuntimeError):
@@ -70,7 +77,11 @@ def connect(
     delay = 0.05
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config=STORAGE)
+            if read_only or storage_version(path) <= _NEWEST_1X_STORAGE:
+                return con
+            _rewrite_for_duckdb_1(con, path)
+            continue
         except duckdb.IOException as exc:
             if not _is_lock_conflict(exc):
                 raise
@@ -83,6 +94,33 @@ def connect(
                 ) from exc
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
+
+
+def storage_version(path: Path) -> int:
+    """The storage version number in a DuckDB file's header (0 for a file too short to have one)."""
+    with open(path, "rb") as fh:
+        header = fh.read(20)
+    return int.from_bytes(header[12:20], "little") if len(header) == 20 and header[8:12] == b"DUCK" else 0
+
+
+def _rewrite_for_duckdb_1(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Rewrite the catalog at `path` (open as `con`, which is closed) in the storage format of STORAGE:
+    the same views, in a new file that replaces it."""
+    views = [sql for (sql,) in con.sql("select sql from duckdb_views() where not internal").fetchall()]
+    tables = con.sql("select count(*) from duckdb_tables() where not internal").fetchall()[0][0]
+    con.close()
+    if tables:
+        raise RuntimeError(f"{path} holds tables besides wofn's views and was written by DuckDB 2, "
+                                 "which DuckDB 1.x cannot read; move it away and rerun")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    new = duckdb.connect(str(tmp), config=STORAGE)
+    try:
+        for sql in views:
+            new.execute(sql)
+    finally:
+        new.close()
+    Path(f"{path}.wal").unlink(missing_ok=True)  # its changes are in `views` (read through the open file)
+    os.replace(tmp, path)
 
 
 def _quote_identifier(name: str) -> str:

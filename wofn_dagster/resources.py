@@ -22,7 +22,7 @@ from dagster import ConfigurableResource, EnvVar
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, model_validator
 
-from wofn import profiles
+from wofn import catalog, profiles
 from wofn import settings as settings_model
 from wofn.paths import WofnHome
 from wofn.settings import Settings
@@ -173,5 +173,6 @@ def wofn_resources(home: Optional[str] = None, profile: Optional[str] = None, **
         "reward_models": RewardModelResource(**owned["reward_models"]),
         "beam_runner": BeamRunnerResource(runner=_env_or("WOFN_BEAM_RUNNER", "DirectRunner"),
                                           pipeline_options=shlex.split(options) if options else []),
-        "duckdb": DuckDBResource(database=str(Path(root) / "wofn.duckdb")),
+        # the catalog's storage format, as wofn.catalog writes it (DuckDB 1.x tools read it)
+        "duckdb": DuckDBResource(database=str(Path(root) / "wofn.duckdb"), connection_config=dict(catalog.STORAGE)),
     }

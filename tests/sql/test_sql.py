@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -498,3 +499,43 @@ def test_read_sql_by_name_and_path():
     assert catalog.read_sql(str(catalog.paths.SQL_DIR / "filter_pairs.sql")).startswith("--")
     with pytest.raises(FileNotFoundError):
         catalog.read_sql("no_such_query")
+
+
+def _duckdb_1_cli() -> str:
+    """The `duckdb` CLI PyPI ships (duckdb-cli, a dev dependency pinned at a 1.x release)."""
+    cli = Path(sys.executable).with_name("duckdb")
+    assert cli.exists(), "the duckdb CLI (duckdb-cli in the dev extras) is missing from the venv"
+    version = subprocess.run([str(cli), "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("v1."), version
+    return str(cli)
+
+
+def _cli_count(path, table: str) -> subprocess.CompletedProcess:
+    return subprocess.run([_duckdb_1_cli(), "-readonly", "-csv", str(path), "-c", f"select count(*) as n from {table}"],
+                          capture_output=True, text=True)
+
+
+def test_the_duckdb_1_cli_reads_the_catalog(tmp_path):
+    table_dir = tmp_path / "tables" / "candidates"
+    catalog.write_parquet(candidates_table([("p2", 0, "b", 2, -1.0), ("p2", 1, "c", 2, -2.0)]), table_dir)
+    catalog.refresh_view(tmp_path / "wofn.duckdb", "candidates", table_dir)
+    out = _cli_count(tmp_path / "wofn.duckdb", "candidates")
+    assert out.returncode == 0 and out.stdout.split() == ["n", "2"], out.stderr
+
+
+def test_a_catalog_written_in_duckdb_2s_format_is_rewritten_for_duckdb_1(tmp_path):
+    path, table_dir = tmp_path / "wofn.duckdb", tmp_path / "tables" / "candidates"
+    catalog.write_parquet(candidates_table([("p2", 0, "b", 2, -1.0)]), table_dir)
+    old = duckdb.connect(str(path))  # duckdb 2's own format, as catalogs were written before
+    catalog.create_view(old, "candidates", table_dir)
+    old.close()
+    assert catalog.storage_version(path) > 68
+    assert _cli_count(path, "candidates").returncode != 0
+    con = catalog.connect(path)
+    try:
+        assert catalog.scalar(con, "select count(*) from candidates") == 1
+    finally:
+        con.close()
+    assert catalog.storage_version(path) <= 68 and not list(tmp_path.glob(".wofn.duckdb.*"))
+    out = _cli_count(path, "candidates")
+    assert out.returncode == 0 and out.stdout.split() == ["n", "1"], out.stderr
