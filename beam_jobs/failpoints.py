@@ -8,11 +8,13 @@ it reaches point <name>. Points:
 (The sampling job writes each shard's errors file, then its candidates file.)
 
 `WOFN_FAIL_OOM_ABOVE=<k>` (`out_of_memory`) makes inference calls on more than k items fail as
-out of memory.
+out of memory. `WOFN_FAIL_DISK_FULL=<k>` (`disk_full`) makes the k-th shard file write of the
+process fail half-way with ENOSPC, as a full disk does.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections import Counter
@@ -38,3 +40,16 @@ def out_of_memory(items: int) -> None:
     limit = os.environ.get(OOM_ENV)
     if limit is not None and items > int(limit):
         raise MemoryError(f"CUDA out of memory (injected by {OOM_ENV}={limit} for a call on {items} items)")
+
+
+DISK_FULL_ENV = "WOFN_FAIL_DISK_FULL"
+
+
+def disk_full(path: str) -> None:
+    """`WOFN_FAIL_DISK_FULL=<k>`: the k-th call in this process raises ENOSPC for `path`."""
+    wanted = os.environ.get(DISK_FULL_ENV)
+    if not wanted:
+        return
+    _seen["disk_full"] += 1
+    if _seen["disk_full"] == int(wanted):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)

@@ -93,14 +93,30 @@ def write_shard(output_dir: str, shard: int, num_shards: int, table: pa.Table) -
     name = shard_name(shard, num_shards)
     final = FileSystems.join(output_dir, name)
     temp = FileSystems.join(output_dir, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-    with FileSystems.create(temp) as fh:
-        fh.write(buffer.getvalue())
+    data = buffer.getvalue()
+    try:
+        with FileSystems.create(temp) as fh:
+            fh.write(data[: len(data) // 2])
+            failpoints.disk_full(temp)
+            fh.write(data[len(data) // 2:])
+    except OSError as exc:
+        _delete_quietly(temp)
+        raise OSError(exc.errno, f"{final}: the shard could not be written ({exc.strerror or exc}); nothing of it "
+                      f"was published, and the shards written before are kept: free space and rerun, and the "
+                      f"job resumes from them") from exc
     failpoints.hit("before_rename")
     if FileSystems.exists(final):
         FileSystems.delete([final])
     FileSystems.rename([temp], [final])
     failpoints.hit("after_rename")
     return final
+
+
+def _delete_quietly(path: str) -> None:
+    try:
+        FileSystems.delete([path])
+    except Exception:  # noqa: BLE001 - a leftover temporary file is cleared by the next run (completed_shards)
+        pass
 
 
 def _listing(output_dir: str) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs import sample_candidates
+from beam_jobs import failpoints, sample_candidates
 from wofn import data
 from wofn.paths import DATA_DIR, REPO_ROOT
 
@@ -104,3 +104,20 @@ def test_resumable_staging_keeps_work_across_a_failed_attempt(tmp_path):
     with staged(final, resume_key="k3") as staging:  # a new key starts empty; k2's leftovers are removed
         assert not list(staging.iterdir())
     assert not list(final.parent.glob(".batch=a.resume-*"))
+
+
+def test_a_full_disk_fails_the_job_clearly_and_a_rerun_resumes(prompts, reference, tmp_path, monkeypatch):
+    """ENOSPC half-way through the third file write (the second sampled shard's errors file): the job fails
+    naming the shard file and the cause; only complete shards carry final names, no temporary file
+    is left; rerun with space, it finishes with the rows of an uninterrupted run."""
+    out = tmp_path / "candidates"
+    monkeypatch.setenv(failpoints.DISK_FULL_ENV, "3")
+    with pytest.raises(Exception, match=r"part-0000[0-2]-of-00003\.parquet: the shard could not be written "
+                                        r"\(No space left on device\)") as info:
+        sample_candidates.run(_args(prompts, out), save_main_session=False)
+    assert "rerun" in str(info.value)
+    assert len(_final_files(out)) == 1 and all(pq.read_table(f).num_rows > 0 for f in out.glob("*.parquet"))
+    assert not [p.name for d in (out, Path(f"{out}_errors")) for p in d.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.delenv(failpoints.DISK_FULL_ENV)
+    stats = sample_candidates.run(_args(prompts, out), save_main_session=False)
+    assert stats["shards_skipped"] == 1 and _rows(out) == reference
