@@ -163,7 +163,11 @@ def create_view(
     # where no file has it yet, the view adds it as a NULL column of its type.
     kind = "temp view" if temporary else "view"
     source = f"read_parquet({_quote_literal(pattern)}, hive_partitioning = false, union_by_name = true)"
-    have = {row[0] for row in con.execute(f"describe select * from {source}").fetchall()}
+    try:
+        have = {row[0] for row in con.execute(f"describe select * from {source}").fetchall()}
+    except (duckdb.InvalidInputException, duckdb.IOException) as exc:  # a truncated or damaged file
+        raise ValueError(f"table {name!r} in {table_dir}: a file cannot be read as Parquet ({exc}); "
+                         f"rematerialize the asset (or delete that file) to publish the view") from exc
     added = "".join(
         f", cast(null as {_duckdb_type(con, field.type)}) as {_quote_identifier(field.name)}"
         for field in schemas.TABLES[name] if field.name not in have and schemas.is_added(field))

@@ -539,3 +539,19 @@ def test_a_catalog_written_in_duckdb_2s_format_is_rewritten_for_duckdb_1(tmp_pat
     assert catalog.storage_version(path) <= 68 and not list(tmp_path.glob(".wofn.duckdb.*"))
     out = _cli_count(path, "candidates")
     assert out.returncode == 0 and out.stdout.split() == ["n", "1"], out.stderr
+
+
+def test_a_truncated_parquet_file_in_a_table_is_named(tmp_path, capsys):
+    """Found when the view is published, and by any query of a view published before."""
+    from wofn import cli
+
+    table_dir = tmp_path / "tables" / "candidates"
+    catalog.write_parquet(candidates_table([("p2", 0, "b", 2, -1.0)]), table_dir, "a.parquet")
+    catalog.write_parquet(candidates_table([("p3", 0, "c", 2, -1.0)]), table_dir, "b.parquet")
+    catalog.refresh_view(tmp_path / "wofn.duckdb", "candidates", table_dir)
+    damaged = table_dir / "b.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert cli.main(["sql", "select count(*) from candidates", "--home", str(tmp_path)]) == 2
+    assert str(damaged) in capsys.readouterr().err
+    with pytest.raises(ValueError, match=rf"table 'candidates' in .*cannot be read as Parquet .*{damaged.name}"):
+        catalog.refresh_view(tmp_path / "wofn.duckdb", "candidates", table_dir)
