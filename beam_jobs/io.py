@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
+import math
 import re
 import uuid
+from dataclasses import dataclass
+from typing import Iterable
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from beam_jobs import dask_compat, failpoints
+from wofn import schemas
 
 
 def input_pattern(path: str) -> str:
@@ -160,6 +166,117 @@ class _WriteShardFn(beam.DoFn):
         beam.metrics.Metrics.counter("wofn", "rows_written").inc(table.num_rows)
         beam.metrics.Metrics.counter("wofn", "shards_written").inc()
         yield final
+
+
+def _not_done(row: dict, num_shards: int, done: frozenset) -> bool:
+    return shard_of(row["prompt_id"], num_shards) not in done
+
+
+def _as_list(element: tuple[int, Iterable[dict]]) -> tuple[int, list[dict]]:
+    return element[0], list(element[1])
+
+
+class ShardedInference(beam.PTransform):
+    """Rows with a `prompt_id` in; per shard (a hash of prompt_id), the handler's one output for the
+    shard's whole list of rows (`(shard, rows)` is one inference element) out. `done`: shards an
+    earlier run wrote, skipped."""
+
+    def __init__(self, handler, num_shards: int, done: Iterable[int] = ()):
+        super().__init__()
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        self._handler, self._num_shards, self._done = handler, num_shards, frozenset(done)
+
+    def expand(self, rows):
+        return (
+            rows
+            | "SkipWrittenShards" >> beam.Filter(_not_done, self._num_shards, self._done)
+            | "KeyByShard" >> beam.Map(_key_by_shard, self._num_shards)
+            | "GroupByShard" >> beam.GroupByKey()
+            | "ShardLists" >> beam.Map(_as_list)
+            | "RunInference" >> RunInference(self._handler)
+        )
+
+
+class WriteShardWithErrors(beam.DoFn):
+    """(shard, rows, error rows) in: the errors shard first, then the rows' shard, whose final file
+    marks the shard done for a resumed run (`completed_shards`). Rows sorted by prompt_id and then
+    `index` (a column), errors by prompt_id, candidate_idx, reason."""
+
+    def __init__(self, output: str, errors: str, num_shards: int, schema: pa.Schema, index: str):
+        self._output, self._errors, self._num_shards = output, errors, num_shards
+        self._schema, self._index = schema, index
+
+    def process(self, element):
+        shard, rows, errors = element
+        rows = sorted(rows, key=lambda r: (r["prompt_id"], r[self._index]))
+        errors = sorted(errors, key=lambda r: (r["prompt_id"] or "", r["candidate_idx"] or -1, r["reason"]))
+        write_shard(self._errors, shard, self._num_shards, pa.Table.from_pylist(errors, schema=schemas.ERRORS))
+        final = write_shard(self._output, shard, self._num_shards, pa.Table.from_pylist(rows, schema=self._schema))
+        beam.metrics.Metrics.counter("wofn", "rows_written").inc(len(rows))
+        beam.metrics.Metrics.counter("wofn", "shards_written").inc()
+        yield final
+
+
+def check_job_record(output: str, name: str, record: dict) -> None:
+    """Write `record` (what a shard's rows depend on) as `name` into a new output folder, or check
+    that an existing one matches: a resumed run must have the settings the folder was written with."""
+    path = FileSystems.join(output, name)
+    if FileSystems.exists(path):
+        with FileSystems.open(path) as fh:
+            earlier = json.loads(fh.read().decode("utf-8"))
+        changed = {k: (earlier.get(k), v) for k, v in record.items() if earlier.get(k) != v}
+        if changed:
+            raise ValueError(f"{output} was written by a run with other settings {changed} (earlier, now); "
+                             f"write to a new folder, or empty this one")
+        return
+    if not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
+    with FileSystems.create(path) as fh:
+        fh.write(json.dumps(record, indent=2, sort_keys=True).encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a sharded job (re)starts from: its errors folder, the shards written before, and the
+    input rows still to do (for progress; None if unknown)."""
+
+    errors_dir: str
+    done: frozenset
+    expected: int | None
+
+
+def resume(output: str, errors: str | None, record_name: str, record: dict, num_shards: int, rows: int | None,
+           log: logging.Logger) -> Resume:
+    """Check the output folder's job record (`check_job_record`), clear the temporary files a killed
+    run left in the output and errors folders, and find the shards already written."""
+    errors_dir = errors or output.rstrip("/") + "_errors"
+    check_job_record(output, record_name, record)
+    done = completed_shards(output, num_shards)
+    completed_shards(errors_dir, num_shards)
+    if done:
+        log.info("resuming: %d of %d shards already written in %s", len(done), num_shards, output)
+    expected = None if rows is None else round(rows * (num_shards - len(done)) / num_shards)
+    return Resume(errors_dir, frozenset(done), expected)
+
+
+def run_sharded(rows, label: str, transform: ShardedInference, output: str, start: Resume, num_shards: int,
+                schema: pa.Schema, log: logging.Logger) -> dict[str, int]:
+    """Run `rows` (a PCollection of the job's pipeline) through `transform`, write each shard (errors,
+    then `schema` rows: `WriteShardWithErrors`), and return the job's counters with `shards_skipped`."""
+    _ = (rows | label >> transform
+         | "WriteShards" >> beam.ParDo(WriteShardWithErrors(output, start.errors_dir, num_shards, schema,
+                                                            "candidate_idx")))
+    stats = run_to_completion(rows.pipeline, log)
+    stats["shards_skipped"] = len(start.done)
+    return stats
+
+
+def shard_count(num_shards: int | None, rows: int | None, per_shard: int, flag: str) -> int:
+    """`num_shards` when given, else enough shards of `per_shard` rows for `rows`."""
+    if per_shard < 1:
+        raise ValueError(f"{flag} must be >= 1, got {per_shard}")
+    return num_shards or max(1, math.ceil((rows or 1) / per_shard))
 
 
 class WriteShards(beam.PTransform):

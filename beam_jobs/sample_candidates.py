@@ -29,15 +29,11 @@ the DirectRunner runs in multi_processing mode), each loading one model copy on 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
-import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import RunInference
 
 from beam_jobs import failpoints
 from beam_jobs.inference import (
@@ -50,15 +46,15 @@ from beam_jobs.inference import (
     worker_options,
 )
 from beam_jobs.io import (
-    completed_shards,
+    ShardedInference,
     count_rows,
     input_pattern,
     missing_columns,
     new_pipeline,
     require_columns,
-    run_to_completion,
-    shard_of,
-    write_shard,
+    resume,
+    run_sharded,
+    shard_count,
 )
 from wofn import data, generation, models, schemas, settings, vllm_sampling
 from wofn.settings import Settings, setting_help
@@ -171,58 +167,13 @@ def _unique(prompt_rows: list[dict], errors: list[dict]) -> list[dict]:
     return list(seen.values())
 
 
-def _not_done(row: dict, num_shards: int, done: frozenset) -> bool:
-    return shard_of(row["prompt_id"], num_shards) not in done
-
-
-def _key_by_shard(row: dict, num_shards: int) -> tuple[int, dict]:
-    return shard_of(row["prompt_id"], num_shards), row
-
-
-def _as_list(element: tuple[int, Iterable[dict]]) -> tuple[int, list[dict]]:
-    return element[0], list(element[1])
-
-
-class _WriteSampledShard(beam.DoFn):
-    """Errors shard first, then the candidates shard: the candidates file marks the shard done."""
-
-    def __init__(self, output: str, errors: str, num_shards: int):
-        self._output, self._errors, self._num_shards = output, errors, num_shards
-
-    def process(self, element):
-        shard, rows, errors = element
-        rows = sorted(rows, key=lambda r: (r["prompt_id"], r["candidate_idx"]))
-        errors = sorted(errors, key=lambda r: (r["prompt_id"] or "", r["candidate_idx"] or -1, r["reason"]))
-        write_shard(self._errors, shard, self._num_shards, pa.Table.from_pylist(errors, schema=schemas.ERRORS))
-        final = write_shard(self._output, shard, self._num_shards,
-                            pa.Table.from_pylist(rows, schema=schemas.CANDIDATES))
-        beam.metrics.Metrics.counter("wofn", "rows_written").inc(len(rows))
-        beam.metrics.Metrics.counter("wofn", "shards_written").inc()
-        yield final
-
-
-class SampleCandidates(beam.PTransform):
+class SampleCandidates(ShardedInference):
     """Prompt rows (prompt_id, prompt) in; per shard one (shard, candidate rows, error rows) out.
 
     `done`: shards to skip (already written by an earlier run)."""
 
     def __init__(self, handler: PolicyHandler, num_shards: int, done: Iterable[int] = ()):
-        super().__init__()
-        if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-        self._handler = handler
-        self._num_shards = num_shards
-        self._done = frozenset(done)
-
-    def expand(self, prompt_rows):
-        return (
-            prompt_rows
-            | "SkipWrittenShards" >> beam.Filter(_not_done, self._num_shards, self._done)
-            | "KeyByShard" >> beam.Map(_key_by_shard, self._num_shards)
-            | "GroupByShard" >> beam.GroupByKey()
-            | "ShardLists" >> beam.Map(_as_list)
-            | "RunPolicy" >> RunInference(self._handler)
-        )
+        super().__init__(handler, num_shards, done)
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -259,23 +210,6 @@ def job_record(known: argparse.Namespace, num_shards: int) -> dict:
             "dtype": models.resolve_dtype(known.dtype, known.device)}
 
 
-def check_job_record(output: str, record: dict) -> None:
-    """Write the record into a new output folder, or check that an existing one matches."""
-    path = FileSystems.join(output, JOB_RECORD)
-    if FileSystems.exists(path):
-        with FileSystems.open(path) as fh:
-            earlier = json.loads(fh.read().decode("utf-8"))
-        changed = {k: (earlier.get(k), v) for k, v in record.items() if earlier.get(k) != v}
-        if changed:
-            raise ValueError(f"{output} was written by a run with other settings {changed} (earlier, now); "
-                             f"write to a new folder, or empty this one")
-        return
-    if not FileSystems.exists(output):
-        FileSystems.mkdirs(output)
-    with FileSystems.create(path) as fh:
-        fh.write(json.dumps(record, indent=2, sort_keys=True).encode("utf-8"))
-
-
 def _with_prompt_id(row: dict) -> dict:
     return {"prompt_id": data.prompt_id(row["prompt"] or ""), "prompt": row["prompt"]}
 
@@ -298,28 +232,16 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     )
     if known.engine == "vllm":
         vllm_sampling.require_vllm()  # fail before the pipeline starts, with the install hint
-    if known.prompts_per_shard < 1:
-        raise ValueError(f"--prompts-per-shard must be >= 1, got {known.prompts_per_shard}")
     require_columns(known.prompts, ("prompt",), "a prompt file")  # before anything is written
     n_prompts = count_rows(known.prompts)
-    num_shards = known.num_shards or max(1, math.ceil((n_prompts or 1) / known.prompts_per_shard))
-    errors_dir = known.errors or known.output.rstrip("/") + "_errors"
-    check_job_record(known.output, job_record(known, num_shards))
-    done = completed_shards(known.output, num_shards)
-    completed_shards(errors_dir, num_shards)  # clears temporary files a killed run left there
-    if done:
-        log.info("resuming: %d of %d shards already written in %s", len(done), num_shards, known.output)
-    expected = None if n_prompts is None else round(n_prompts * (num_shards - len(done)) / num_shards)
-    handler = PolicyHandler(known.policy, params, runtime_from_args(known), expected, known.engine)
+    num_shards = shard_count(known.num_shards, n_prompts, known.prompts_per_shard, "--prompts-per-shard")
+    start = resume(known.output, known.errors, JOB_RECORD, job_record(known, num_shards), num_shards, n_prompts, log)
+    handler = PolicyHandler(known.policy, params, runtime_from_args(known), start.expected, known.engine)
     pipeline = new_pipeline(worker_options(handler.runtime, pipeline_args), save_main_session)
-    _ = (
-        read_prompts(pipeline, known.prompts)
-        | "SampleCandidates" >> SampleCandidates(handler, num_shards, done)
-        | "WriteShards" >> beam.ParDo(_WriteSampledShard(known.output, errors_dir, num_shards))
-    )
-    stats = run_to_completion(pipeline, log)
-    stats["shards_skipped"] = len(done)
-    _check_error_share(errors_dir, n_prompts, known.max_error_fraction)
+    stats = run_sharded(read_prompts(pipeline, known.prompts), "SampleCandidates",
+                        SampleCandidates(handler, num_shards, start.done), known.output, start, num_shards,
+                        schemas.CANDIDATES, log)
+    _check_error_share(start.errors_dir, n_prompts, known.max_error_fraction)
     return stats
 
 

@@ -14,6 +14,15 @@ members' mean, and each member's in member_rewards); a candidate that could not 
 reward, an error in its batch that recurs when it is scored alone) gets a wofn.schemas.ERRORS
 row in the errors folder (`--errors`, default DIR + "_errors") instead.
 
+The pointwise job is cut into shards by a hash of prompt_id (`--candidates-per-shard`, default
+512, or `--num-shards`), like the sampling job: a shard is scored, then its errors file and its
+scores file are written (temporary name, then renamed), so a killed job keeps the shards it
+finished; rerun with the same arguments, it scores only the missing shards, with the same rows
+(a shard's candidates are sorted by length and cut into calls the same way each time), and
+nothing twice. The folder records what its scores depend on (`_scoring_job.json`, the reward
+model's content hash included); a rerun with other settings or another model is refused. A call
+that runs out of memory is halved, down to one candidate.
+
 Pairwise teacher (a preference model, `wofn.pairwise`): candidates are grouped by prompt_id and
 the best and worst of each prompt are found by knockout tournaments (`wofn.tournament`, every
 round of a batch of prompts is one batched model call); writes wofn.schemas.TOURNAMENT_PAIRS
@@ -34,11 +43,23 @@ from apache_beam.ml.inference.base import RunInference
 
 from beam_jobs import inference
 from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, runtime_from_args
-from beam_jobs.io import WriteShards, count_rows, input_pattern, new_pipeline, require_columns, run_to_completion
+from beam_jobs.io import (
+    ShardedInference,
+    WriteShards,
+    count_rows,
+    input_pattern,
+    new_pipeline,
+    require_columns,
+    resume,
+    run_sharded,
+    run_to_completion,
+    shard_count,
+)
 from wofn import evaluation, models, pairwise, schemas, scoring, tournament
 from wofn.settings import TEACHERS, Settings, setting_help
 
 log = logging.getLogger(__name__)
+JOB_RECORD = "_scoring_job.json"
 
 
 class _TeacherHandler(WofnModelHandler):
@@ -61,30 +82,42 @@ class _TeacherHandler(WofnModelHandler):
 
 
 class RewardHandler(_TeacherHandler):
-    """Candidate rows in, one score row per candidate out."""
+    """(shard, candidate rows) in, one element at a time; (shard, score rows, error rows) out.
+    Inside a shard, candidates are sorted by length and cut into calls of `batch_size`, the longest
+    first; a call that runs out of memory is halved, down to one candidate."""
 
     label = "score_candidates"
     unit = "candidates"
 
-    def run_inference(self, batch: Sequence[dict], model: models.LoadedModel,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": 1, "max_batch_size": 1}  # one shard per call; it batches inside
+
+    def run_inference(self, batch: Sequence[tuple[int, list[dict]]], model: models.LoadedModel,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[tuple[int, list, list]]:
+        return [(shard, *self._score_shard(model, rows)) for shard, rows in batch]
+
+    def _score_shard(self, model: models.LoadedModel, rows: list[dict]) -> tuple[list[dict], list[dict]]:
         max_length = self._length(model)
-        done, failed = inference.run_halving(
-            batch, lambda rows: scoring.score_members(model, [r["prompt"] for r in rows], [r["response"] for r in rows],
-                                                      max_length, self._token_budget), "candidates")
-        reward_of = {(r["prompt_id"], r["candidate_idx"]): reward for rows, rewards in done
-                     for r, reward in zip(rows, rewards)}
-        reward_of.update({(r["prompt_id"], r["candidate_idx"]): exc for r, exc in failed})
-        rewards = [reward_of[(r["prompt_id"], r["candidate_idx"])] for r in batch]
-        beam.metrics.Metrics.counter("wofn", "candidates_scored").inc(len(batch))
-        self._report(len(batch))
-        return [
-            {"prompt_id": r["prompt_id"], "candidate_idx": r["candidate_idx"],
-             "reward": reward[0] if isinstance(reward, tuple) else reward,
-             "reward_model": model.name, "reward_model_revision": model.revision,
-             "member_rewards": reward[1] if isinstance(reward, tuple) else None}
-            for r, reward in zip(batch, rewards)
-        ]
+        rows = sorted(rows, key=lambda r: (len(r["prompt"]) + len(r["response"]), r["prompt_id"], r["candidate_idx"]))
+        size = self._runtime.batch_size
+        scores, errors = [], []
+        for chunk in reversed([rows[i : i + size] for i in range(0, len(rows), size)]):
+            done, failed = inference.run_halving(
+                chunk, lambda part: scoring.score_members(model, [r["prompt"] for r in part],
+                                                          [r["response"] for r in part], max_length,
+                                                          self._token_budget), "candidates")
+            results = [(r, reward) for part, rewards in done for r, reward in zip(part, rewards)] + failed
+            for r, reward in results:
+                row = {"prompt_id": r["prompt_id"], "candidate_idx": r["candidate_idx"],
+                       "reward": reward[0] if isinstance(reward, tuple) else reward,
+                       "reward_model": model.name, "reward_model_revision": model.revision,
+                       "member_rewards": reward[1] if isinstance(reward, tuple) else None}
+                failure = _failure(row)
+                (errors if failure else scores).append(failure or row)
+            beam.metrics.Metrics.counter("wofn", "candidates_scored").inc(len(chunk))
+            self._report(len(chunk))
+        beam.metrics.Metrics.counter("wofn", "errors").inc(len(errors))
+        return scores, errors
 
 
 def _failure(row: dict) -> dict | None:
@@ -101,30 +134,13 @@ def _failure(row: dict) -> dict | None:
             "candidate_idx": row["candidate_idx"], "source": None, "row": None, "detail": detail[:2000]}
 
 
-def _scored(row: dict) -> list[dict]:
-    return [] if _failure(row) else [row]
+class ScoreCandidates(ShardedInference):
+    """Candidate rows in; per shard (a hash of prompt_id) one (shard, score rows, error rows) out: a
+    wofn.schemas.CANDIDATE_SCORES row per candidate with a finite reward, a wofn.schemas.ERRORS row
+    per other candidate. `done`: shards an earlier run wrote, skipped."""
 
-
-def _failed(row: dict) -> list[dict]:
-    failure = _failure(row)
-    if failure:
-        beam.metrics.Metrics.counter("wofn", "errors").inc()
-    return [failure] if failure else []
-
-
-class ScoreCandidates(beam.PTransform):
-    """Candidate rows in; a score row (wofn.schemas.CANDIDATE_SCORES) per candidate with a finite
-    reward on the main output, a wofn.schemas.ERRORS row per other candidate on `errors`."""
-
-    def __init__(self, handler: RewardHandler):
-        super().__init__()
-        self._handler = handler
-
-    def expand(self, candidate_rows):
-        # two plain FlatMaps rather than tagged outputs: Beam's DaskRunner mixes tagged outputs up
-        results = candidate_rows | "RunRewardModel" >> RunInference(self._handler)
-        return {"scores": results | "Scored" >> beam.FlatMap(_scored),
-                "errors": results | "Failed" >> beam.FlatMap(_failed)}
+    def __init__(self, handler: RewardHandler, num_shards: int, done: Iterable[int] = ()):
+        super().__init__(handler, num_shards, done)
 
 
 class TournamentHandler(_TeacherHandler):
@@ -236,9 +252,20 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                              "auto: pairwise when the model's manifest kind is pairwise_preference_model")
     parser.add_argument("--prompts-per-batch", type=int, default=16,
                         help="pairwise: prompts whose tournaments share the batched model calls")
+    parser.add_argument("--candidates-per-shard", type=int, default=512,
+                        help="shard size when --num-shards is not given: the unit of resuming and of parallelism")
     add_runtime_args(parser, batch_size=Settings.score_batch_size,
-                     batch_help="pointwise: " + setting_help("score_batch_size"))
+                     batch_help="pointwise: " + setting_help("score_batch_size") + " (sorted by length in a shard)",
+                     num_shards=None, shards_help="output shards (default: from --candidates-per-shard)")
     return parser.parse_known_args(argv)
+
+
+def job_record(known: argparse.Namespace, num_shards: int) -> dict:
+    """What a shard's scores depend on; a resumed run must match it."""
+    return {"candidates": known.candidates, "reward_model": known.reward_model,
+            "reward_model_revision": models.revision(models.resolve(known.reward_model)),
+            "max_length": known.max_length, "token_budget": known.token_budget, "num_shards": num_shards,
+            "dtype": models.resolve_dtype(known.dtype, known.device)}
 
 
 CANDIDATE_COLUMNS = ("prompt_id", "candidate_idx", "prompt", "response")
@@ -252,22 +279,22 @@ def _read_candidates(pipeline: beam.Pipeline, path: str):
 def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     known, pipeline_args = parse_args(argv)
     require_columns(known.candidates, CANDIDATE_COLUMNS, "a candidates file (wofn.schemas.CANDIDATES)")
+    n_candidates = count_rows(known.candidates)
+    num_shards = shard_count(known.num_shards, n_candidates, known.candidates_per_shard, "--candidates-per-shard")
     if teacher_kind(known.reward_model, known.teacher_kind) == "pairwise":
-        return _run_pairwise(known, pipeline_args, save_main_session)
-    handler = RewardHandler(known.reward_model, runtime_from_args(known), known.max_length,
-                            known.token_budget, count_rows(known.candidates))
+        return _run_pairwise(known, pipeline_args, save_main_session, num_shards)
+    start = resume(known.output, known.errors, JOB_RECORD, job_record(known, num_shards), num_shards, n_candidates,
+                   log)
+    handler = RewardHandler(known.reward_model, runtime_from_args(known), known.max_length, known.token_budget,
+                            start.expected)
     pipeline = new_pipeline(inference.worker_options(handler.runtime, pipeline_args), save_main_session)
-    scored = _read_candidates(pipeline, known.candidates) | "ScoreCandidates" >> ScoreCandidates(handler)
-    written_scores = scored["scores"] | "WriteScores" >> WriteShards(known.output, schemas.CANDIDATE_SCORES,
-                                                                      known.num_shards)
-    written_errors = scored["errors"] | "WriteErrors" >> WriteShards(
-        known.errors or known.output.rstrip("/") + "_errors", schemas.ERRORS, known.num_shards)
-    # one last step that depends on both writes: Beam's DaskRunner computes only the last step's graph
-    _ = (written_scores, written_errors) | "AllWritten" >> beam.Flatten()
-    return run_to_completion(pipeline, log)
+    return run_sharded(_read_candidates(pipeline, known.candidates), "ScoreCandidates",
+                       ScoreCandidates(handler, num_shards, start.done), known.output, start, num_shards,
+                       schemas.CANDIDATE_SCORES, log)
 
 
-def _run_pairwise(known: argparse.Namespace, pipeline_args: list[str], save_main_session: bool) -> dict[str, int]:
+def _run_pairwise(known: argparse.Namespace, pipeline_args: list[str], save_main_session: bool,
+                  num_shards: int) -> dict[str, int]:
     if known.prompts_per_batch < 1:
         raise ValueError(f"--prompts-per-batch must be >= 1, got {known.prompts_per_batch}")
     runtime = dataclasses.replace(runtime_from_args(known), batch_size=known.prompts_per_batch)
@@ -276,7 +303,7 @@ def _run_pairwise(known: argparse.Namespace, pipeline_args: list[str], save_main
     _ = (
         _read_candidates(pipeline, known.candidates)
         | "JudgeCandidates" >> JudgeCandidates(handler)
-        | "WriteTournamentPairs" >> WriteShards(known.output, schemas.TOURNAMENT_PAIRS, known.num_shards,
+        | "WriteTournamentPairs" >> WriteShards(known.output, schemas.TOURNAMENT_PAIRS, num_shards,
                                                 sort_keys=("prompt_id",))
     )
     return run_to_completion(pipeline, log)

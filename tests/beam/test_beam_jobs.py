@@ -88,9 +88,9 @@ def test_score_transform_and_job(tmp_path, prompts_file):
     rows = _read_dir(cands)
     handler = score_candidates.RewardHandler("tiny-bert", Runtime(batch_size=4), max_length=64)
     with test_pipeline.TestPipeline() as p:
-        scored_rows = p | beam.Create(rows) | score_candidates.ScoreCandidates(handler)
-        scores = scored_rows["scores"]
-        assert_that(scored_rows["errors"], equal_to([]), label="NoErrors")
+        shards = p | beam.Create(rows) | score_candidates.ScoreCandidates(handler, num_shards=2)
+        assert_that(shards | "Errors" >> beam.FlatMap(lambda s: s[2]), equal_to([]), label="NoErrors")
+        scores = shards | "Scores" >> beam.FlatMap(lambda s: s[1])
         assert_that(scores | beam.Map(lambda s: (s["prompt_id"], s["candidate_idx"], math.isfinite(s["reward"]))),
                     equal_to([(r["prompt_id"], r["candidate_idx"], True) for r in rows]))
     out = tmp_path / "scores"

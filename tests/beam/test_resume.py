@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs import failpoints, sample_candidates
+from beam_jobs import failpoints, sample_candidates, score_candidates
 from wofn import data
 from wofn.paths import DATA_DIR, REPO_ROOT
 
@@ -121,3 +121,46 @@ def test_a_full_disk_fails_the_job_clearly_and_a_rerun_resumes(prompts, referenc
     monkeypatch.delenv(failpoints.DISK_FULL_ENV)
     stats = sample_candidates.run(_args(prompts, out), save_main_session=False)
     assert stats["shards_skipped"] == 1 and _rows(out) == reference
+
+
+@pytest.fixture(scope="module")
+def candidates_dir(prompts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("candidates") / "candidates"
+    sample_candidates.run(_args(prompts, out), save_main_session=False)
+    return out
+
+
+def _score_args(candidates: Path, output: Path) -> list[str]:
+    # 24 candidates in 3 shards; each shard writes its errors file, then its scores file
+    return ["--candidates", str(candidates), "--output", str(output), "--reward-model", "tiny-bert",
+            "--max-length", "64", "--candidates-per-shard", "8", "--batch-size", "3"]
+
+
+@pytest.mark.parametrize("failpoint, shards_done_before_rerun", [("after_rename:2", 1), ("before_rename:6", 2)])
+def test_killed_scoring_job_resumes_without_loss_or_duplicates(candidates_dir, tmp_path, failpoint,
+                                                               shards_done_before_rerun):
+    reference = tmp_path / "reference"
+    score_candidates.run(_score_args(candidates_dir, reference), save_main_session=False)
+    out = tmp_path / "scores"
+    env = {**os.environ, "WOFN_FAILPOINT": failpoint, "PYTHONPATH": str(REPO_ROOT)}
+    killed = subprocess.run([sys.executable, "-m", "beam_jobs.score_candidates", *_score_args(candidates_dir, out)],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(_final_files(out)) == shards_done_before_rerun
+
+    stats = score_candidates.run(_score_args(candidates_dir, out), save_main_session=False)
+
+    assert stats["shards_skipped"] == shards_done_before_rerun
+    rows = _rows(out)
+    assert len({(r["prompt_id"], r["candidate_idx"]) for r in rows}) == len(rows) == PROMPTS * N
+    assert rows == _rows(reference)  # the same rewards, to the bit: a shard's calls are cut the same way
+    assert not [p.name for d in (out, Path(f"{out}_errors")) for p in d.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_scoring_rerun_with_other_settings_is_refused(candidates_dir, tmp_path):
+    out = tmp_path / "scores"
+    score_candidates.run(_score_args(candidates_dir, out), save_main_session=False)
+    args = _score_args(candidates_dir, out)
+    args[args.index("--max-length") + 1] = "32"
+    with pytest.raises(ValueError, match=r"other settings \{'max_length': \(64, 32\)\}"):
+        score_candidates.run(args, save_main_session=False)

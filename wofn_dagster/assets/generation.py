@@ -148,9 +148,14 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
     is_pairwise = pairwise.is_pairwise(str(model_dir))
     table, other = ("tournament_pairs", "candidate_scores") if is_pairwise else ("candidate_scores", "tournament_pairs")
     candidates_dir = h.partition_dir("candidates", key)
+    # a retry (or a rerun after a crash) with the same inputs and settings resumes the scoring job's shards
+    # (the pairwise tournaments restart)
+    resume = None if is_pairwise else content_hash_of_text(json.dumps(
+        [content_hash(candidates_dir), models.read_manifest(str(model_dir)).get("revision"),
+         [reward_models.score_dtype, reward_models.score_batch_size], _SCORING_CODE]))
     stats, seconds = score_with(context, settings, reward_models, beam_runner, candidates_dir, model_dir,
-                                into=staged_partition(h, table, key, context.log),
-                                errors_into=staged_partition(h, "score_errors", key, context.log))
+                                into=staged_partition(h, table, key, context.log, resume_key=resume),
+                                errors_into=staged_partition(h, "score_errors", key, context.log, resume_key=resume))
     errors = error_summary(h, "score_errors", partition=key)
     teacher_revision = models.read_manifest(str(model_dir)).get("revision")
     lineage = {"context": context, "partition": key,
