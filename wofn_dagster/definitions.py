@@ -21,7 +21,8 @@ def make_defs(resources: dict) -> Definitions:
         schedules=[refresh_student],
         resources=resources,
         # One step at a time, each in its own process using every core: on a 2-core machine this
-        # beat overlapping base-RM training with sampling at one thread each (measured: README).
+        # beat overlapping base-RM training with sampling at one thread each (an early measurement,
+        # not kept in the docs; rerun it before changing this).
         # Raise max_concurrent in the run config where steps run on separate devices.
         executor=multiprocess_executor.configured({"max_concurrent": 1}),
     )

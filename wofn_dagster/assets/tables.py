@@ -127,11 +127,11 @@ def write_table(final: Path, table: pa.Table, schema: pa.Schema, where: str) -> 
         catalog.write_parquet(table, staging)
 
 
-def error_summary(home: WofnHome, table: str, folder: Path | None = None, partition: str | None = None) -> dict:
+def error_summary(home: WofnHome, table: str, partition: str | None = None) -> dict:
     """Give a dead-letter table (wofn.schemas.ERRORS) its catalog view, and describe one folder of
     it (a prompt batch's with `partition`) as metadata: how many rows, and how many per reason. A
     folder a job left without files gets one empty file, so the view exists and reads zero rows."""
-    folder = folder or (home.partition_dir(table, partition) if partition else home.table_dir(table))
+    folder = home.partition_dir(table, partition) if partition else home.table_dir(table)
     if not any(folder.glob("*.parquet")):
         catalog.write_parquet(pa.Table.from_pylist([], schema=schemas.ERRORS), folder)
     rows = pa.concat_tables(pq.read_table(f) for f in sorted(folder.glob("*.parquet")))
