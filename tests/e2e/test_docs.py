@@ -126,7 +126,8 @@ def check(argv: list[str]) -> list[str]:
     errors = [f"no such path {p}" for p in parts if not list(REPO.glob(p))]
     if exe == "make":
         targets = re.findall(r"^([\w.-]+):(?!=)", (REPO / "Makefile").read_text(), re.M)
-        errors += [f"no make target {t}" for t in args if not t.startswith("-") and t not in targets]
+        errors += [f"no make target {t}" for t in args  # VAR=value sets a make variable
+                   if not t.startswith("-") and not re.match(r"[A-Za-z_]\w*=", t) and t not in targets]
     elif exe == "wofn":
         sub = wofn_subcommands().get(args[0]) if args else None
         errors += flag_errors(sub, args[1:]) if sub else [f"no wofn subcommand {args[:1]}"]
@@ -189,6 +190,7 @@ def test_the_checker_catches_wrong_commands():
     assert check(words("wofn evaluate --format yaml")) == ["--format yaml: not one of ['json', 'table']"]
     assert check(words("wofn frobnicate")) == ["no wofn subcommand ['frobnicate']"]
     assert check(words("make no-such-target")) == ["no make target no-such-target"]
+    assert check(words("make gpu-check ARGS=--quick")) == []
     assert check(words("wofn sql sql/no_such_query.sql")) == ["no such path sql/no_such_query.sql"]
     assert check(words("python -m beam_jobs.sample_candidates --no-such-option 1")) == ["unknown flag --no-such-option"]
     assert check(words("python -m wofn.no_such_module")) == ["not an importable module: -m wofn.no_such_module"]
