@@ -10,8 +10,10 @@ from typing import Callable, Sequence, TypeVar
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_jobs import failpoints
+from beam_jobs.io import LOCAL_RUNNERS
 from wofn import devices, models
 from wofn.progress import Progress
 from wofn.settings import DTYPES, Settings, setting_help
@@ -58,8 +60,7 @@ def worker_options(runtime: Runtime, pipeline_args: list[str], visible: int | No
     if runtime.device != "cuda" or any(a.startswith(("--direct_num_workers", "--direct_running_mode"))
                                        for a in pipeline_args):
         return pipeline_args
-    runners = [a.split("=", 1)[1] for a in pipeline_args if a.startswith("--runner=")]
-    if runners and runners[-1] not in ("DirectRunner", "direct"):
+    if PipelineOptions(pipeline_args).view_as(StandardOptions).runner not in LOCAL_RUNNERS:
         return pipeline_args  # Dask, Dataflow, Flink, Spark: their workers claim GPUs the same way
     usable = devices.gpus_to_use(runtime.gpus, devices.visible_gpus() if visible is None else visible)
     if usable <= 1:

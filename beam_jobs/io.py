@@ -200,16 +200,15 @@ class ShardedInference(beam.PTransform):
 
 class WriteShardWithErrors(beam.DoFn):
     """(shard, rows, error rows) in: the errors shard first, then the rows' shard, whose final file
-    marks the shard done for a resumed run (`completed_shards`). Rows sorted by prompt_id and then
-    `index` (a column), errors by prompt_id, candidate_idx, reason."""
+    marks the shard done for a resumed run (`completed_shards`). Rows (one per candidate) sorted by
+    prompt_id and candidate_idx, errors by prompt_id, candidate_idx, reason."""
 
-    def __init__(self, output: str, errors: str, num_shards: int, schema: pa.Schema, index: str):
-        self._output, self._errors, self._num_shards = output, errors, num_shards
-        self._schema, self._index = schema, index
+    def __init__(self, output: str, errors: str, num_shards: int, schema: pa.Schema):
+        self._output, self._errors, self._num_shards, self._schema = output, errors, num_shards, schema
 
     def process(self, element):
         shard, rows, errors = element
-        rows = sorted(rows, key=lambda r: (r["prompt_id"], r[self._index]))
+        rows = sorted(rows, key=lambda r: (r["prompt_id"], r["candidate_idx"]))
         errors = sorted(errors, key=lambda r: (r["prompt_id"] or "", r["candidate_idx"] or -1, r["reason"]))
         write_shard(self._errors, shard, self._num_shards, pa.Table.from_pylist(errors, schema=schemas.ERRORS))
         final = write_shard(self._output, shard, self._num_shards, pa.Table.from_pylist(rows, schema=self._schema))
@@ -265,8 +264,7 @@ def run_sharded(rows, label: str, transform: ShardedInference, output: str, star
     """Run `rows` (a PCollection of the job's pipeline) through `transform`, write each shard (errors,
     then `schema` rows: `WriteShardWithErrors`), and return the job's counters with `shards_skipped`."""
     _ = (rows | label >> transform
-         | "WriteShards" >> beam.ParDo(WriteShardWithErrors(output, start.errors_dir, num_shards, schema,
-                                                            "candidate_idx")))
+         | "WriteShards" >> beam.ParDo(WriteShardWithErrors(output, start.errors_dir, num_shards, schema)))
     stats = run_to_completion(rows.pipeline, log)
     stats["shards_skipped"] = len(start.done)
     return stats

@@ -169,11 +169,7 @@ def _unique(prompt_rows: list[dict], errors: list[dict]) -> list[dict]:
 
 class SampleCandidates(ShardedInference):
     """Prompt rows (prompt_id, prompt) in; per shard one (shard, candidate rows, error rows) out.
-
-    `done`: shards to skip (already written by an earlier run)."""
-
-    def __init__(self, handler: PolicyHandler, num_shards: int, done: Iterable[int] = ()):
-        super().__init__(handler, num_shards, done)
+    Arguments as ShardedInference's, with a PolicyHandler."""
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -214,10 +210,10 @@ def _with_prompt_id(row: dict) -> dict:
     return {"prompt_id": data.prompt_id(row["prompt"] or ""), "prompt": row["prompt"]}
 
 
-def read_prompts(pipeline: beam.Pipeline, path: str):
-    """The prompt rows of `path` (it has a `prompt` column); without a prompt_id column, each gets
-    the id the `prompts` asset gives its text."""
-    if missing_columns(path, ("prompt_id",)):
+def read_prompts(pipeline: beam.Pipeline, path: str, derive_ids: bool):
+    """The prompt rows of `path` (it has a `prompt` column); with `derive_ids` (a file of it has no
+    prompt_id column), each gets the id the `prompts` asset gives its text."""
+    if derive_ids:
         log.info("%s has no prompt_id column: each prompt gets the id of its text (wofn.data.prompt_id)", path)
         return (pipeline | "ReadPrompts" >> beam.io.ReadFromParquet(input_pattern(path), columns=["prompt"])
                 | "DerivePromptIds" >> beam.Map(_with_prompt_id))
@@ -233,12 +229,13 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     if known.engine == "vllm":
         vllm_sampling.require_vllm()  # fail before the pipeline starts, with the install hint
     require_columns(known.prompts, ("prompt",), "a prompt file")  # before anything is written
+    derive_ids = missing_columns(known.prompts, ("prompt_id",)) is not None
     n_prompts = count_rows(known.prompts)
     num_shards = shard_count(known.num_shards, n_prompts, known.prompts_per_shard, "--prompts-per-shard")
     start = resume(known.output, known.errors, JOB_RECORD, job_record(known, num_shards), num_shards, n_prompts, log)
     handler = PolicyHandler(known.policy, params, runtime_from_args(known), start.expected, known.engine)
     pipeline = new_pipeline(worker_options(handler.runtime, pipeline_args), save_main_session)
-    stats = run_sharded(read_prompts(pipeline, known.prompts), "SampleCandidates",
+    stats = run_sharded(read_prompts(pipeline, known.prompts, derive_ids), "SampleCandidates",
                         SampleCandidates(handler, num_shards, start.done), known.output, start, num_shards,
                         schemas.CANDIDATES, log)
     _check_error_share(start.errors_dir, n_prompts, known.max_error_fraction)

@@ -137,10 +137,7 @@ def _failure(row: dict) -> dict | None:
 class ScoreCandidates(ShardedInference):
     """Candidate rows in; per shard (a hash of prompt_id) one (shard, score rows, error rows) out: a
     wofn.schemas.CANDIDATE_SCORES row per candidate with a finite reward, a wofn.schemas.ERRORS row
-    per other candidate. `done`: shards an earlier run wrote, skipped."""
-
-    def __init__(self, handler: RewardHandler, num_shards: int, done: Iterable[int] = ()):
-        super().__init__(handler, num_shards, done)
+    per other candidate. Arguments as ShardedInference's, with a RewardHandler."""
 
 
 class TournamentHandler(_TeacherHandler):
