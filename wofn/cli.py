@@ -68,7 +68,7 @@ _MISSING_HINTS = {
                       "--output /tmp/student_scores --reward-model $WOFN_HOME/models/student_reward_model` and "
                       "pass --view student_scores=/tmp/student_scores (in a run with rounds >= 2, "
                       "$WOFN_HOME/rounds/round_2/candidate_scores are round 1's student's)",
-    "pair_draws": "written by the west_of_n_pairs asset (pointwise teachers only); materialize it again",
+    "pair_draws": "written by the west_of_n_pairs asset; materialize it again",
     "pair_selection_report": "written by the west_of_n_pairs asset; materialize it again",
     "pair_funnel": "written by the filtered_pairs asset; materialize it again",
 }

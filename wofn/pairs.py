@@ -8,8 +8,10 @@ with temporary views, so it never waits on the shared catalog file.
     sql/strategies/<strategy>.sql   candidate_pool -> the strategy's two picks per prompt (best_vs_random
                                     and worst_vs_random: strategies/extreme_vs_random.sql)
     sql/label_picks.sql             picks + pool + summary -> pair_draws (one row per prompt)
+    sql/label_tournaments.sql       a pairwise teacher's candidates + tournament_pairs -> pair_draws
     sql/west_of_n_pairs.sql         pair_draws -> the pairs of one strategy (wofn.schemas.PAIRS)
     sql/selection_report.sql        why prompts and candidates were left out, per strategy
+                                    (a pairwise teacher's: sql/selection_report_pairwise.sql)
     sql/pair_filter_flags.sql       pairs -> each pair's filter thresholds and verdicts (computed once)
     sql/filter_pairs.sql            flags -> the pairs kept by the filters
     sql/pair_funnel.sql             flags -> how many pairs each filter step kept
@@ -177,26 +179,40 @@ def pairs_from_draws(draws: Path | pa.Table, strategy: str) -> pa.Table:
         con.close()
 
 
-def selection_report(candidates_dir: Path, judged_dir: Path, draws: Path | pa.Table | None, strategy: str,
+def tournament_draws(candidates_dir: Path, tournaments_dir: Path) -> pa.Table:
+    """A pairwise teacher's West-of-N draw per prompt (wofn.schemas.PAIR_DRAWS, outcomes
+    wofn.schemas.PAIRWISE_OUTCOMES), from the knockout tournaments' winners and losers in
+    `tournaments_dir` (sql/label_tournaments.sql)."""
+    con = catalog.connect()
+    try:
+        catalog.create_view(con, "candidates", candidates_dir, temporary=True)
+        catalog.create_view(con, "tournament_pairs", tournaments_dir, temporary=True)
+        return catalog.run_sql_file(con, "label_tournaments", schema=schemas.PAIR_DRAWS)
+    finally:
+        con.close()
+
+
+def selection_report(candidates_dir: Path, judged_dir: Path, draws: Path | pa.Table, strategy: str,
                      pairwise: bool = False, length_control: str = "none", length_band: float = 0.3) -> pa.Table:
     """Per strategy and reason, what selection left out (wofn.schemas.SELECTION_REPORT).
 
     Pointwise: `judged_dir` holds candidate_scores and `draws` the pair_draws of every strategy
-    (sql/selection_report.sql). Pairwise: `judged_dir` holds tournament_pairs, `draws` is unused
-    (sql/selection_report_pairwise.sql). The candidate counts are over the teacher's own scores
-    whatever the `length_control` the draws were made with; under "band" the prompts whose best
-    candidate has no other valid candidate within the band are counted as fewer_than_2_in_band.
+    (sql/selection_report.sql). Pairwise: `judged_dir` holds tournament_pairs and `draws` the
+    tournament_draws (sql/selection_report_pairwise.sql). The candidate counts are over the
+    teacher's own scores whatever the `length_control` the draws were made with; under "band" the
+    prompts whose best candidate has no other valid candidate within the band are counted as
+    fewer_than_2_in_band.
     """
     check_strategy(strategy, pairwise)
     check_length_control(length_control, length_band, pairwise)
     con = catalog.connect()
     try:
         catalog.create_view(con, "candidates", candidates_dir, temporary=True)
+        _view(con, "pair_draws", draws)
         if pairwise:
             catalog.create_view(con, "tournament_pairs", judged_dir, temporary=True)
             return catalog.run_sql_file(con, "selection_report_pairwise", schema=schemas.SELECTION_REPORT)
         _view(con, "candidate_scores", judged_dir)
-        _view(con, "pair_draws", draws)
         return catalog.run_sql_file(con, "selection_report", {"strategy": strategy, "length_control": length_control},
                                     schema=schemas.SELECTION_REPORT)
     finally:
@@ -208,25 +224,17 @@ def select_pairs(candidates_dir: Path, judged_dir: Path, pairwise: bool = False,
     """One strategy's pairs (default west_of_n: best vs worst); also the number of prompts with candidates.
 
     Pointwise teacher: `judged_dir` holds candidate_scores; draw_pairs draws (from
-    length_controlled_scores when `length_control` is not "none") and
-    sql/west_of_n_pairs.sql keeps the pairs. Pairwise teacher (west_of_n, length_control "none"
-    only): it holds tournament_pairs (the knockout winners and losers) and
-    sql/west_of_n_pairs_pairwise.sql joins them to the candidates.
+    length_controlled_scores when `length_control` is not "none"). Pairwise teacher (west_of_n,
+    length_control "none" only): it holds tournament_pairs (the knockout winners and losers) and
+    tournament_draws labels them. Either way sql/west_of_n_pairs.sql keeps the draws' pairs.
     """
     check_strategy(strategy, pairwise)
     check_length_control(length_control, length_band, pairwise)
     if pairwise:
-        con = catalog.connect()
-        try:
-            catalog.create_view(con, "candidates", candidates_dir, temporary=True)
-            catalog.create_view(con, "tournament_pairs", judged_dir, temporary=True)
-            table = catalog.run_sql_file(con, "west_of_n_pairs_pairwise", schema=schemas.PAIRS)
-            n_prompts = catalog.scalar(con, "select count(distinct prompt_id) from candidates")
-        finally:
-            con.close()
-        return table, n_prompts
-    draws = draw_pairs(candidates_dir, judged_dir, seed, strategies=(strategy,), length_control=length_control,
-                       length_band=length_band)
+        draws = tournament_draws(candidates_dir, judged_dir)
+    else:
+        draws = draw_pairs(candidates_dir, judged_dir, seed, strategies=(strategy,), length_control=length_control,
+                           length_band=length_band)
     return pairs_from_draws(draws, strategy), draws.num_rows
 
 

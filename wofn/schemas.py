@@ -101,7 +101,7 @@ PAIRS = pa.schema(
         pa.field("rejected_logprob_mean", pa.float64(), nullable=False),
         pa.field("chosen_num_tokens", pa.int32(), nullable=False),
         pa.field("rejected_num_tokens", pa.int32(), nullable=False),
-        pa.field("n_candidates", pa.int32(), nullable=False),  # valid candidates of the prompt
+        pa.field("n_candidates", pa.int32(), nullable=False),  # valid candidates of the prompt (pairwise: judged)
         pa.field("policy", pa.string(), nullable=False),
         pa.field("reward_model", pa.string(), nullable=False),
         # an ensemble teacher's share of members with chosen above rejected (a tie counts half), in
@@ -129,6 +129,8 @@ STRATEGIES = ("west_of_n", "random_pair", "best_vs_random", "worst_vs_random")
 
 # Why a prompt does or does not yield a pair (pair_draws.outcome), checked in this order.
 OUTCOMES = ("fewer_than_2_valid", "all_rewards_equal", "tied_rewards", "identical_texts", "pair")
+# The same under a pairwise teacher (sql/label_tournaments.sql).
+PAIRWISE_OUTCOMES = ("no_tournament_pair", "teacher_prefers_rejected", "missing_candidate", "identical_texts", "pair")
 
 # The steps of a strategy's draw (sql/candidate_pool.sql -> sql/prompt_summary.sql ->
 # sql/strategies/<name>.sql -> sql/label_picks.sql), held only in wofn.pairs' in-memory DuckDB.
@@ -169,15 +171,16 @@ PAIR_PICKS = pa.schema(
     ]
 )
 
-# Every strategy's draw for every prompt that has candidate rows (written for pointwise teachers):
-# the two candidates it picked, labelled by the teacher (chosen = the higher reward), and whether
-# they make a pair. The pair columns are null when the prompt has fewer than 2 valid candidates.
+# Every strategy's draw for every prompt that has candidate rows: the two candidates it picked,
+# labelled by the teacher (chosen = the higher reward), and whether they make a pair. The pair
+# columns are null when the prompt has fewer than 2 valid candidates. A pairwise teacher's draws
+# (west_of_n only) are its tournaments' winners and losers (sql/label_tournaments.sql).
 PAIR_DRAWS = pa.schema(
     [
         pa.field("strategy", pa.string(), nullable=False),  # one of STRATEGIES
         pa.field("pair_seed", pa.int64()),  # seed of the random draw; null for west_of_n (no randomness)
         pa.field("prompt_id", pa.string(), nullable=False),
-        pa.field("outcome", pa.string(), nullable=False),  # one of OUTCOMES; "pair" = kept
+        pa.field("outcome", pa.string(), nullable=False),  # one of (PAIRWISE_)OUTCOMES; "pair" = kept
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("chosen", pa.string()),
         pa.field("rejected", pa.string()),
@@ -185,7 +188,7 @@ PAIR_DRAWS = pa.schema(
         pa.field("rejected_idx", pa.int32()),
         pa.field("chosen_reward", pa.float64()),
         pa.field("rejected_reward", pa.float64()),
-        pa.field("margin", pa.float64()),  # >= 0; > 0 for pairs
+        pa.field("margin", pa.float64()),  # > 0 for pairs; >= 0 otherwise (a pairwise teacher's: any sign)
         pa.field("confidence", pa.float64()),  # sigmoid(margin)
         pa.field("chosen_logprob_sum", pa.float64()),
         pa.field("rejected_logprob_sum", pa.float64()),
@@ -193,7 +196,7 @@ PAIR_DRAWS = pa.schema(
         pa.field("rejected_logprob_mean", pa.float64()),
         pa.field("chosen_num_tokens", pa.int32()),
         pa.field("rejected_num_tokens", pa.int32()),
-        pa.field("n_candidates", pa.int32(), nullable=False),  # valid candidates of the prompt
+        pa.field("n_candidates", pa.int32(), nullable=False),  # valid candidates of the prompt (pairwise: judged)
         pa.field("policy", pa.string()),
         pa.field("reward_model", pa.string()),
         _added(pa.field("agreement", pa.float64())),  # as in PAIRS
@@ -339,8 +342,8 @@ ERROR_REASONS = (
 
 # Table name -> schema. Each name is an asset key, except: tournament_pairs, which the
 # candidate_scores asset writes instead of per-candidate scores when the teacher is pairwise;
-# pair_draws and pair_selection_report, which the west_of_n_pairs asset writes beside its pairs
-# (pair_draws for pointwise teachers only); pair_funnel, which filtered_pairs writes; and the
+# pair_draws and pair_selection_report, which the west_of_n_pairs asset writes beside its pairs;
+# pair_funnel, which filtered_pairs writes; and the
 # dead-letter tables prompt_errors, candidate_errors and score_errors, which prompts, candidates
 # and candidate_scores write beside their tables.
 TABLES: dict[str, pa.Schema] = {

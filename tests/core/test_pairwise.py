@@ -1,5 +1,5 @@
 """The pairwise teacher: its input format, symmetrized comparisons, training, the Beam job's
-pairwise mode and sql/west_of_n_pairs_pairwise.sql."""
+pairwise mode, sql/label_tournaments.sql and sql/selection_report_pairwise.sql."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def test_score_candidates_pairwise_job(tmp_path, prompts_file, pairwise_rm):
     assert stats["rows_written"] == len(rows)
 
 
-# --- sql/west_of_n_pairs_pairwise.sql -----------------------------------------------------------
+# --- sql/label_tournaments.sql, sql/selection_report_pairwise.sql -------------------------------
 
 
 def _candidates_table(rows: list[tuple]) -> pa.Table:
@@ -198,6 +198,8 @@ CANDIDATE_ROWS = [
     ("c_same_text", 0, "same", 3, -1.5), ("c_same_text", 1, "same", 3, -1.5),
     ("d_zero", 0, "p", 2, -1.0), ("d_zero", 1, "q", 2, -1.0),
     ("e_reversed", 0, "first", 2, -4.0), ("e_reversed", 1, "second", 8, -2.0),
+    ("f_untried", 0, "alone", 1, -1.0),  # no tournament row
+    ("g_missing", 0, "here", 1, -1.0), ("g_missing", 0, "here", 1, -1.0),  # a duplicate row; idx 3 is missing
 ]
 TOURNAMENT_ROWS = [
     ("e_reversed", 1, 0, 0.5, 2),
@@ -205,6 +207,9 @@ TOURNAMENT_ROWS = [
     ("c_same_text", 0, 1, 2.0, 2),  # identical responses: no pair
     ("b_negative", 0, 1, -1.0, 2),  # the direct comparison disagrees with the brackets: no pair
     ("a_normal", 2, 1, 3.0, 3),
+    ("g_missing", 3, 0, 1.0, 2),  # chosen_idx 3 has no candidate row
+    ("g_missing", 3, 0, 1.0, 2),  # a duplicate tournament row
+    ("h_orphan", 0, 1, 1.0, 2),  # a tournament row of no candidate: ignored
 ]
 
 
@@ -220,10 +225,25 @@ def pairwise_con(tmp_path):
     con.close()
 
 
-def test_west_of_n_pairs_pairwise_exact(pairwise_con):
-    raw = catalog.run_sql_file(pairwise_con, "west_of_n_pairs_pairwise")
-    assert raw.column_names == schemas.PAIRS.names
-    table = catalog.run_sql_file(pairwise_con, "west_of_n_pairs_pairwise", schema=schemas.PAIRS)
+def test_label_tournaments_draws_every_prompt_with_its_outcome(pairwise_con):
+    raw = catalog.run_sql_file(pairwise_con, "label_tournaments")
+    assert raw.column_names == schemas.PAIR_DRAWS.names
+    draws = catalog.run_sql_file(pairwise_con, "label_tournaments", schema=schemas.PAIR_DRAWS)
+    assert {r["prompt_id"]: r["outcome"] for r in draws.to_pylist()} == {
+        "a_normal": "pair", "b_negative": "teacher_prefers_rejected", "c_same_text": "identical_texts",
+        "d_zero": "teacher_prefers_rejected", "e_reversed": "pair", "f_untried": "no_tournament_pair",
+        "g_missing": "missing_candidate"}
+    assert set(draws.column("outcome").to_pylist()) == set(schemas.PAIRWISE_OUTCOMES)
+    assert set(draws.column("strategy").to_pylist()) == {"west_of_n"} and draws.column("pair_seed").null_count == 7
+    by_prompt = {r["prompt_id"]: r for r in draws.to_pylist()}
+    assert by_prompt["f_untried"]["n_candidates"] == 1 and by_prompt["f_untried"]["chosen"] is None
+    assert by_prompt["b_negative"]["margin"] == -1.0  # the teacher's logit as it is: no pair
+
+
+def test_label_tournaments_pairs_exact(pairwise_con):
+    pairwise_con.register("pair_draws", catalog.run_sql_file(pairwise_con, "label_tournaments",
+                                                             schema=schemas.PAIR_DRAWS))
+    table = catalog.run_sql_file(pairwise_con, "west_of_n_pairs", {"strategy": "west_of_n"}, schema=schemas.PAIRS)
     assert table.schema.equals(schemas.PAIRS)
     assert table.to_pylist() == [
         {"prompt_id": "a_normal", "prompt": "\n\nHuman: q a_normal\n\nAssistant:", "chosen": "meh", "rejected": "bad",
@@ -238,3 +258,14 @@ def test_west_of_n_pairs_pairwise_exact(pairwise_con):
          "chosen_num_tokens": 8, "rejected_num_tokens": 2, "n_candidates": 2, "policy": "pi@1",
          "reward_model": "teacher", "agreement": None},  # one pairwise teacher: no members to agree
     ]
+
+
+def test_selection_report_pairwise_counts_the_draws(pairwise_con):
+    pairwise_con.register("pair_draws", catalog.run_sql_file(pairwise_con, "label_tournaments",
+                                                             schema=schemas.PAIR_DRAWS))
+    report = catalog.run_sql_file(pairwise_con, "selection_report_pairwise", schema=schemas.SELECTION_REPORT)
+    assert [(r["step"], r["reason"], r["count"]) for r in report.to_pylist()] == [
+        (1, "candidate_rows", 14), (2, "duplicate_candidate_rows", 1), (3, "duplicate_tournament_rows", 1),
+        (4, "prompts", 7), (5, "no_tournament_pair", 1), (6, "teacher_prefers_rejected", 2),
+        (7, "missing_candidate", 1), (8, "identical_texts", 1), (9, "pairs", 2)]
+    assert {(r["strategy"], r["pair_seed"], r["selected"]) for r in report.to_pylist()} == {("west_of_n", None, True)}

@@ -94,7 +94,7 @@ def test_settings_refuse_sql_text_in_numeric_fields(field, value):
         WofnSettings(**{**fields, field: value})
 
 
-def test_pairwise_teacher_refuses_other_strategies_and_empties_stale_draws(tmp_path):
+def test_pairwise_teacher_refuses_other_strategies_and_replaces_stale_draws(tmp_path):
     home = make_home(tmp_path)
     assert run(home).success  # pointwise: pair_draws written
     assert (home / "tables" / "pair_draws").exists()
@@ -114,16 +114,16 @@ def test_pairwise_teacher_refuses_other_strategies_and_empties_stale_draws(tmp_p
 
     done = run(home, length_control="none")
     assert done.success
-    assert pq.read_table(home / "tables" / "pair_draws").num_rows == 0  # the pointwise draws are gone
-    draws = [m for m in done.asset_materializations_for_node("west_of_n_pairs") if m.asset_key.path == ["pair_draws"]]
-    assert draws[0].metadata["rows"].value == 0 and "pairwise" in draws[0].metadata["empty_because"].value
+    draws = pq.read_table(home / "tables" / "pair_draws").to_pylist()  # the pointwise draws are replaced
+    assert len(draws) == 13 and {d["strategy"] for d in draws} == {"west_of_n"}
+    assert [d["prompt_id"] for d in draws if d["outcome"] == "pair"] == ["p01_normal"]
     report = pq.read_table(home / "tables" / "pair_selection_report").to_pylist()
     counts = {r["reason"]: r["count"] for r in report}
     assert counts["prompts"] == 13 and counts["pairs"] == 1 and counts["teacher_prefers_rejected"] == 1
     assert counts["no_tournament_pair"] == 11
     con = duckdb.connect(str(home / "wofn.duckdb"), read_only=True)
     try:
-        assert con.sql("select count(*) from pair_draws").fetchall() == [(0,)]
+        assert con.sql("select count(*) from pair_draws where strategy = 'west_of_n'").fetchall() == [(13,)]
         assert con.sql("select prompt_id from west_of_n_pairs").fetchall() == [("p01_normal",)]
     finally:
         con.close()

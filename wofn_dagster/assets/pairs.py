@@ -2,7 +2,7 @@
 
 Each is a multi-asset with the tables its step writes beside its pairs: `west_of_n_pairs` with
 `pair_draws` (every strategy's draw per prompt, so the strategies can be compared on the same
-candidates; empty under a pairwise teacher) and `pair_selection_report` (why prompts and
+candidates; a pairwise teacher's tournaments give west_of_n's only) and `pair_selection_report` (why prompts and
 candidates were left out); `filtered_pairs` with `pair_funnel` (what each filter step kept).
 Selecting one materializes its group (the UI adds the others; jobs select with
 `required_multi_asset_neighbors()`).
@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from wofn import pairs, pairwise, stages
 from wofn.paths import content_hash, partition_keys
 from wofn_dagster.assets.metadata import png_markdown, quantiles
-from wofn_dagster.assets.tables import batch_versions, empty_result, publish_table, read_table
+from wofn_dagster.assets.tables import batch_versions, publish_table, read_table
 from wofn_dagster.code_versions import code_version
 from wofn_dagster.resources import WofnHomeResource, WofnSettings, run_settings
 
@@ -93,8 +93,8 @@ _JUDGED = ["candidates", "candidate_scores", "tournament_pairs"]
     _pair_spec("west_of_n_pairs", _JUDGED, _SELECTION_CODE, "Per prompt, the configured strategy's synthetic pair "
                "(default west_of_n: best vs worst; sql/strategies/), over every prompt batch"),
     _pair_spec("pair_draws", ["candidates", "candidate_scores"], _SELECTION_CODE, "Every strategy's draw per prompt, "
-               "so the strategies can be compared on the same candidates (pointwise teacher; empty under a pairwise "
-               "one)"),
+               "so the strategies can be compared on the same candidates (a pairwise teacher's: west_of_n, from its "
+               "tournaments)"),
     _pair_spec("pair_selection_report", _JUDGED, _SELECTION_CODE, "Per strategy, how many prompts gave a pair and "
                "why the others did not (sql/selection_report.sql)")])
 def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home: WofnHomeResource):
@@ -118,20 +118,18 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
     inputs = {"candidates": batch_versions(h, "candidates"), judged_table: batch_versions(h, judged_table)}
     if is_pairwise:
         judged = h.table_dir("tournament_pairs")
-        table, _ = pairs.select_pairs(candidates_dir, judged, pairwise=True)
-        report = pairs.selection_report(candidates_dir, judged, None, settings.strategy, pairwise=True)
-        draws = empty_result(h, "pair_draws", "the base reward model is pairwise: its tournaments give one "
-                             "pair per prompt, with no rewards to draw other strategies from",
-                             context=context, inputs=inputs)
-        per_strategy = {}
+        draws = publish_table(h, "pair_draws", pairs.tournament_draws(candidates_dir, judged), context=context,
+                              inputs=inputs)
+        report = pairs.selection_report(candidates_dir, judged, h.table_dir("pair_draws"), settings.strategy,
+                                        pairwise=True)
     else:
         judged = h.table_dir("candidate_scores")
         draws = publish_table(h, "pair_draws", pairs.draw_pairs(candidates_dir, judged, settings.pair_seed, **length),
                               context=context, inputs=inputs)
         report = pairs.selection_report(candidates_dir, judged, h.table_dir("pair_draws"), settings.strategy,
                                         **length)
-        table = pairs.pairs_from_draws(h.table_dir("pair_draws"), settings.strategy)
-        per_strategy = {r["strategy"]: r["count"] for r in report.to_pylist() if r["reason"] == "pairs"}
+    table = pairs.pairs_from_draws(h.table_dir("pair_draws"), settings.strategy)
+    per_strategy = {r["strategy"]: r["count"] for r in report.to_pylist() if r["reason"] == "pairs"}
     report_result = publish_table(h, "pair_selection_report", report, context=context, inputs=inputs)
     reasons = {r["reason"]: r["count"] for r in report.to_pylist() if r["selected"]}
     n_prompts = reasons.get("prompts", 0)
