@@ -298,6 +298,11 @@ def setting_help(name: str) -> str:
     return _field(name).metadata["help"]
 
 
+def setting_default(name: str):
+    """The setting's default: the `default` profile's value."""
+    return _field(name).default
+
+
 def owned_by(resource: str) -> dict[str, tuple[str, str | None]]:
     """Settings a Dagster resource other than `settings` holds: setting name -> (its field, env var)."""
     return {f.name: (f.metadata["resource"][1], f.metadata["env"]) for f in fields(Settings)

@@ -22,28 +22,38 @@ import torch.nn.functional as F
 
 from wofn import models, reward_ensemble, reward_head, rm_format
 from wofn.paths import publish
+from wofn.settings import check_value, setting_default, setting_help
 
 log = logging.getLogger(__name__)
 
 
+_SETTINGS = {"epochs": "rm_epochs", "batch_size": "rm_batch_size", "learning_rate": "rm_learning_rate",
+             "warmup_ratio": "rm_warmup_ratio", "max_length": "rm_max_length", "seed": "seed",
+             "device": "device", "val_fraction": "rm_val_fraction"}  # TrainConfig field -> its setting
+
+
+def _from_setting(name: str):
+    """A TrainConfig field whose default, help and checks are the setting `name`'s."""
+    return field(default=setting_default(name), metadata={"help": f"setting {name}: {setting_help(name)}"})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"})
-    batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step (before accumulation)"})
+    # The recipe's fields are settings (wofn.settings): their defaults and meaning are declared there.
+    epochs: float = _from_setting("rm_epochs")
+    batch_size: int = _from_setting("rm_batch_size")
     grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate (docs/results_teacher.md)"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warmup, "
-                                                               "then linear decay to 0"})
+    learning_rate: float = _from_setting("rm_learning_rate")
+    warmup_ratio: float = _from_setting("rm_warmup_ratio")
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    max_length: int = field(default=256, metadata={"help": "tokens per (prompt, response), cut from the left"})
-    seed: int = field(default=0, metadata={"help": "seeds the head's initialisation, shuffling and dropout"})
+    max_length: int = _from_setting("rm_max_length")
+    seed: int = _from_setting("seed")
     split_seed: int | None = field(default=None, metadata={"help": "seeds the validation split (None: seed); "
                                                                    "an ensemble's members share one"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (CPU and recent GPUs)"})
-    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
+    device: str = _from_setting("device")
     log_every: int = field(default=10, metadata={"help": "optimizer steps between progress reports"})
-    val_fraction: float = field(default=0.1, metadata={"help": "share of the training pairs held out for validation "
-                                                               "(0 = none)"})
+    val_fraction: float = _from_setting("rm_val_fraction")
     eval_every: int = field(default=0, metadata={"help": "optimizer steps between validation passes "
                                                          "(0 = once per epoch)"})
     select_best: bool = field(default=True, metadata={"help": "keep the checkpoint with the best validation accuracy "
@@ -54,15 +64,14 @@ class TrainConfig:
                 "naming another is an error"})
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_length", "log_every"):
+        for name, setting in _SETTINGS.items():  # the setting's own type and range check, named for both
+            try:
+                check_value(setting, getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"TrainConfig.{name}: {exc}") from exc
+        for name in ("grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.epochs > 0:
-            raise ValueError(f"TrainConfig.epochs must be > 0, got {self.epochs}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.head is not None and self.head not in reward_head.HEADS:
             raise ValueError(f"TrainConfig.head must be one of {', '.join(reward_head.HEADS)}, got {self.head!r}")
         if self.eval_every < 0:

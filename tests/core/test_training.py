@@ -8,7 +8,8 @@ import pytest
 from conftest import make_toy_pairs
 from safetensors.torch import load_file
 
-from wofn import evaluation, models, training
+from wofn import evaluation, models, stages, training
+from wofn.settings import Settings
 
 
 def test_training_lowers_loss_and_separates_easy_pairs(tmp_path):
@@ -37,9 +38,21 @@ def test_untrained_head_is_near_chance(tmp_path):
     assert result["accuracy"] < 0.95
 
 
+def test_config_defaults_are_the_settings():
+    """The recipe is declared once: TrainConfig's defaults are the default profile's settings."""
+    config, s = training.TrainConfig(), Settings()
+    assert (config.epochs, config.batch_size, config.learning_rate, config.warmup_ratio, config.max_length,
+            config.seed, config.device, config.val_fraction) == (
+        s.rm_epochs, s.rm_batch_size, s.rm_learning_rate, s.rm_warmup_ratio, s.rm_max_length, s.seed, s.device,
+        s.rm_val_fraction)
+    assert stages.train_config(s, bf16=False, head=None) == config
+
+
 def test_config_errors_name_the_field():
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="TrainConfig.batch_size: rm_batch_size must be an integer >= 1"):
         training.TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="TrainConfig.grad_accum must be >= 1"):
+        training.TrainConfig(grad_accum=0)
     with pytest.raises(ValueError, match="no training pairs"):
         training.train_reward_model(models.TINY_BERT, [], training.TrainConfig(), "unused")
 
