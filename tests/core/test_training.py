@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 from conftest import make_toy_pairs
 from safetensors.torch import load_file
 
 from wofn import evaluation, models, stages, training
+from wofn.paths import REPO_ROOT, content_hash
 from wofn.settings import Settings
 
 
@@ -96,3 +100,47 @@ def test_student_mix_caps_synthetic_at_the_ratio():
     pairs, mix = training.mix_pairs(human, synthetic[:4], 1.0, seed=0)
     assert len(pairs) == 14 and mix["synthetic_per_human"] == 0.4
     assert training.mix_pairs(human, synthetic, 1.0, seed=0)[0] == training.mix_pairs(human, synthetic, 1.0, seed=0)[0]
+
+
+_TRAIN_SCRIPT = """
+import json, logging, sys
+from wofn import models, training
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+pairs = json.loads(open(sys.argv[1]).read())
+config = training.TrainConfig(epochs=4, batch_size=8, learning_rate=1e-3, max_length=48, log_every=1, seed=1,
+                              val_fraction=0.25)
+training.train_reward_model(models.TINY_BERT, pairs, config, sys.argv[2], manifest={"role": "test"})
+"""
+
+
+def _train_in_a_process(pairs_file, out, kill_at_step: int | None = None) -> int:
+    """Train in a child process; with `kill_at_step`, SIGKILL it once it logs that step."""
+    child = subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, str(pairs_file), str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+    for line in child.stdout:
+        if kill_at_step is not None and line.startswith(f"train step {kill_at_step}/"):
+            child.send_signal(signal.SIGKILL)
+            break
+    child.stdout.close()
+    return child.wait(timeout=300)
+
+
+def test_a_killed_training_restarts_cleanly_and_publishes_nothing_half_written(tmp_path):
+    """Issue 21: training SIGKILLed mid-run leaves the published model as it was (and no folder
+    that blocks the next run); the rerun publishes what an uninterrupted training does, to the bit."""
+    pairs_file = tmp_path / "pairs.json"
+    pairs_file.write_text(json.dumps(make_toy_pairs(48, 0)))
+    out = tmp_path / "models" / "rm"
+    assert _train_in_a_process(pairs_file, out) == 0
+    before = content_hash(out)
+
+    assert _train_in_a_process(pairs_file, out, kill_at_step=5) == -signal.SIGKILL
+    assert content_hash(out) == before, "the published model is untouched"
+    assert sorted(p.name for p in out.parent.iterdir() if not p.name.startswith(".")) == ["rm"]
+    assert models.load_reward_model(str(out)) is not None
+
+    assert _train_in_a_process(pairs_file, out) == 0  # the rerun starts again and publishes
+    assert sorted(p.name for p in out.parent.iterdir()) == ["rm"], "no staging folder is left"
+    uninterrupted = tmp_path / "uninterrupted" / "rm"
+    assert _train_in_a_process(pairs_file, uninterrupted) == 0
+    assert (out / "model.safetensors").read_bytes() == (uninterrupted / "model.safetensors").read_bytes()
