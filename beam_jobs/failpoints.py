@@ -9,7 +9,9 @@ it reaches point <name>. Points:
 
 `WOFN_FAIL_OOM_ABOVE=<k>` (`out_of_memory`) makes inference calls on more than k items fail as
 out of memory. `WOFN_FAIL_DISK_FULL=<k>` (`disk_full`) makes the k-th shard file write of the
-process fail half-way with ENOSPC, as a full disk does.
+process fail half-way with ENOSPC, as a full disk does. `WOFN_PAUSE=<name>:<seconds>` (`pause`)
+sleeps at point <name>, to hold a race window open: `prompts_before_publish` (the prompts asset has
+read the other batches' prompt ids and not yet published its own).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 from collections import Counter
 
 _seen: Counter = Counter()
@@ -53,3 +56,14 @@ def disk_full(path: str) -> None:
     _seen["disk_full"] += 1
     if _seen["disk_full"] == int(wanted):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+PAUSE_ENV = "WOFN_PAUSE"
+
+
+def pause(name: str) -> None:
+    """`WOFN_PAUSE=<name>:<seconds>`: sleep that long at point <name>."""
+    wanted = os.environ.get(PAUSE_ENV, "")
+    point, _, seconds = wanted.partition(":")
+    if point == name:
+        time.sleep(float(seconds))

@@ -8,6 +8,9 @@ their run requests are executed as the daemon would launch them, in-process.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -23,7 +26,7 @@ from dagster import (
 )
 
 from wofn import data
-from wofn.paths import DATA_DIR, WofnHome, content_hash
+from wofn.paths import DATA_DIR, REPO_ROOT, WofnHome, content_hash
 from wofn_dagster.assets.tables import read_table
 from wofn_dagster.definitions import make_defs
 from wofn_dagster.partitions import prompt_batches
@@ -122,3 +125,40 @@ def test_two_inbox_files_two_batches_second_refresh_samples_only_the_new_one(tmp
     assert read_table(home, "candidates", "batch_a").num_rows == 4 * 2
     assert read_table(home, "candidates").num_rows == 4 * 5
     assert sorted(p.name for p in home.table_dir("candidates").iterdir()) == ["batch=batch_a", "batch=batch_b"]
+
+
+_PROMPTS_RUN = """
+import sys
+from dagster import DagsterInstance, materialize
+from wofn_dagster.definitions import make_defs
+from wofn_dagster.resources import wofn_resources
+from wofn_dagster.selections import select
+resources = wofn_resources(home=sys.argv[1], profile="tiny")
+with DagsterInstance.get() as instance:
+    result = materialize(list(make_defs(resources).assets), selection=select("prompts"),
+                         resources=resources, instance=instance, partition_key=sys.argv[2])
+sys.exit(0 if result.success else 1)
+"""
+
+
+def test_two_batches_sharing_prompts_materialized_at_once_keep_each_prompt_once(tmp_path):
+    """Issue 21: two prompt batches with prompts in common, materialized by two runs at the same
+    time (each holding its read-then-publish window open for 2 s): each shared prompt is kept by
+    exactly one batch, and both runs succeed."""
+    home = WofnHome(tmp_path / "home")
+    texts = data.load_prompts(DATA_DIR / "prompts_unlabeled.parquet", limit=8).column("prompt").to_pylist()
+    drop(home, "batch_a.jsonl", texts[:6])
+    drop(home, "batch_b.jsonl", texts[2:8])  # texts[2:6] in both
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        instance.add_dynamic_partitions(prompt_batches.name, ["batch_a", "batch_b"])
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster"), "WOFN_PAUSE": "prompts_before_publish:2"}
+    runs = [subprocess.Popen([sys.executable, "-c", _PROMPTS_RUN, str(home.root), key], cwd=REPO_ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for key in ("batch_a", "batch_b")]
+    logs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    ids = {key: read_table(home, "prompts", key).column("prompt_id").to_pylist() for key in ("batch_a", "batch_b")}
+    assert not set(ids["batch_a"]) & set(ids["batch_b"]), "a shared prompt is in one batch only"
+    assert sorted(ids["batch_a"] + ids["batch_b"]) == sorted(data.prompt_id(t) for t in texts)
+    assert sorted([len(ids["batch_a"]), len(ids["batch_b"])]) == [2, 6]  # the second to publish drops 4

@@ -6,9 +6,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, asset, multi_asset
 
+from beam_jobs import failpoints
 from wofn import data, prompt_sources, schemas
 from wofn.paths import content_hash, partition_keys
-from wofn_dagster.assets.tables import error_result, error_summary, publish_table, read_table, write_table
+from wofn_dagster.assets.tables import (
+    error_result,
+    error_summary,
+    publish_table,
+    read_table,
+    table_lock,
+    write_table,
+)
 from wofn_dagster.code_versions import code_version
 from wofn_dagster.partitions import batch_source, prompt_batches
 from wofn_dagster.resources import WofnHomeResource, WofnSettings, run_settings
@@ -95,22 +103,27 @@ def prompts(context: AssetExecutionContext, settings: WofnSettings, home: WofnHo
     else:
         table, errors = data.read_prompts(source, settings.max_prompts)
     write_table(h.partition_dir("prompt_errors", key), errors, schemas.ERRORS, where=f"prompt_errors {key}")
-    elsewhere = _ids_in_other_batches(h, key)
-    if elsewhere:
-        keep = pc.invert(pc.is_in(table.column("prompt_id"), value_set=pa.array(sorted(elsewhere), pa.string())))
-        dropped = table.num_rows - pc.sum(keep.cast("int64")).as_py()
-        table = table.filter(keep)
-    else:
-        dropped = 0
-    context.log.info(f"batch {key}: kept {table.num_rows} unique prompts from {source}"
-                     + (f" ({dropped} already in other batches)" if dropped else "")
-                     + f"; {errors.num_rows} rows left out (table prompt_errors)")
-    if table.num_rows == 0:
-        context.log.warning(f"batch {key}: no new prompts in {source}")
-    yield publish_table(h, "prompts", table, {
-        "source_file": MetadataValue.path(str(source)),
-        "prompts_in_other_batches": MetadataValue.int(dropped),
-        **extra,
-        **error_summary(h, "prompt_errors", partition=key),
-    }, context=context, partition=key, facts=facts)
+    # Read the other batches and publish this one under one lock, so two batches materialized at
+    # the same time that share a prompt cannot both keep it: the second sees the first's.
+    with table_lock(h, "prompts"):
+        elsewhere = _ids_in_other_batches(h, key)
+        failpoints.pause("prompts_before_publish")
+        if elsewhere:
+            keep = pc.invert(pc.is_in(table.column("prompt_id"), value_set=pa.array(sorted(elsewhere), pa.string())))
+            dropped = table.num_rows - pc.sum(keep.cast("int64")).as_py()
+            table = table.filter(keep)
+        else:
+            dropped = 0
+        context.log.info(f"batch {key}: kept {table.num_rows} unique prompts from {source}"
+                         + (f" ({dropped} already in other batches)" if dropped else "")
+                         + f"; {errors.num_rows} rows left out (table prompt_errors)")
+        if table.num_rows == 0:
+            context.log.warning(f"batch {key}: no new prompts in {source}")
+        result = publish_table(h, "prompts", table, {
+            "source_file": MetadataValue.path(str(source)),
+            "prompts_in_other_batches": MetadataValue.int(dropped),
+            **extra,
+            **error_summary(h, "prompt_errors", partition=key),
+        }, context=context, partition=key, facts=facts)
+    yield result
     yield error_result(h, "prompt_errors", context=context, partition=key)

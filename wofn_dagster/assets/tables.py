@@ -1,6 +1,7 @@
 """Publishing and reading the table assets: a table is swapped in whole (or one prompt batch of it),
 its catalog view refreshed, its lineage recorded, and its MaterializeResult described."""
 
+import fcntl
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,21 @@ def staged(final: Path, resume_key: str | None = None):
             shutil.rmtree(staging, ignore_errors=True)
         raise
     publish(staging, final)
+
+
+@contextmanager
+def table_lock(home: WofnHome, asset: str):
+    """Hold an exclusive lock on `asset` across this machine's processes (a hidden file beside the
+    table; the kernel releases it when the holder exits, even when killed): for a read-then-publish
+    that must not interleave with another run's, such as two prompt batches materialized at once."""
+    path = home.table_dir(asset).parent / f".{asset}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager
