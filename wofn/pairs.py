@@ -5,8 +5,8 @@ with temporary views, so it never waits on the shared catalog file.
 
     sql/candidate_pool.sql          candidates + candidate_scores -> one row per candidate, is_valid
     sql/prompt_summary.sql          candidate_pool -> per prompt: valid candidates, reward range
-    sql/strategies/<strategy>.sql   candidate_pool -> the strategy's two picks per prompt (best_vs_random
-                                    and worst_vs_random: strategies/extreme_vs_random.sql)
+    sql/strategies/<file>.sql       candidate_pool -> the strategy's two picks per prompt (west_of_n.sql;
+                                    random_pair, best_vs_random and worst_vs_random: vs_random.sql)
     sql/label_picks.sql             picks + pool + summary -> pair_draws (one row per prompt)
     sql/label_tournaments.sql       a pairwise teacher's candidates + tournament_pairs -> pair_draws
     sql/west_of_n_pairs.sql         pair_draws -> the pairs of one strategy (wofn.schemas.PAIRS)
@@ -98,11 +98,14 @@ def _scores(candidates_dir: Path, scores_dir: Path, length_control: str, length_
 
 
 def _strategy_query(strategy: str, seed: int) -> tuple[str, dict | None]:
-    """The SQL file (under sql/) of a strategy's picks, and its parameters: best_vs_random and
-    worst_vs_random are one file, sql/strategies/extreme_vs_random.sql."""
-    if strategy in ("best_vs_random", "worst_vs_random"):
-        return "strategies/extreme_vs_random", {"seed": seed, "extreme": strategy.split("_", 1)[0]}
-    return f"strategies/{strategy}", {"seed": seed} if strategy in RANDOM_STRATEGIES else None
+    """The SQL file (under sql/) of a strategy's picks, and its parameters: the random strategies
+    are one file, sql/strategies/vs_random.sql, anchored on the best, the worst or a random candidate."""
+    if strategy in RANDOM_STRATEGIES:
+        return "strategies/vs_random", {"seed": seed, "anchor": _ANCHORS[strategy]}
+    return f"strategies/{strategy}", None
+
+
+_ANCHORS = {"random_pair": "random", "best_vs_random": "best", "worst_vs_random": "worst"}
 
 
 def _view(con, name: str, source: Path | pa.Table) -> None:

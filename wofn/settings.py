@@ -170,7 +170,7 @@ class Settings:
     strategy: str = _setting(
         "west_of_n", "pairs", "pair selection, a file of sql/strategies/: 'west_of_n' (best vs worst, the method), "
         "or the paper's baselines 'random_pair' (two random candidates, teacher-labelled), 'best_vs_random', "
-        "'worst_vs_random' (both extreme_vs_random.sql); a pairwise teacher supports only west_of_n")
+        "'worst_vs_random' (the three: vs_random.sql); a pairwise teacher supports only west_of_n")
     pair_seed: int = _setting(0, "pairs", "seed of the random strategies' hash-based draws (reruns give the same "
                               "pairs); unused by west_of_n")
     confidence_quantile: float = _setting(0.5, "pairs", "keep pairs with confidence sigmoid(r+ - r-) >= this "

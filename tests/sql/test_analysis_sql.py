@@ -313,7 +313,7 @@ def test_sql_params_in_comments_and_strings_are_not_params():
     ("sql/filter_pairs.sql", ["confidence_quantile=0.5", "logprob_quantile=0", "likelihood=mean'; drop view x; --",
                               "min_margin=null", "max_tokens=null"]),
     ("sql/west_of_n_pairs.sql", ["strategy=west_of_n; drop table pair_draws"]),
-    ("sql/strategies/random_pair.sql", ["seed=0; drop view candidates"]),
+    ("sql/strategies/vs_random.sql", ["seed=0; drop view candidates", "anchor=random"]),
 ])
 def test_sql_text_in_a_param_is_bound_never_run(capsys, home, query, params):
     args = [a for p in params for a in ("--param", p)]

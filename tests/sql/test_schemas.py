@@ -38,8 +38,7 @@ def test_the_table_sql_files_are_the_expected_ones():
                          "length_control/balance_pairs.sql",
                          "length_control/length_band_scores.sql", "length_control/residual_scores.sql",
                          "pair_filter_flags.sql", "pair_funnel.sql", "prompt_summary.sql", "selection_report.sql",
-                         "selection_report_pairwise.sql", "strategies/extreme_vs_random.sql",
-                         "strategies/random_pair.sql", "strategies/west_of_n.sql",
+                         "selection_report_pairwise.sql", "strategies/vs_random.sql", "strategies/west_of_n.sql",
                          "west_of_n_pairs.sql"]
 
 

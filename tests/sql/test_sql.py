@@ -495,7 +495,7 @@ def test_write_parquet_atomic_roundtrip(tmp_path):
 def test_read_sql_by_name_and_path():
     text = catalog.read_sql("west_of_n_pairs")
     assert "select * from final" in text
-    assert "select * from final" in catalog.read_sql("strategies/random_pair")
+    assert "select * from final" in catalog.read_sql("strategies/vs_random")
     assert catalog.read_sql(str(catalog.paths.SQL_DIR / "filter_pairs.sql")).startswith("--")
     with pytest.raises(FileNotFoundError):
         catalog.read_sql("no_such_query")

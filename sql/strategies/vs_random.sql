@@ -1,6 +1,7 @@
--- strategies/extreme_vs_random: the best (strategy best_vs_random) or the worst (worst_vs_random)
--- candidate vs a random other one, labelled by the teacher (West-of-N ablation baselines, Pace et al.
--- 2024; worst_vs_random is the mirror of best_vs_random).
+-- strategies/vs_random: an anchor candidate vs a random other one, labelled by the teacher: the
+-- West-of-N baselines of Pace et al. 2024. The anchor is the best candidate (strategy
+-- best_vs_random), the worst (worst_vs_random, its mirror) or a random one (random_pair: two random
+-- candidates, the paper's naive self-training baseline).
 --
 -- Reads:
 --   candidate_pool  (wofn.schemas.CANDIDATE_POOL)  prompt_id, candidate_idx, reward, is_valid
@@ -8,19 +9,20 @@
 -- Produces (wofn.schemas.PAIR_PICKS, in this order; two rows per prompt with 2 or more valid candidates):
 --   prompt_id, candidate_idx, pick
 --
--- Parameters (DuckDB named parameters, bound from Python, e.g. {"seed": 0, "extreme": "best"}):
---   $seed     BIGINT: the draw's seed (pair_seed); another seed gives another draw. Anything that is
---             not an integer (NULL, 0.5, text) is an error.
---   $extreme  VARCHAR: 'best' or 'worst' (anything else is an error), the fixed pick.
+-- Parameters (DuckDB named parameters, bound from Python, e.g. {"seed": 0, "anchor": "best"}):
+--   $seed    BIGINT: the draw's seed (pair_seed); another seed gives another draw. Anything that is
+--            not an integer (NULL, 0.5, text) is an error.
+--   $anchor  VARCHAR: 'best', 'worst' or 'random' (anything else is an error), the first pick.
 --
 -- Randomness is a hash, so reruns give the same pairs: a candidate's draw key is
 --   md5(prompt_id || ':' || candidate_idx || ':' || seed)    (hex text; the lowest key wins)
 -- (md5 rather than DuckDB's hash(), which is not promised stable across DuckDB versions).
 --
--- Picks: best = highest reward, ties broken by the lowest candidate_idx; worst = lowest reward, ties
--- broken by the highest candidate_idx (both as in west_of_n); the other = the valid candidate with
--- the lowest draw key among the rest. When the other ties with the fixed pick, the outcome is
--- tied_rewards (no pair).
+-- Picks: the anchor (pick 1) is, for best, the highest reward, ties broken by the lowest
+-- candidate_idx; for worst, the lowest reward, ties broken by the highest candidate_idx (both as in
+-- west_of_n); for random, the valid candidate with the lowest draw key. Pick 2 = the valid candidate
+-- with the lowest draw key among the rest (ties, never seen, by candidate_idx). When pick 2 ties
+-- with the anchor, the outcome is tied_rewards (no pair).
 --
 -- The candidate pool (the same for every strategy: sql/candidate_pool.sql) holds the valid
 -- candidates, duplicate rows collapsed; n_valid counts them. Labelling and outcome (the same for
@@ -49,52 +51,63 @@ draw_params as (
         case
             when cast($seed as varchar) = cast(try_cast($seed as bigint) as varchar)
                 then cast($seed as bigint)
-            else error('strategies/extreme_vs_random: seed must be an integer, got '
+            else error('strategies/vs_random: seed must be an integer, got '
                 || coalesce(cast($seed as varchar), 'NULL'))
         end as pair_seed,
         case
-            when $extreme = 'best' then 1
-            when $extreme = 'worst' then -1
-            else error('strategies/extreme_vs_random: extreme must be ''best'' or ''worst'', got '
-                || coalesce(cast($extreme as varchar), 'NULL'))
+            when $anchor = 'best' then 1
+            when $anchor = 'worst' then -1
+            when $anchor = 'random' then 0
+            else error('strategies/vs_random: anchor must be ''best'', ''worst'' or ''random'', got '
+                || coalesce(cast($anchor as varchar), 'NULL'))
         end as direction
+
+),
+
+keyed as (
+
+    select
+        valid_candidates.*,
+        draw_params.direction,
+        md5(valid_candidates.prompt_id || ':' || cast(valid_candidates.candidate_idx as varchar)
+            || ':' || cast(draw_params.pair_seed as varchar)) as draw_key
+    from valid_candidates
+    cross join draw_params
 
 ),
 
 ranked as (
 
     select
-        valid_candidates.*,
+        *,
+        -- best: reward desc, candidate_idx asc; worst: reward asc, candidate_idx desc; random
+        -- (direction 0): the draw key
         row_number() over (
-            partition by valid_candidates.prompt_id
-            -- best: reward desc, candidate_idx asc; worst: reward asc, candidate_idx desc
-            order by draw_params.direction * reward desc, draw_params.direction * candidate_idx asc
-        ) as extreme_rank,
-        md5(valid_candidates.prompt_id || ':' || cast(valid_candidates.candidate_idx as varchar)
-            || ':' || cast(draw_params.pair_seed as varchar)) as draw_key,
-        count(*) over (partition by valid_candidates.prompt_id) as n_valid
-    from valid_candidates
-    cross join draw_params
+            partition by prompt_id
+            order by direction * reward desc, direction * candidate_idx asc, draw_key, candidate_idx
+        ) as anchor_rank,
+        count(*) over (partition by prompt_id) as n_valid
+    from keyed
 
 ),
 
 others as (
 
-    -- every valid candidate but the fixed pick, in draw order
+    -- every valid candidate but the anchor, in draw order
     select
         *,
         row_number() over (partition by prompt_id order by draw_key, candidate_idx) as draw_rank
     from ranked
-    where extreme_rank > 1
+    where anchor_rank > 1
 
 ),
 
 picks as (
 
-    -- pick 1 = the best (worst), pick 2 = a random other candidate
+    -- pick 1 = the anchor, pick 2 = a random other candidate
     select prompt_id, candidate_idx, 1 as pick
     from ranked
-    where extreme_rank = 1 and n_valid >= 2
+    where anchor_rank = 1 and n_valid >= 2
     union all
     select prompt_id, candidate_idx, 2 as pick
     from others
