@@ -28,7 +28,8 @@ $(DAGSTER_HOME)/dagster.yaml:
 
 # The profile's prompt file is the first prompt batch: register it, then materialize every asset,
 # with that batch for the partitioned ones (prompts, candidates, candidate_scores), in one run.
-MATERIALIZE_ALL = key=$$($(BIN)/python -m wofn_dagster.partitions register-profile) && \
+MATERIALIZE_ALL = $(BIN)/python -m wofn_dagster.runs reap && \
+	key=$$($(BIN)/python -m wofn_dagster.partitions register-profile) && \
 	$(BIN)/dagster asset materialize -m wofn_dagster.definitions --select '*' --partition "$$key"
 
 run: setup $(DAGSTER_HOME)/dagster.yaml
@@ -64,6 +65,7 @@ gpu-wheels: setup
 
 # the profile's prompt batch is registered, so "Materialize all" has a batch to run
 ui: setup $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m wofn_dagster.runs reap
 	$(BIN)/python -m wofn_dagster.partitions register-profile >/dev/null
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 

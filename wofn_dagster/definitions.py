@@ -8,7 +8,7 @@ from wofn_dagster.checks import CHECKS
 from wofn_dagster.experiment import experiment
 from wofn_dagster.resources import wofn_resources
 from wofn_dagster.schedules import rebuild_student_job, refresh_student
-from wofn_dagster.sensors import evaluations_follow_models, prompt_inbox, sample_batch_job
+from wofn_dagster.sensors import dead_runs, evaluations_follow_models, prompt_inbox, sample_batch_job
 
 
 def make_defs(resources: dict) -> Definitions:
@@ -17,7 +17,7 @@ def make_defs(resources: dict) -> Definitions:
         assets=load_assets_from_modules([data, generation, pairs, training, rounds, evaluations]),
         asset_checks=CHECKS,
         jobs=[sample_batch_job, rebuild_student_job, experiment],
-        sensors=[prompt_inbox, evaluations_follow_models],
+        sensors=[prompt_inbox, evaluations_follow_models, dead_runs],
         schedules=[refresh_student],
         resources=resources,
         # One step at a time, each in its own process using every core: on a 2-core machine this

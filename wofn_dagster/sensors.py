@@ -1,5 +1,6 @@
 """Sensors: the inbox sensor turns each new prompt file in `$WOFN_HOME/inbox/` into a prompt batch and
-samples and scores it; the automation sensor runs the assets that declare an automation condition."""
+samples and scores it; the automation sensor runs the assets that declare an automation condition; the
+dead-runs sensor marks failed the runs whose worker was killed."""
 
 import json
 
@@ -17,6 +18,7 @@ from dagster import (
 
 from wofn_dagster.partitions import inbox_files, prompt_batches
 from wofn_dagster.resources import WofnHomeResource
+from wofn_dagster.runs import reap_dead_runs
 from wofn_dagster.selections import select
 
 # Only the batch's own partitions: sampling and scoring never touch the other batches.
@@ -59,3 +61,13 @@ evaluations_follow_models = AutomationConditionSensorDefinition(
     "evaluations_follow_models", target=AssetSelection.assets("reward_model_evaluations"),
     default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
 )
+
+
+@sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+def dead_runs(context: SensorEvaluationContext):
+    """Mark failed the runs whose run worker died without reporting their end (wofn_dagster.runs):
+    a SIGKILLed or out-of-memory run worker would otherwise leave its run STARTED in the UI forever."""
+    reaped = reap_dead_runs(context.instance)
+    for run_id, pid in reaped:
+        context.log.warning(f"run {run_id}: its worker (pid {pid}) died; marked failed")
+    return SkipReason(f"marked failed: {[run_id for run_id, _ in reaped]}" if reaped else "no dead run workers")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from dagster import AssetKey
+import os
+import signal
+import subprocess
+import sys
+
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, SkipReason, build_sensor_context
 
 from wofn import schemas
 from wofn_dagster.definitions import defs
+from wofn_dagster.sensors import dead_runs
 
 MODELS = {"base_reward_model", "student_reward_model", "student_rounds"}
 # the steps that write several tables, and the tables each writes (one multi-asset each)
@@ -73,7 +79,7 @@ def test_checks_sensor_schedule_and_jobs():
                         ("filtered_pairs", "filtered_pairs_valid"),
                         ("base_reward_model", "teacher_learns_preference")}  # blocks only with teacher_gate: block
     assert set(checks) - blocking == {("student_reward_model", "student_not_worse_than_base")}
-    assert [s.name for s in defs.sensors] == ["prompt_inbox", "evaluations_follow_models"]
+    assert [s.name for s in defs.sensors] == ["prompt_inbox", "evaluations_follow_models", "dead_runs"]
     assert [s.name for s in defs.schedules] == ["refresh_student"]
     assert defs.resolve_job_def("sample_batch") and defs.resolve_job_def("rebuild_student")
     assert [op.name for op in defs.resolve_job_def("experiment").graph.node_defs] == [
@@ -96,3 +102,34 @@ def test_resources_bind_environment_variables(monkeypatch, tmp_path):
     assert resources["duckdb"].database == str(tmp_path / "wofn.duckdb")
     # an explicit override wins over the environment
     assert wofn_resources(home=str(tmp_path), profile="tiny", policy="other").get("policy").model == "other"
+
+
+_KILLED_RUN = """
+import os, signal, sys
+from dagster import DagsterInstance, asset, materialize
+
+@asset
+def killed():
+    os.kill(os.getpid(), signal.SIGKILL)  # the run worker dies mid-step, as under the OOM killer
+
+with DagsterInstance.get() as instance:
+    materialize([killed], instance=instance)
+"""
+
+
+def test_dead_runs_sensor_marks_a_killed_runs_run_failed(tmp_path):
+    """A run whose worker was SIGKILLed stays STARTED; the dead_runs sensor marks it FAILURE, once."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    child = subprocess.run([sys.executable, "-c", _KILLED_RUN], env=env, capture_output=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        [run] = instance.get_runs()
+        assert run.status == DagsterRunStatus.STARTED
+        result = dead_runs(build_sensor_context(instance=instance))
+        assert isinstance(result, SkipReason) and run.run_id in result.skip_message
+        failed = instance.get_run_by_id(run.run_id)
+        assert failed.status == DagsterRunStatus.FAILURE
+        messages = [r.dagster_event.message for r in instance.all_logs(run.run_id)
+                    if r.dagster_event and r.dagster_event.event_type_value == "PIPELINE_FAILURE"]
+        assert any("is gone without reporting the run's end" in m for m in messages), messages
+        assert dead_runs(build_sensor_context(instance=instance)).skip_message == "no dead run workers"

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from wofn import schemas
@@ -150,3 +153,89 @@ def test_cli_sql_refuses_missing_catalog(tmp_path):
     proc = subprocess.run([str(BIN / "wofn"), "sql", "select 1", "--home", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no catalog" in proc.stderr
+
+
+# --- Issue 21: the Dagster run worker SIGKILLed at four points --------------------------------------
+
+# Each run is a real Dagster run recorded in $DAGSTER_HOME's instance, its steps in the run worker's
+# process, so a SIGKILL of that process group kills the run worker mid-step.
+
+
+def _run_until(env: dict, asset: str | None, marker: str | None, delay_s: float = 0.0) -> tuple[int, str]:
+    """Materialize `asset` and everything downstream (None: every asset) in a run of the instance,
+    for the tiny batch where the selection holds a partitioned asset; with `marker`, SIGKILL the
+    run worker's process group `delay_s` after a log line containing it. Returns (exit code, log)."""
+    code = ("import sys\n"
+            "from dagster import AssetSelection, DagsterInstance, materialize\n"
+            "from wofn_dagster.definitions import defs\n"
+            "from wofn_dagster.selections import select\n"
+            "selection = AssetSelection.all() if sys.argv[1] == '*' else select(sys.argv[1], downstream=True)\n"
+            "keys = selection.resolve(defs.resolve_asset_graph())\n"
+            "partitioned = any(a.partitions_def and set(a.keys) & keys for a in defs.assets)\n"
+            "with DagsterInstance.get() as instance:\n"
+            "    result = materialize(list(defs.assets) + list(defs.asset_checks), selection=selection,\n"
+            "                         instance=instance, resources=defs.resources,\n"
+            "                         partition_key='prompts_unlabeled' if partitioned else None)\n"
+            "sys.exit(0 if result.success else 1)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, asset or "*"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if marker is not None and marker in line:
+            time.sleep(delay_s)
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.stdout.close()
+    return proc.wait(timeout=900), "".join(lines)
+
+
+def _published(home: Path) -> dict[str, list]:
+    """Every published table's rows, sorted, with the home folder's path written as <home>."""
+    tables = {}
+    for folder in sorted(p for p in (home / "tables").iterdir() if not p.name.startswith(".")):
+        rows = pq.read_table(folder).to_pylist() if any(folder.rglob("*.parquet")) else []
+        text = json.dumps(rows, sort_keys=True, default=str).replace(str(home), "<home>")
+        tables[folder.name] = sorted(json.dumps(r, sort_keys=True) for r in json.loads(text))
+    return tables
+
+
+def test_the_run_worker_killed_at_four_points_then_rerun_publishes_the_uninterrupted_tables(tiny_run, tmp_path):
+    """SIGKILL of the run worker mid-sampling, mid-scoring, mid-pair selection and mid-training, each
+    followed by materializing again from the killed asset: the tables equal an uninterrupted run's
+    (`tiny_run`), no staging folder is left, and the killed runs end up FAILURE with a message."""
+    baseline_home, base_env, _ = tiny_run
+    env = {**base_env, "WOFN_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    (tmp_path / "dagster").mkdir()
+    subprocess.run([sys.executable, "-m", "wofn_dagster.partitions", "register-profile"], cwd=REPO, env=env,
+                   capture_output=True, check=True)
+    kills = [  # (materialize from, kill after this log line, delay)
+        (None, "sample_candidates: 8/", 0.0),  # mid-sampling, after its first batch
+        ("candidates", "score_candidates: 32/", 0.0),  # mid-scoring
+        ("candidate_scores", 'Started execution of step "west_of_n_pairs"', 0.2),  # mid-pair selection
+        ("west_of_n_pairs", 'Started execution of step "student_reward_model"', 4.0),  # mid-training
+    ]
+    for asset, marker, delay in kills:
+        code, log = _run_until(env, asset, marker, delay)
+        assert code == -signal.SIGKILL, f"not killed at {marker!r}: {log[-3000:]}"
+    code, log = _run_until(env, "student_reward_model", None)
+    assert code == 0, log[-4000:]
+
+    home = tmp_path / "home"
+    assert _published(home) == _published(baseline_home)
+    for name in ("base_reward_model", "student_reward_model"):
+        assert (home / "models" / name / "model.safetensors").read_bytes() == \
+            (baseline_home / "models" / name / "model.safetensors").read_bytes()
+    leftovers = [p for p in home.rglob(".*") if ".staging" in p.name or ".resume-" in p.name or p.suffix == ".tmp"]
+    assert leftovers == []
+
+    # the killed runs still say STARTED until reaped; then FAILURE, with what happened
+    reap = subprocess.run([sys.executable, "-m", "wofn_dagster.runs", "reap"], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=True)
+    assert reap.stdout.count("died; marked failed") == 4, reap.stdout + reap.stderr
+    statuses = subprocess.run(
+        [sys.executable, "-c", "from dagster import DagsterInstance\n"
+         "with DagsterInstance.get() as i:\n"
+         "    print(sorted(r.status.value for r in i.get_runs()))"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert statuses == str(sorted(["FAILURE"] * 4 + ["SUCCESS"]))

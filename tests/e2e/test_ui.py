@@ -155,7 +155,7 @@ def test_graphql_lists_assets_schedule_sensors_and_checks(dagster_ui):
     assert [(s["name"], s["cronSchedule"], s["scheduleState"]["status"]) for s in repo["schedules"]] == [
         ("refresh_student", os.environ.get("WOFN_REFRESH_CRON", "0 * * * *"), "RUNNING")]
     sensors = {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
-    assert sensors["prompt_inbox"] == "RUNNING" and sensors["evaluations_follow_models"] == "RUNNING"
+    assert sensors["prompt_inbox"] == sensors["evaluations_follow_models"] == sensors["dead_runs"] == "RUNNING"
     assert {"sample_batch", "rebuild_student"} <= {j["name"] for j in repo["jobs"]}
 
 
