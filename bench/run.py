@@ -28,6 +28,9 @@ Stages:
             estimates student and base training from)
   pairs     pairs.select_pairs + filter_pairs (DuckDB SQL) vs a Python dict loop over to_pylist
             rows; each side in its own spawned process, so peak RSS is measured per side
+  pairs_scale
+            ours alone at 10^6 and 10^7 synthetic candidates (quick: 10^5 and 10^6): seconds and
+            peak RSS of each, and their ratios (time should grow ~10x, memory far less)
 
 Sizes (see SIZES): the full run samples 32 HH prompts x N=8 x 64 new tokens, scores the 304 HH
 test pairs and selects pairs from 1,000,000 synthetic candidates: about 6 minutes on a quiet
@@ -55,14 +58,15 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-STAGES = ("mfu", "sampling", "scoring", "scoring_decoder", "scoring_memory", "training", "pairs")
+STAGES = ("mfu", "sampling", "scoring", "scoring_decoder", "scoring_memory", "training", "pairs", "pairs_scale")
 SIZES = {
     # prompts: sampled prompts (N=8 each); score_pairs: HH test pairs scored (x2 sequences);
-    # pair_prompts: synthetic prompts for the pairs stage (x N=8 candidates)
+    # pair_prompts: synthetic prompts for the pairs stage (x N=8 candidates); scale_pair_prompts: the
+    # pairs_scale stage's two sizes (x8: 10^6 and 10^7 candidates in full)
     "full": {"prompts": 32, "score_pairs": 304, "decoder_prompts": 16, "memory_candidates": (10_000, 100_000),
-             "pair_prompts": 125_000, "train_pairs": 128},
+             "pair_prompts": 125_000, "train_pairs": 128, "scale_pair_prompts": (125_000, 1_250_000)},
     "quick": {"prompts": 8, "score_pairs": 64, "decoder_prompts": 4, "memory_candidates": (2_000, 20_000),
-              "pair_prompts": 12_500, "train_pairs": 32},
+              "pair_prompts": 12_500, "train_pairs": 32, "scale_pair_prompts": (12_500, 125_000)},
 }
 POLICY, RM = "smollm2-135m-instruct", "minilm-l6"
 N, MAX_NEW_TOKENS, TEMPERATURE, SAMPLE_BATCH = 8, 64, 0.7, 8
@@ -650,6 +654,33 @@ def bench_pairs(sizes: dict, peaks: dict) -> dict:
     }
 
 
+def bench_pairs_scale(sizes: dict, peaks: dict) -> dict:
+    """Pair selection and filtering (ours only: the pure-Python baseline does not fit memory at 10^7)
+    at two sizes ten times apart: seconds and peak RSS of each, and their ratios."""
+    runs = {}
+    for prompts in sizes["scale_pair_prompts"]:
+        with tempfile.TemporaryDirectory(prefix="wofn-bench-") as tmp:
+            root = Path(tmp)
+            log(f"pairs_scale: writing {prompts * N:,} synthetic candidates")
+            (candidates_dir, scores_dir), build_s = timed(write_synthetic_tables, root, prompts)
+            (root / "ours").mkdir()
+            log(f"pairs_scale: {prompts * N:,} candidates in a spawned process")
+            result = run_in_fresh_process("ours", candidates_dir, scores_dir, root / "ours")
+        runs[str(prompts * N)] = {**result, "candidates_per_s": rate(prompts * N, result["seconds"]),
+                                  "synthetic_data_build_seconds": round(build_s, 2)}
+    small, large = (runs[str(p * N)] for p in sizes["scale_pair_prompts"])
+    work_mb = {k: r["peak_rss_mb"] - r["rss_before_work_mb"] for k, r in (("small", small), ("large", large))}
+    return {
+        "config": {"candidates": [p * N for p in sizes["scale_pair_prompts"]], "n": N,
+                   "ours": "pairs.select_pairs + write Parquet + pairs.filter_pairs (DuckDB, in-memory)",
+                   "seconds_exclude": "process start and imports"},
+        "runs": runs,
+        "seconds_ratio_large_over_small": round(large["seconds"] / small["seconds"], 2),
+        "peak_rss_ratio_large_over_small": round(large["peak_rss_mb"] / small["peak_rss_mb"], 2),
+        "work_rss_mb": {k: round(v, 1) for k, v in work_mb.items()},
+    }
+
+
 # --- main ------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
@@ -681,7 +712,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             figures = {"sampling": bench_sampling, "scoring": bench_scoring, "scoring_decoder": bench_scoring_decoder,
                        "scoring_memory": bench_scoring_memory, "training": bench_training,
-                       "pairs": bench_pairs}[stage](sizes, peaks)
+                       "pairs": bench_pairs, "pairs_scale": bench_pairs_scale}[stage](sizes, peaks)
         emit(stage, figures, load_before)
     log(f"done in {time.perf_counter() - _START:.1f}s")
 
