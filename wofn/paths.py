@@ -104,9 +104,45 @@ class WofnHome:
         return self.root / "rounds" / f"round_{k}"
 
 
+def _owned_name(final: Path, kind: str) -> Path:
+    """A hidden sibling of `final` named for this process: `.<name>.<kind>-<pid>-<random>`."""
+    return final.parent / f".{final.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans(final: Path) -> list[Path]:
+    """Remove the staging and swap folders of `final` whose writing process is gone (a SIGKILLed or
+    crashed write leaves them); those of live processes, and names without a pid, are kept, and so
+    is a swap folder while `final` is missing (a kill between publish's two renames: it holds the
+    previous version)."""
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(staging|old)-(\d+)-[0-9a-f]{{8}}$")
+    for path in final.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and match.group(1) == "old" and not final.exists():
+            continue
+        if match and int(match.group(2)) != os.getpid() and not _pid_alive(int(match.group(2))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def staging_dir(final: Path) -> Path:
-    """A fresh hidden sibling of `final` to write into before `publish` swaps it in."""
-    path = final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:8]}"
+    """A fresh hidden sibling of `final` to write into before `publish` swaps it in (earlier ones
+    that a killed process left behind are removed first)."""
+    sweep_orphans(final)
+    path = _owned_name(final, "staging")
     path.mkdir(parents=True)
     return path
 
@@ -117,7 +153,7 @@ def publish(staging: Path, final: Path) -> None:
     A failure before this point leaves the previous `final` untouched.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    trash = _owned_name(final, "old")
     if final.exists():
         final.rename(trash)
     staging.rename(final)
