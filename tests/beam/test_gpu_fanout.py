@@ -30,7 +30,7 @@ def _claims(workers: int, visible: int, gpus: int, locks) -> list[tuple[str, str
     for p in procs:
         p.start()
     try:
-        got = [(claimed.get(timeout=60), claimed.get(timeout=60)) for _ in procs]
+        got = [(claimed.get(timeout=300), claimed.get(timeout=300)) for _ in procs]  # spawn + imports: slow when busy
     finally:
         release.set()
         for p in procs:
