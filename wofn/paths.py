@@ -109,7 +109,8 @@ def _owned_name(final: Path, kind: str) -> Path:
     return final.parent / f".{final.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -132,7 +133,7 @@ def sweep_orphans(final: Path) -> list[Path]:
         match = pattern.match(path.name)
         if match and match.group(1) == "old" and not final.exists():
             continue
-        if match and int(match.group(2)) != os.getpid() and not _pid_alive(int(match.group(2))):
+        if match and int(match.group(2)) != os.getpid() and not pid_alive(int(match.group(2))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

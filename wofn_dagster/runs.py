@@ -16,10 +16,11 @@ and scoring jobs resume their shards when the assets are materialized again (doc
 
 from __future__ import annotations
 
-import os
 import sys
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from wofn.paths import pid_alive
 
 LIVE = [DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
@@ -38,16 +39,6 @@ def run_worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process holds the pid
-    return True
-
-
 def reap_dead_runs(instance: DagsterInstance) -> list[tuple[str, int]]:
     """Mark failed every STARTED or CANCELING run whose worker process no longer exists; returns
     (run_id, pid) of each. Runs with no recorded pid yet are left alone."""
@@ -55,7 +46,7 @@ def reap_dead_runs(instance: DagsterInstance) -> list[tuple[str, int]]:
     for record in instance.get_run_records(filters=RunsFilter(statuses=LIVE)):
         run = record.dagster_run
         pid = run_worker_pid(instance, run.run_id)
-        if pid is None or _alive(pid):
+        if pid is None or pid_alive(pid):
             continue
         instance.report_run_failed(run, message=MESSAGE.format(pid=pid))
         reaped.append((run.run_id, pid))
