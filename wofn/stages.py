@@ -33,10 +33,8 @@ def rm_bf16(s: Settings) -> bool:
 def train_config(s: Settings, seed: int | None = None, **overrides) -> training.TrainConfig:
     """The reward-model training recipe of the settings (`seed`: default the settings' own;
     `overrides`: other TrainConfig fields, e.g. a benchmark's epochs)."""
-    fields = {"epochs": s.rm_epochs, "batch_size": s.rm_batch_size, "learning_rate": s.rm_learning_rate,
-              "max_length": s.rm_max_length, "warmup_ratio": s.rm_warmup_ratio, "head": s.rm_head,
-              "seed": s.seed if seed is None else seed, "bf16": rm_bf16(s), "device": s.device,
-              "val_fraction": s.rm_val_fraction}
+    recipe = {name: getattr(s, setting) for name, setting in training.SETTING_FIELDS.items()}
+    fields = {**recipe, "head": s.rm_head, "seed": s.seed if seed is None else seed, "bf16": rm_bf16(s)}
     return training.TrainConfig(**{**fields, **overrides})
 
 

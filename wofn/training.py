@@ -13,7 +13,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,14 +27,10 @@ from wofn.settings import check_value, setting_default, setting_help
 log = logging.getLogger(__name__)
 
 
-_SETTINGS = {"epochs": "rm_epochs", "batch_size": "rm_batch_size", "learning_rate": "rm_learning_rate",
-             "warmup_ratio": "rm_warmup_ratio", "max_length": "rm_max_length", "seed": "seed",
-             "device": "device", "val_fraction": "rm_val_fraction"}  # TrainConfig field -> its setting
-
-
 def _from_setting(name: str):
     """A TrainConfig field whose default, help and checks are the setting `name`'s."""
-    return field(default=setting_default(name), metadata={"help": f"setting {name}: {setting_help(name)}"})
+    return field(default=setting_default(name),
+                 metadata={"setting": name, "help": f"setting {name}: {setting_help(name)}"})
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ class TrainConfig:
                 "naming another is an error"})
 
     def __post_init__(self) -> None:
-        for name, setting in _SETTINGS.items():  # the setting's own type and range check, named for both
+        for name, setting in SETTING_FIELDS.items():  # the setting's own type and range check, named for both
             try:
                 check_value(setting, getattr(self, name))
             except ValueError as exc:
@@ -77,6 +73,9 @@ class TrainConfig:
         if self.eval_every < 0:
             raise ValueError(f"TrainConfig.eval_every must be >= 0, got {self.eval_every}")
 
+
+# TrainConfig field -> the setting it is (epochs -> rm_epochs, ...), from the fields' metadata
+SETTING_FIELDS = {f.name: f.metadata["setting"] for f in fields(TrainConfig) if "setting" in f.metadata}
 
 Pair = dict  # {"prompt": str, "chosen": str, "rejected": str}
 
