@@ -45,8 +45,8 @@ def test_lineage_edges():
     assert parents("candidates") == {"prompts"}
     assert parents("candidate_scores") == {"candidates", "base_reward_model"}
     assert parents("tournament_pairs") == parents("score_errors") == {"candidates", "base_reward_model"}
-    assert parents("west_of_n_pairs") == {"candidates", "candidate_scores", "tournament_pairs"}
-    assert parents("pair_draws") == {"candidates", "candidate_scores"}
+    assert parents("west_of_n_pairs") == parents("pair_draws") == {"candidates", "candidate_scores",
+                                                                   "tournament_pairs"}
     assert parents("filtered_pairs") == parents("pair_funnel") == {"west_of_n_pairs", "pair_selection_report"}
     assert parents("student_reward_model") == {"human_preferences", "filtered_pairs", "eval_preferences",
                                                "base_reward_model"}

@@ -92,7 +92,7 @@ _JUDGED = ["candidates", "candidate_scores", "tournament_pairs"]
 @multi_asset(name="west_of_n_pairs", can_subset=False, specs=[
     _pair_spec("west_of_n_pairs", _JUDGED, _SELECTION_CODE, "Per prompt, the configured strategy's synthetic pair "
                "(default west_of_n: best vs worst; sql/strategies/), over every prompt batch"),
-    _pair_spec("pair_draws", ["candidates", "candidate_scores"], _SELECTION_CODE, "Every strategy's draw per prompt, "
+    _pair_spec("pair_draws", _JUDGED, _SELECTION_CODE, "Every strategy's draw per prompt, "
                "so the strategies can be compared on the same candidates (a pairwise teacher's: west_of_n, from its "
                "tournaments)"),
     _pair_spec("pair_selection_report", _JUDGED, _SELECTION_CODE, "Per strategy, how many prompts gave a pair and "
