@@ -117,7 +117,8 @@ def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: Sampling
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
 
     cache_arg = _cache_argument(model)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **_last_logits_only(model))
     cache = getattr(out, cache_arg)
     cache.batch_repeat_interleave(params.n)
     logits = out.logits[:, -1, :].float().repeat_interleave(params.n, dim=0)  # [B*N, V]
@@ -193,6 +194,17 @@ def candidate_row(tokenizer, prompt: tuple[str, str], candidate_idx: int, tokens
         "policy_revision": policy_revision,
         "logprob_mode": logprob_mode,
     }
+
+
+def _last_logits_only(model) -> dict:
+    """The forward argument that computes the LM head on the last position only (the prefill needs
+    no other: its [batch, width, vocab] logits were most of a small model's time and memory), where
+    the model takes one (transformers: `logits_to_keep`, earlier `num_logits_to_keep`)."""
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in parameters:
+            return {name: 1}
+    return {}
 
 
 def _cache_argument(model) -> str:
