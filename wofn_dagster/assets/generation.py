@@ -2,10 +2,11 @@
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetSpec, MetadataValue, multi_asset
 from matplotlib.figure import Figure
 
@@ -15,6 +16,7 @@ from wofn.paths import content_hash
 from wofn_dagster.assets.metadata import png_markdown, quantiles
 from wofn_dagster.assets.runtime import INFERENCE_RETRY, forward_logs, no_retry_on_bad_input
 from wofn_dagster.assets.tables import (
+    count_rows,
     empty_result,
     error_result,
     error_summary,
@@ -53,7 +55,7 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
     h = home.home
     key = context.partition_key
     prompts_dir = h.partition_dir("prompts", key)
-    n_prompts = len(read_table(h, "prompts", key))
+    n_prompts = count_rows(h, "prompts", key)
     context.log.info(f"batch {key}: sampling {n_prompts} prompts x N={settings.n} with {policy.model} "
                      f"({beam_runner.runner}, attempt {context.retry_number + 1})")
     started = time.monotonic()
@@ -67,10 +69,11 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
         stats = sample_candidates.run(stages.sampling_argv(run_settings(settings, policy=policy), prompts_dir, staging,
                                                            errors_staging, beam_runner.args()), save_main_session=False)
     seconds = time.monotonic() - started
-    rows = read_table(h, "candidates", key)
-    stop = sum(1 for r in rows.column("finish_reason").to_pylist() if r == "stop")
-    tokens = sum(rows.column("num_tokens").to_pylist())
-    means = rows.column("logprob_mean").to_pylist()
+    # only the columns the metadata reads: a batch of a million prompts has millions of candidates
+    rows = read_table(h, "candidates", key, columns=["finish_reason", "num_tokens", "logprob_mean", "policy_revision"])
+    stop = pc.sum(pc.equal(rows.column("finish_reason"), "stop")).as_py() or 0
+    tokens = pc.sum(rows.column("num_tokens")).as_py() or 0
+    means = rows.column("logprob_mean").to_numpy()
     revision = rows.column("policy_revision")[0].as_py() if rows.num_rows else ""
     context.log.info("sampled %d candidates, %d tokens in %.0fs (%.1f tokens/s)", rows.num_rows, tokens, seconds,
                      tokens / seconds)
@@ -163,7 +166,7 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
                           "base_reward_model": teacher_revision or ""},
                "facts": {"reward_model": str(model_dir), "reward_model_revision": teacher_revision}}
     if table == "tournament_pairs":
-        confidences = read_table(h, table, key).column("confidence").to_pylist()
+        confidences = read_table(h, table, key, columns=["confidence"]).column("confidence").to_pylist()
         context.log.info(f"judged {stats.get('prompts_judged', 0)} prompts with "
                          f"{stats.get('comparisons', 0)} pairwise comparisons in {seconds:.0f}s")
         yield table_result(h, table, {
@@ -175,8 +178,8 @@ def candidate_scores(context: AssetExecutionContext, settings: WofnSettings, hom
             **errors,
         }, **lineage)
     else:
-        rewards = read_table(h, table, key).column("reward").to_pylist()
-        finite = [r for r in rewards if math.isfinite(r)]
+        rewards = read_table(h, table, key, columns=["reward"]).column("reward").to_numpy(zero_copy_only=False)
+        finite = rewards[np.isfinite(rewards)]
         context.log.info("scored %d candidates in %.0fs", len(rewards), seconds)
         yield table_result(h, table, {
             "teacher": MetadataValue.text("pointwise"),

@@ -179,11 +179,19 @@ def empty_result(home: WofnHome, asset: str, why: str, *, context: AssetExecutio
                          partition=partition, inputs=inputs)
 
 
-def read_table(home: WofnHome, asset: str, partition: str | None = None) -> pa.Table:
-    """A table's rows: every prompt batch of a partitioned table, or one (`partition`)."""
+def read_table(home: WofnHome, asset: str, partition: str | None = None,
+               columns: list[str] | None = None) -> pa.Table:
+    """A table's rows: every prompt batch of a partitioned table, or one (`partition`); with
+    `columns`, only those (what metadata needs of a table of a million rows)."""
     table_dir = home.partition_dir(asset, partition) if partition else home.table_dir(asset)
     files = parquet_files(table_dir)
     if not files:
         raise FileNotFoundError(f"{table_dir}: no Parquet files; materialize {asset!r} first")
-    return pa.concat_tables(pq.read_table(f) for f in files)
+    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+
+
+def count_rows(home: WofnHome, asset: str, partition: str | None = None) -> int:
+    """A table's rows (of one prompt batch with `partition`), from the Parquet footers."""
+    table_dir = home.partition_dir(asset, partition) if partition else home.table_dir(asset)
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(table_dir))
 
