@@ -9,6 +9,7 @@ import unicodedata
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wofn import schemas
@@ -154,36 +155,50 @@ def read_prompts(path: str | Path, limit: int | None = None,
     earlier prompt (same prompt_id; the first is kept). File-level problems raise InputError.
 
     `limit` keeps the first `limit` prompts in prompt_id order: a stable pseudo-random sample that
-    does not depend on the file's row order.
+    does not depend on the file's row order. The checks and the deduplication are Arrow operations
+    and the ids are hashed a chunk at a time, so a file of millions of prompts holds no Python
+    object per row.
     """
     table = read_rows_table(path, ["prompt"])
-    seen: dict[str, dict] = {}
-    errors = []
-
-    def reject(row: dict, reason: str, detail: str, pid: str | None = None) -> None:
-        errors.append({"stage": "prompts", "reason": reason, "prompt_id": pid, "candidate_idx": None,
-                       "source": row["_source"], "row": row["_row"], "detail": detail})
-
-    for row in table.to_pylist():
-        text = row["prompt"]
-        if "\x00" in text:
-            reject(row, "nul_bytes", "the prompt holds a NUL byte")
-        elif not text.strip():
-            reject(row, "empty_prompt", "the prompt is empty")
-        elif len(text) > max_chars:
-            reject(row, "prompt_too_long", f"{len(text):,} characters > the limit of {max_chars:,}")
-        else:
-            pid = prompt_id(text)
-            if pid in seen:
-                first = seen[pid]
-                reject(row, "duplicate_prompt", f"same prompt as {first['_source']} row {first['_row']}", pid)
-            else:
-                seen[pid] = {"prompt_id": pid, "prompt": text, "source": row.get("source") or row["_source"],
-                             "_source": row["_source"], "_row": row["_row"]}
-    kept = sorted(seen.values(), key=lambda r: r["prompt_id"])
+    texts = table.column("prompt")
+    order = pa.array(range(table.num_rows), pa.int64())
+    nul = pc.match_substring(texts, "\x00")
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0)
+    too_long = pc.greater(pc.utf8_length(texts), max_chars)
+    # the first problem that applies, as the errors' reason
+    reason = pc.case_when(pc.make_struct(nul, empty, too_long), "nul_bytes", "empty_prompt", "prompt_too_long")
+    valid = pc.is_null(reason)
+    ids = pa.chunked_array([pa.array([prompt_id(t) if ok else None
+                                      for t, ok in zip(chunk.column(0).to_pylist(), chunk.column(1).to_pylist())],
+                                     pa.string())
+                            for chunk in pa.table({"prompt": texts, "ok": valid}).to_batches(65_536)],
+                           pa.string())
+    rows = table.select(["_source", "_row"]).append_column("prompt_id", ids).append_column("_order", order)
+    firsts = (rows.filter(valid).group_by("prompt_id", use_threads=False).aggregate([("_order", "min")])
+              .rename_columns(["prompt_id", "_first"]))
+    rows = rows.join(firsts, "prompt_id", join_type="left outer").sort_by("_order")
+    first = rows.column("_first")
+    repeat = pc.fill_null(pc.and_kleene(valid, pc.not_equal(rows.column("_order"), first)), False)
+    keep = pc.fill_null(pc.and_kleene(valid, pc.equal(rows.column("_order"), first)), False)
+    source = table.column("source") if "source" in table.column_names else pa.nulls(table.num_rows, pa.string())
+    source = pc.if_else(pc.fill_null(pc.not_equal(source, ""), False), source, table.column("_source"))
+    kept = pa.table({"prompt_id": ids, "prompt": texts, "source": source}).filter(keep).sort_by("prompt_id")
     if limit is not None:
-        kept = kept[:limit]
-    return (pa.Table.from_pylist(kept, schema=schemas.PROMPTS),
+        kept = kept.slice(0, limit)
+    # the rows left out (few, as a rule): their details are written one by one
+    left_out = pa.table({"reason": pc.if_else(repeat, "duplicate_prompt", reason), "prompt_id": ids,
+                         "source": table.column("_source"), "row": table.column("_row"),
+                         "chars": pc.utf8_length(texts), "first": first}).filter(pc.or_(pc.invert(valid), repeat))
+    firsts_at = table.select(["_source", "_row"]).take(pc.fill_null(left_out.column("first"), 0)).to_pylist()
+    errors = []
+    for row, at in zip(left_out.to_pylist(), firsts_at):
+        detail = {"nul_bytes": "the prompt holds a NUL byte", "empty_prompt": "the prompt is empty",
+                  "prompt_too_long": f"{row['chars']:,} characters > the limit of {max_chars:,}",
+                  "duplicate_prompt": f"same prompt as {at['_source']} row {at['_row']}"}[row["reason"]]
+        errors.append({"stage": "prompts", "reason": row["reason"], "candidate_idx": None, "source": row["source"],
+                       "row": row["row"], "detail": detail,
+                       "prompt_id": row["prompt_id"] if row["reason"] == "duplicate_prompt" else None})
+    return (schemas.conform(kept, schemas.PROMPTS, where=f"prompts of {path}"),
             pa.Table.from_pylist(errors, schema=schemas.ERRORS))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from wofn import data, schemas
 
@@ -71,42 +72,54 @@ def gather_prompts(unlabeled: str | Path, human_pairs: str | Path, eval_pairs: s
     if human_holdout:
         held = data.human_holdout(human, human_holdout, "holdout")
         eval_ids |= {data.prompt_id(p) for p in held.column("prompt").to_pylist()}
-    kept: dict[str, dict] = {}
+    guarded = pa.array(sorted(eval_ids), pa.string())
+    kept: list[pa.Table] = []  # each source's new prompts (schemas.PROMPTS), in the order of `sources`
     counts: dict = {}
-    origins: list[tuple[str, list[dict]]] = []  # (source, its kept rows): what earlier_turns cuts
+    origins: list[tuple[str, pa.Table]] = []  # (source, its kept rows): what earlier_turns cuts
 
-    def add(name: str, rows: list[tuple[str, str]]) -> list[dict]:
-        tally = counts[name] = {"read": len(rows), "kept": 0, "duplicates": 0, "eval_leaks": 0}
-        added = []
-        for text, source in rows:
-            pid = data.prompt_id(text)
-            if pid in eval_ids:
-                tally["eval_leaks"] += 1
-            elif pid in kept:
-                tally["duplicates"] += 1
-            else:
-                kept[pid] = {"prompt_id": pid, "prompt": text, "source": source}
-                added.append(kept[pid])
-                tally["kept"] += 1
+    def add(name: str, rows: pa.Table) -> pa.Table:
+        """Keep the rows of `rows` (schemas.PROMPTS) whose prompt is neither guarded nor kept already
+        (by an earlier source, or by an earlier row of this one); Arrow operations, no row objects."""
+        ids = rows.column("prompt_id")
+        leak = pc.is_in(ids, value_set=guarded)
+        earlier = pa.concat_arrays([c for t in kept for c in t.column("prompt_id").chunks]) if kept else None
+        seen = pc.is_in(ids, value_set=earlier) if earlier is not None else pa.array([False] * len(rows))
+        order = pa.array(range(len(rows)), pa.int64())
+        firsts = pa.table({"prompt_id": ids, "_order": order}).group_by("prompt_id", use_threads=False).aggregate(
+            [("_order", "min")]).column("_order_min")
+        first = pc.is_in(order, value_set=firsts)
+        new = pc.and_(pc.and_(pc.invert(leak), pc.invert(seen)), first)
+        n_new, n_leak = pc.sum(new.cast(pa.int64())).as_py() or 0, pc.sum(leak.cast(pa.int64())).as_py() or 0
+        counts[name] = {"read": len(rows), "kept": n_new, "duplicates": len(rows) - n_new - n_leak,
+                        "eval_leaks": n_leak}
+        added = rows.filter(new)
+        kept.append(added)
         return added
+
+    def table_of(texts: list[str], source) -> pa.Table:
+        sources_ = source if isinstance(source, list) else [source] * len(texts)
+        return pa.Table.from_pydict({"prompt_id": [data.prompt_id(t) for t in texts], "prompt": texts,
+                                     "source": sources_}, schema=schemas.PROMPTS)
 
     errors = pa.Table.from_pylist([], schema=schemas.ERRORS)
     if "unlabeled" in sources:
         table, errors = data.read_prompts(unlabeled)
-        origins.append(("unlabeled", add("unlabeled", list(zip(table.column("prompt").to_pylist(),
-                                                               table.column("source").to_pylist())))))
+        origins.append(("unlabeled", add("unlabeled", table)))
     if "human_pairs" in sources:
         texts = data.human_holdout(human, human_holdout, "rest").column("prompt").to_pylist()
-        origins.append(("human_pairs", add("human_pairs", [(t, "human_pairs") for t in texts])))
+        origins.append(("human_pairs", add("human_pairs", table_of(texts, "human_pairs"))))
     if "earlier_turns" in sources:
-        add("earlier_turns", [(prefix, f"earlier_turn:{origin}")
-                              for origin, rows in origins for row in rows
-                              for prefix in earlier_turn_prefixes(row["prompt"])])
+        cut = [(prefix, f"earlier_turn:{origin}") for origin, rows in origins
+               for text in rows.column("prompt").to_pylist() for prefix in earlier_turn_prefixes(text)]
+        add("earlier_turns", table_of([c[0] for c in cut], [c[1] for c in cut]))
     counts["eval_leaks"] = sum(counts[s]["eval_leaks"] for s in PROMPT_SOURCES if s in counts)
-    counts["kept"] = len(kept)
-    rows = sorted(kept.values(), key=lambda r: r["prompt_id"])[:limit]
-    counts["rows"] = len(rows)
-    return pa.Table.from_pylist(rows, schema=schemas.PROMPTS), errors, counts
+    counts["kept"] = sum(len(t) for t in kept)
+    prompts = pa.concat_tables(kept) if kept else schemas.PROMPTS.empty_table()
+    prompts = prompts.sort_by("prompt_id")
+    if limit is not None:
+        prompts = prompts.slice(0, limit)
+    counts["rows"] = len(prompts)
+    return prompts, errors, counts
 
 
 def gather_for(settings, unlabeled: str | Path | None = None) -> tuple[pa.Table, pa.Table, dict]:

@@ -30,6 +30,24 @@ def test_prompt_ids_are_stable_and_dedup(tmp_path):
     assert data.load_prompts(path, limit=1).num_rows == 1
 
 
+def test_every_left_out_prompt_is_an_error_row_with_its_reason_file_and_row(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b  c", "", "x\x00y", "b c", "a", "  ", "z" * 70_000, "q"],
+                             "source": ["s1", None, "s", "s", "", "s", "s", "s", ""]}), path)
+    kept, errors = data.read_prompts(path)
+    # the first of each prompt is kept, with its own source (else the file's name)
+    assert sorted((r["prompt"], r["source"]) for r in kept.to_pylist()) == [
+        ("a", "s1"), ("b  c", "p.parquet"), ("q", "p.parquet")]
+    assert [(r["reason"], r["row"], r["detail"], r["prompt_id"]) for r in errors.to_pylist()] == [
+        ("empty_prompt", 2, "the prompt is empty", None),
+        ("nul_bytes", 3, "the prompt holds a NUL byte", None),
+        ("duplicate_prompt", 4, "same prompt as p.parquet row 1", data.prompt_id("b c")),
+        ("duplicate_prompt", 5, "same prompt as p.parquet row 0", data.prompt_id("a")),
+        ("empty_prompt", 6, "the prompt is empty", None),
+        ("prompt_too_long", 7, "70,000 characters > the limit of 65,536", None)]
+    assert set(errors.column("source").to_pylist()) == {"p.parquet"} and errors.schema.equals(schemas.ERRORS)
+
+
 def test_missing_column_names_file_and_column(tmp_path):
     path = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"prompt": ["x"], "chosen": ["y"]}), path)
