@@ -4,6 +4,7 @@ copy per worker on its own device, and out-of-memory halving."""
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
@@ -87,6 +88,12 @@ class WofnModelHandler(ModelHandler):
     @property
     def runtime(self) -> Runtime:
         return self._runtime
+
+    def expecting(self, expected: int | None) -> "WofnModelHandler":
+        """A copy whose progress counts toward `expected` elements (a wave of a sharded job)."""
+        other = copy.copy(self)
+        other._expected = expected
+        return other
 
     def _load(self) -> models.LoadedModel:
         raise NotImplementedError

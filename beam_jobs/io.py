@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Iterable
@@ -187,6 +188,12 @@ class ShardedInference(beam.PTransform):
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
         self._handler, self._num_shards, self._done = handler, num_shards, frozenset(done)
 
+    def skipping(self, done: Iterable[int], expected: int | None = None) -> "ShardedInference":
+        """The same transform, skipping the shards `done` (a wave skips every shard but its own), its
+        progress counting toward `expected` rows when given."""
+        handler = self._handler if expected is None else self._handler.expecting(expected)
+        return type(self)(handler, self._num_shards, done)
+
     def expand(self, rows):
         return (
             rows
@@ -259,13 +266,60 @@ def resume(output: str, errors: str | None, record_name: str, record: dict, num_
     return Resume(errors_dir, frozenset(done), expected)
 
 
-def run_sharded(rows, label: str, transform: ShardedInference, output: str, start: Resume, num_shards: int,
-                schema: pa.Schema, log: logging.Logger) -> dict[str, int]:
-    """Run `rows` (a PCollection of the job's pipeline) through `transform`, write each shard (errors,
-    then `schema` rows: `WriteShardWithErrors`), and return the job's counters with `shards_skipped`."""
-    _ = (rows | label >> transform
-         | "WriteShards" >> beam.ParDo(WriteShardWithErrors(output, start.errors_dir, num_shards, schema)))
-    stats = run_to_completion(rows.pipeline, log)
+# The DirectRunner (Beam's FnApiRunner) holds the whole input of a GroupByKey in memory. On it, a
+# sharded job runs its shards in waves of about this many input rows, one pipeline each, so that
+# its memory is a wave's whatever the size of the input (each wave reads the input and keeps only
+# its shards' rows). Other runners group out of core: they run one pipeline.
+WAVE_ROWS = 250_000
+
+
+def add_wave_arg(parser) -> None:
+    parser.add_argument("--wave-rows", type=int, default=WAVE_ROWS,
+                        help="on the DirectRunner, run the shards in waves of about this many input rows, "
+                             "one pipeline each: the job's memory is a wave's (default %(default)s)")
+
+
+def waves(num_shards: int, done: frozenset, rows: int | None, wave_rows: int) -> list[frozenset]:
+    """The shards not `done`, cut into waves of about `wave_rows` of the `rows` input rows each (consecutive
+    shard numbers; the shards are hash buckets, so about equal)."""
+    if wave_rows < 1:
+        raise ValueError(f"--wave-rows must be >= 1, got {wave_rows}")
+    todo = [k for k in range(num_shards) if k not in done]
+    per_wave = max(1, math.floor(num_shards * wave_rows / rows)) if rows else len(todo)
+    return [frozenset(todo[i:i + per_wave]) for i in range(0, len(todo), per_wave)] or [frozenset()]
+
+
+def is_local(pipeline: beam.Pipeline) -> bool:
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    return isinstance(pipeline.runner, fn_runner.FnApiRunner)
+
+
+def run_sharded(make_pipeline, read, label: str, transform: ShardedInference, output: str, start: Resume,
+                num_shards: int, schema: pa.Schema, log: logging.Logger, rows: int | None = None,
+                wave_rows: int = WAVE_ROWS) -> dict[str, int]:
+    """Run the input `read(pipeline)` gives (a PCollection of a pipeline `make_pipeline()` makes) through
+    `transform`, write each shard (errors, then `schema` rows: `WriteShardWithErrors`), and return the
+    job's counters (summed over waves) with `shards_skipped`. On the DirectRunner, in waves of about
+    `wave_rows` of the `rows` input rows (`waves`)."""
+    pipeline = make_pipeline()
+    groups = waves(num_shards, start.done, rows, wave_rows) if is_local(pipeline) else [None]
+    stats: dict[str, int] = {}
+    started = time.monotonic()
+    for k, wave in enumerate(groups):
+        if k:
+            pipeline = make_pipeline()
+        skip = start.done if wave is None else frozenset(range(num_shards)) - wave
+        expected = None
+        if len(groups) > 1:
+            expected = round(rows * len(wave) / num_shards) if rows else None
+            left = "" if not k else (f"; the job's ETA {(time.monotonic() - started) / k * (len(groups) - k):.0f}s "
+                                     f"({k} waves took {time.monotonic() - started:.0f}s)")
+            log.info("wave %d of %d: %d shards, about %s rows%s", k + 1, len(groups), len(wave), expected, left)
+        _ = (read(pipeline) | label >> transform.skipping(skip, expected)
+             | "WriteShards" >> beam.ParDo(WriteShardWithErrors(output, start.errors_dir, num_shards, schema)))
+        for name, value in run_to_completion(pipeline, log).items():
+            stats[name] = stats.get(name, 0) + value
     stats["shards_skipped"] = len(start.done)
     return stats
 

@@ -47,6 +47,7 @@ from beam_jobs.inference import (
 )
 from beam_jobs.io import (
     ShardedInference,
+    add_wave_arg,
     count_rows,
     input_pattern,
     missing_columns,
@@ -190,6 +191,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                         help=setting_help("sampling_engine"))
     parser.add_argument("--prompts-per-shard", type=int, default=64,
                         help="shard size when --num-shards is not given: the unit of resuming and of parallelism")
+    add_wave_arg(parser)
     parser.add_argument("--max-error-fraction", type=float, default=0.5,
                         help="fail the job when more than this share of the prompts ends in the errors table")
     add_runtime_args(parser, batch_size=Settings.sample_batch_size,
@@ -234,10 +236,11 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     num_shards = shard_count(known.num_shards, n_prompts, known.prompts_per_shard, "--prompts-per-shard")
     start = resume(known.output, known.errors, JOB_RECORD, job_record(known, num_shards), num_shards, n_prompts, log)
     handler = PolicyHandler(known.policy, params, runtime_from_args(known), start.expected, known.engine)
-    pipeline = new_pipeline(worker_options(handler.runtime, pipeline_args), save_main_session)
-    stats = run_sharded(read_prompts(pipeline, known.prompts, derive_ids), "SampleCandidates",
+    options = worker_options(handler.runtime, pipeline_args)
+    stats = run_sharded(lambda: new_pipeline(options, save_main_session),
+                        lambda pipeline: read_prompts(pipeline, known.prompts, derive_ids), "SampleCandidates",
                         SampleCandidates(handler, num_shards, start.done), known.output, start, num_shards,
-                        schemas.CANDIDATES, log)
+                        schemas.CANDIDATES, log, n_prompts, known.wave_rows)
     _check_error_share(start.errors_dir, n_prompts, known.max_error_fraction)
     return stats
 

@@ -46,6 +46,7 @@ from beam_jobs.inference import Runtime, WofnModelHandler, add_runtime_args, run
 from beam_jobs.io import (
     ShardedInference,
     WriteShards,
+    add_wave_arg,
     count_rows,
     input_pattern,
     new_pipeline,
@@ -249,6 +250,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                              "auto: pairwise when the model's manifest kind is pairwise_preference_model")
     parser.add_argument("--prompts-per-batch", type=int, default=16,
                         help="pairwise: prompts whose tournaments share the batched model calls")
+    add_wave_arg(parser)
     parser.add_argument("--candidates-per-shard", type=int, default=512,
                         help="shard size when --num-shards is not given: the unit of resuming and of parallelism")
     add_runtime_args(parser, batch_size=Settings.score_batch_size,
@@ -284,10 +286,11 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
                    log)
     handler = RewardHandler(known.reward_model, runtime_from_args(known), known.max_length, known.token_budget,
                             start.expected)
-    pipeline = new_pipeline(inference.worker_options(handler.runtime, pipeline_args), save_main_session)
-    return run_sharded(_read_candidates(pipeline, known.candidates), "ScoreCandidates",
+    options = inference.worker_options(handler.runtime, pipeline_args)
+    return run_sharded(lambda: new_pipeline(options, save_main_session),
+                       lambda pipeline: _read_candidates(pipeline, known.candidates), "ScoreCandidates",
                        ScoreCandidates(handler, num_shards, start.done), known.output, start, num_shards,
-                       schemas.CANDIDATE_SCORES, log)
+                       schemas.CANDIDATE_SCORES, log, n_candidates, known.wave_rows)
 
 
 def _run_pairwise(known: argparse.Namespace, pipeline_args: list[str], save_main_session: bool,

@@ -164,3 +164,24 @@ def test_scoring_rerun_with_other_settings_is_refused(candidates_dir, tmp_path):
     args[args.index("--max-length") + 1] = "32"
     with pytest.raises(ValueError, match=r"other settings \{'max_length': \(64, 32\)\}"):
         score_candidates.run(args, save_main_session=False)
+
+
+def test_sampling_in_waves_writes_the_rows_of_one_pipeline(prompts, reference, tmp_path, caplog):
+    # 12 prompts in 3 shards, waves of about 4 prompts: three pipelines, one shard each
+    out = tmp_path / "candidates"
+    with caplog.at_level("INFO", logger="beam_jobs.sample_candidates"):
+        stats = sample_candidates.run([*_args(prompts, out), "--wave-rows", "4"], save_main_session=False)
+    assert "wave 3 of 3: 1 shards, about 4 rows; the job's ETA" in caplog.text
+    assert _rows(out) == reference
+    assert stats["candidates"] == PROMPTS * N and stats["shards_written"] == 3  # summed over the waves
+
+
+def test_scoring_in_waves_writes_the_rows_of_one_pipeline(candidates_dir, tmp_path, caplog):
+    reference = tmp_path / "reference"
+    score_candidates.run(_score_args(candidates_dir, reference), save_main_session=False)
+    out = tmp_path / "scores"
+    with caplog.at_level("INFO", logger="beam_jobs.score_candidates"):
+        score_candidates.run([*_score_args(candidates_dir, out), "--wave-rows", "16"], save_main_session=False)
+    # 24 candidates in 3 shards of 8: waves of 2 shards, then 1
+    assert "wave 2 of 2: 1 shards, about 8 rows" in caplog.text
+    assert _rows(out) == _rows(reference)
