@@ -132,7 +132,8 @@ def _quote_literal(text: str) -> str:
 
 
 def create_view(
-    con: duckdb.DuckDBPyConnection, name: str, table_dir: Path, temporary: bool = False
+    con: duckdb.DuckDBPyConnection, name: str, table_dir: Path, temporary: bool = False,
+    bucket: tuple[int, int] | None = None,
 ) -> None:
     """Create or replace view `name` over every Parquet file of the table in `table_dir`.
 
@@ -140,7 +141,8 @@ def create_view(
     (`table_dir/*.parquet`) or partitioned by prompt batch (`table_dir/batch=<key>/*.parquet`);
     the view reads every partition, and has exactly the table's columns (no hive `batch`
     column). The folder must hold at least one Parquet file: a view over nothing would only
-    fail later, when something queries it.
+    fail later, when something queries it. With `bucket` (b, n), only the rows of bucket b of n
+    buckets of prompts (by a hash of prompt_id): work done per prompt can go bucket by bucket.
     """
     if name not in schemas.TABLES:
         raise ValueError(f"unknown table {name!r}; expected one of {sorted(schemas.TABLES)}")
@@ -171,7 +173,13 @@ def create_view(
     added = "".join(
         f", cast(null as {_duckdb_type(con, field.type)}) as {_quote_identifier(field.name)}"
         for field in schemas.TABLES[name] if field.name not in have and schemas.is_added(field))
-    con.execute(f"create or replace {kind} {_quote_identifier(name)} as select *{added} from {source}")
+    where = ""
+    if bucket is not None:
+        b, n = (int(x) for x in bucket)
+        if not 0 <= b < n:
+            raise ValueError(f"bucket {b} of {n}: expected 0 <= bucket < buckets")
+        where = f" where hash(prompt_id) % {n} = {b}"
+    con.execute(f"create or replace {kind} {_quote_identifier(name)} as select *{added} from {source}{where}")
 
 
 def _duckdb_type(con: duckdb.DuckDBPyConnection, arrow_type: pa.DataType) -> str:
@@ -243,13 +251,16 @@ def file_parameters(sql: str) -> list[str]:
 
 
 def register_dependencies(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None,
-                          inputs: dict[str, pa.Table] | None = None) -> list[str]:
+                          inputs: dict | None = None) -> list[str]:
     """Register, as views on `con`, the results of the SQL files `sql` reads (`sql_dependencies`),
-    each run with the parameters of `params` it takes; `inputs` gives ones already computed.
+    each run with the parameters of `params` it takes; `inputs` gives ones already computed (a
+    table, or ON_CONNECTION for a view `con` already has).
     Returns the names registered (the caller unregisters them)."""
     registered = []
     for view, dependency in sql_dependencies(sql):
         table = (inputs or {}).get(view)
+        if table is ON_CONNECTION:
+            continue
         if table is None:
             text = _sql_path(dependency).read_text(encoding="utf-8")
             wanted = set(file_parameters(text))
@@ -264,6 +275,63 @@ def _dependency_schema(name: str) -> pa.Schema | None:
     """The schema a table-producing SQL file's header names (`Produces (wofn.schemas.X`), if any."""
     match = re.search(r"Produces \(wofn\.schemas\.(\w+)", _sql_path(name).read_text(encoding="utf-8"))
     return getattr(schemas, match.group(1)) if match else None
+
+
+# Pair selection over millions of rows: DuckDB keeps at most this much of its working data (sorts,
+# joins, aggregates) in memory and spills the rest to temporary files (`spilling`).
+SPILL_MEMORY_LIMIT = "256MB"
+# An `inputs` value of run_sql_file / write_sql_file: the view is already on the connection (e.g. a
+# `parquet_view` over a file written before), not a table to register.
+ON_CONNECTION = "on-connection"
+
+
+def spilling(con: duckdb.DuckDBPyConnection, temp_dir: Path) -> duckdb.DuckDBPyConnection:
+    """`con` with its memory capped at SPILL_MEMORY_LIMIT, spilling into `temp_dir` (which the caller
+    removes): its memory then stays flat whatever the number of rows."""
+    Path(temp_dir).mkdir(parents=True, exist_ok=True)
+    con.execute(f"set memory_limit = {_quote_literal(SPILL_MEMORY_LIMIT)}")
+    con.execute(f"set temp_directory = {_quote_literal(str(temp_dir))}")
+    con.execute("set preserve_insertion_order = false")  # the SQL files order what they return
+    return con
+
+
+def parquet_view(con: duckdb.DuckDBPyConnection, name: str, files: Path | str) -> None:
+    """A temporary view `name` over a Parquet file, or a glob of them, that wofn wrote (an intermediate
+    result of `write_sql_file`; wofn's own tables: `create_view`)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise ValueError(f"view name {name!r}: expected lowercase letters, digits and underscores")
+    con.execute(f"create or replace temp view {_quote_identifier(name)} as "
+                f"select * from read_parquet({_quote_literal(Path(files).as_posix())})")
+
+
+def write_sql_file(con: duckdb.DuckDBPyConnection, name: str, path: Path, schema: pa.Schema,
+                   params: dict | None = None, inputs: dict | None = None, batch_rows: int = 65_536) -> int:
+    """Run `sql/<name>.sql` as `run_sql_file` does, but write its result to the Parquet file `path`
+    batch by batch, each batch conformed to `schema`: the result is never held whole in Python, so a
+    result of millions of rows costs a batch's memory (and DuckDB's, see `spilling`). Written under a
+    hidden temporary name, then renamed. Returns the rows written."""
+    sql_path = _sql_path(name)
+    text = sql_path.read_text(encoding="utf-8")
+    where = f"sql/{name}.sql" if sql_path.parent == paths.SQL_DIR else str(sql_path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    registered = register_dependencies(con, text, params, inputs)
+    rows = 0
+    try:
+        own = bound_parameters(text, params) if sql_dependencies(text) else params
+        reader = con.sql(text, params=own).to_arrow_reader(batch_rows)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in reader:
+                table = schemas.conform(pa.Table.from_batches([batch]), schema, where=where)
+                writer.write_table(table)
+                rows += table.num_rows
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        for view in registered:
+            con.unregister(view)
+    return rows
 
 
 def run_sql_file(
@@ -282,7 +350,7 @@ def run_sql_file(
     text = path.read_text(encoding="utf-8")
     registered = register_dependencies(con, text, params, inputs)
     try:
-        table = query(con, text, bound_parameters(text, params) if registered else params)
+        table = query(con, text, bound_parameters(text, params) if sql_dependencies(text) else params)
     finally:
         for view in registered:
             con.unregister(view)

@@ -25,9 +25,12 @@ Length control (the base reward model may prefer short answers, and West-of-N th
 
 from __future__ import annotations
 
+import math
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wofn import catalog, schemas
@@ -72,6 +75,17 @@ def length_controlled_scores(candidates_dir: Path, scores_dir: Path, length_cont
     lengths and rewards) and pass candidate_scores' rows through. Score rows of no candidate are
     dropped by both.
     """
+    con = catalog.connect()
+    try:
+        catalog.create_view(con, "candidates", candidates_dir, temporary=True)
+        catalog.create_view(con, "candidate_scores", scores_dir, temporary=True)
+        return _controlled_scores(con, length_control, length_band)
+    finally:
+        con.close()
+
+
+def _controlled_scores(con, length_control: str, length_band: float) -> pa.Table:
+    """length_controlled_scores over the candidates and candidate_scores views on `con`."""
     check_length_control(length_control, length_band)
     if length_control == "none":
         raise ValueError("length_control 'none' has no SQL of its own: the strategies read candidate_scores as is")
@@ -79,22 +93,11 @@ def length_controlled_scores(candidates_dir: Path, scores_dir: Path, length_cont
         name, params = "length_control/length_band_scores", {"band": length_band}
     else:
         name, params = "length_control/residual_scores", {"per_prompt": length_control == "residual_per_prompt"}
-    con = catalog.connect()
+    register_candidate_pool(con)
     try:
-        catalog.create_view(con, "candidates", candidates_dir, temporary=True)
-        catalog.create_view(con, "candidate_scores", scores_dir, temporary=True)
-        register_candidate_pool(con)
         return catalog.run_sql_file(con, name, params, schema=_CONTROLLED_SCORES)
     finally:
-        con.close()
-
-
-def _scores(candidates_dir: Path, scores_dir: Path, length_control: str, length_band: float) -> Path | pa.Table:
-    """What the strategies read as candidate_scores: the folder itself, or its length-controlled rows."""
-    check_length_control(length_control, length_band)
-    if length_control == "none":
-        return scores_dir
-    return length_controlled_scores(candidates_dir, scores_dir, length_control, length_band)
+        con.unregister("candidate_pool")
 
 
 def _strategy_query(strategy: str, seed: int) -> tuple[str, dict | None]:
@@ -157,15 +160,59 @@ def draw_pairs(candidates_dir: Path, scores_dir: Path, seed: int = 0,
     The candidate pool and prompt summary are computed once and shared by the strategies. With a
     `length_control` other than "none", the strategies read length_controlled_scores: their
     rewards (chosen_reward, margin, confidence) are then the residuals, or the band's.
+    `write_draws` does the same bucket by bucket of prompts, into files.
     """
+    return _draws(candidates_dir, scores_dir, seed, tuple(strategies), length_control, length_band, None)
+
+
+# Pair selection over a table of millions of candidates goes bucket by bucket of prompts (a hash of
+# prompt_id; `catalog.create_view`), about this many candidates each, so that its memory is a
+# bucket's whatever the number of prompts. Every strategy and length control decides per prompt,
+# except length_control "residual" (one fit over every candidate), which takes the table at once.
+BUCKET_CANDIDATES = 200_000
+
+
+def bucket_count(candidates_dir: Path, length_control: str = "none", per_bucket: int = BUCKET_CANDIDATES) -> int:
+    """How many buckets of prompts `write_draws` cuts `candidates_dir` into (rows from the footers)."""
+    if length_control == "residual":
+        return 1
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(candidates_dir))
+    return max(1, math.ceil(rows / per_bucket))
+
+
+def write_draws(candidates_dir: Path, scores_dir: Path, out_dir: Path, seed: int = 0,
+                strategies: tuple[str, ...] = STRATEGIES, length_control: str = "none", length_band: float = 0.3,
+                buckets: int | None = None) -> int:
+    """`draw_pairs`, one bucket of prompts at a time (`bucket_count`, or `buckets`), each bucket's
+    draws written to `out_dir` as part-BBBBB.parquet: the same rows, in a bucket's memory. Returns
+    the number of draws written."""
+    buckets = buckets or bucket_count(candidates_dir, length_control)
+    if length_control == "residual" and buckets != 1:
+        raise ValueError("length_control 'residual' fits one line over every candidate: it cannot go by bucket")
+    total = 0
+    for b in range(buckets):
+        table = _draws(candidates_dir, scores_dir, seed, tuple(strategies), length_control, length_band,
+                       (b, buckets) if buckets > 1 else None)
+        catalog.write_parquet(table, Path(out_dir), f"part-{b:05d}.parquet")
+        total += table.num_rows
+    return total
+
+
+def _draws(candidates_dir: Path, scores_dir: Path, seed: int, strategies: tuple[str, ...], length_control: str,
+           length_band: float, bucket: tuple[int, int] | None) -> pa.Table:
+    """Every strategy's draws for the prompts of `bucket` (None: every prompt), stacked in order."""
     for strategy in strategies:
         check_strategy(strategy)
-    scores = _scores(candidates_dir, scores_dir, length_control, length_band)
+    check_length_control(length_control, length_band)
     con = catalog.connect()
     try:
-        catalog.create_view(con, "candidates", candidates_dir, temporary=True)
-        _view(con, "candidate_scores", scores)
-        tables = _draw_steps(con, seed, tuple(strategies))
+        catalog.create_view(con, "candidates", candidates_dir, temporary=True, bucket=bucket)
+        catalog.create_view(con, "candidate_scores", scores_dir, temporary=True, bucket=bucket)
+        if length_control != "none":
+            controlled = _controlled_scores(con, length_control, length_band)
+            con.execute("drop view candidate_scores")
+            con.register("candidate_scores", controlled)
+        tables = _draw_steps(con, seed, strategies)
     finally:
         con.close()
     return pa.concat_tables(tables) if tables else schemas.PAIR_DRAWS.empty_table()
@@ -180,6 +227,22 @@ def pairs_from_draws(draws: Path | pa.Table, strategy: str) -> pa.Table:
         return catalog.run_sql_file(con, "west_of_n_pairs", {"strategy": strategy}, schema=schemas.PAIRS)
     finally:
         con.close()
+
+
+def write_pairs(draws_dir: Path, strategy: str, out_dir: Path) -> int:
+    """`pairs_from_draws` over a pair_draws folder file by file (`write_draws` writes one per bucket of
+    prompts), each file's pairs streamed into `out_dir` under the file's name. Returns the pairs written."""
+    check_strategy(strategy)
+    total = 0
+    for path in parquet_files(draws_dir):
+        con = catalog.connect()
+        try:
+            catalog.parquet_view(con, "pair_draws", path)
+            total += catalog.write_sql_file(con, "west_of_n_pairs", Path(out_dir) / path.name, schemas.PAIRS,
+                                            {"strategy": strategy})
+        finally:
+            con.close()
+    return total
 
 
 def tournament_draws(candidates_dir: Path, tournaments_dir: Path) -> pa.Table:
@@ -249,11 +312,6 @@ def _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin
             "confidence_measure": confidence_measure}
 
 
-def _flags(con, params: dict) -> pa.Table:
-    """sql/pair_filter_flags.sql over the west_of_n_pairs view on `con`: every pair's filter verdicts."""
-    return catalog.run_sql_file(con, "pair_filter_flags", params, schema=schemas.PAIR_FILTER_FLAGS)
-
-
 def pair_funnel(pairs: Path | pa.Table, confidence_quantile: float, logprob_quantile: float,
                 likelihood: str = "mean", min_margin: float | None = None, max_tokens: int | None = None,
                 strategy: str = "west_of_n", pair_seed: int | None = None,
@@ -269,20 +327,61 @@ def filter_with_funnel(pairs: Path | pa.Table, confidence_quantile: float, logpr
                        pair_seed: int | None = None) -> tuple[pa.Table, pa.Table]:
     """The pairs kept by the filters (sql/filter_pairs.sql; wofn.schemas.PAIRS) and how many each step
     kept (sql/pair_funnel.sql, labelled with `strategy` and `pair_seed`), both from one computation of
-    the filters (sql/pair_filter_flags.sql)."""
+    the filters (sql/pair_filter_flags.sql): `write_filtered`, read back."""
+    with tempfile.TemporaryDirectory(prefix="wofn-pairs-") as tmp:
+        if isinstance(pairs, pa.Table):
+            pairs = catalog.write_parquet(schemas.conform(pairs, schemas.PAIRS, where="filter input"),
+                                          Path(tmp) / "in").parent
+        funnel, _ = write_filtered(pairs, Path(tmp) / "out", confidence_quantile, logprob_quantile, likelihood,
+                                   min_margin, max_tokens, confidence_measure, strategy, pair_seed)
+        return pq.read_table(Path(tmp) / "out" / FILTERED_FILE), funnel
+
+
+FILTERED_FILE = "data.parquet"  # what write_filtered writes into its folder
+# the columns pair_stats reads
+STATS_COLUMNS = ["chosen_num_tokens", "rejected_num_tokens", "confidence"]
+
+
+def write_filtered(pairs_dir: Path, out_dir: Path, confidence_quantile: float, logprob_quantile: float,
+                   likelihood: str = "mean", min_margin: float | None = None, max_tokens: int | None = None,
+                   confidence_measure: str = "margin", strategy: str = "west_of_n", pair_seed: int | None = None,
+                   balance: bool = False) -> tuple[pa.Table, dict | None]:
+    """The selected pairs of the table folder `pairs_dir` through the filters, then, with `balance`, as
+    many chosen-longer as chosen-shorter pairs (sql/length_control/balance_pairs.sql), written to
+    `out_dir`/FILTERED_FILE. Returns the funnel (sql/pair_funnel.sql, labelled with `strategy` and
+    `pair_seed`; with `balance`, its length_balance step last) and, with `balance`, the pair_stats of
+    the filtered pairs before it.
+
+    Each step's result streams into a Parquet file (`catalog.write_sql_file`) on a DuckDB that spills
+    (`catalog.spilling`), so the memory stays flat however many pairs there are; the thresholds are
+    still computed over all of them.
+    """
     params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens,
                             confidence_measure)
     check_strategy(strategy)
-    con = catalog.connect()
-    try:
-        _view(con, "west_of_n_pairs", pairs)
-        flags = {"pair_filter_flags": _flags(con, params)}
-        kept = catalog.run_sql_file(con, "filter_pairs", params, schema=schemas.PAIRS, inputs=flags)
-        funnel = catalog.run_sql_file(con, "pair_funnel", {**params, "strategy": strategy, "pair_seed": pair_seed},
-                                      schema=schemas.PAIR_FUNNEL, inputs=flags)
-    finally:
-        con.close()
-    return kept, funnel
+    final = Path(out_dir) / FILTERED_FILE
+    with tempfile.TemporaryDirectory(prefix="wofn-filter-") as tmp:
+        con = catalog.spilling(catalog.connect(), Path(tmp) / "duckdb")
+        try:
+            catalog.create_view(con, "west_of_n_pairs", pairs_dir, temporary=True)
+            flags = Path(tmp) / "pair_filter_flags.parquet"
+            catalog.write_sql_file(con, "pair_filter_flags", flags, schemas.PAIR_FILTER_FLAGS, params)
+            catalog.parquet_view(con, "pair_filter_flags", flags)
+            computed = {"pair_filter_flags": catalog.ON_CONNECTION}
+            kept = Path(tmp) / "kept.parquet" if balance else final
+            catalog.write_sql_file(con, "filter_pairs", kept, schemas.PAIRS, params, inputs=computed)
+            funnel = catalog.run_sql_file(con, "pair_funnel", {**params, "strategy": strategy, "pair_seed": pair_seed},
+                                          schema=schemas.PAIR_FUNNEL, inputs=computed)
+            before = None
+            if balance:
+                before = pair_stats(pq.read_table(kept, columns=STATS_COLUMNS))
+                catalog.parquet_view(con, "pairs_in", kept)
+                catalog.write_sql_file(con, "length_control/balance_pairs", final, schemas.PAIRS,
+                                       {"confidence_measure": confidence_measure})
+                funnel = with_balance_step(funnel, pq.read_table(final, columns=STATS_COLUMNS))
+        finally:
+            con.close()
+    return funnel, before
 
 
 def filter_pairs(pairs_dir: Path, confidence_quantile: float, logprob_quantile: float, likelihood: str = "mean",
@@ -350,19 +449,28 @@ def with_balance_step(funnel: pa.Table, balanced: pa.Table) -> pa.Table:
 
 
 def pair_stats(table: pa.Table) -> dict:
-    """Length and confidence summaries of a pair set (the length prior shows up here first).
+    """Length and confidence summaries of a pair set (the length prior shows up here first); it
+    reads STATS_COLUMNS only, so a table of just those will do.
 
     Lengths are policy tokens; "longer"/"shorter" compare chosen with rejected, equal counts in neither.
     """
-    rows = table.to_pylist()
-    n = len(rows)
-    gaps = [r["chosen_num_tokens"] - r["rejected_num_tokens"] for r in rows]
+    n = table.num_rows
+    if not n:
+        return {"pairs": 0, "chosen_longer_share": 0.0, "chosen_shorter_share": 0.0, "mean_length_gap": 0.0,
+                "mean_chosen_tokens": 0.0, "mean_rejected_tokens": 0.0, "mean_confidence": 0.0}
+    chosen = table.column("chosen_num_tokens").cast(pa.int64())
+    rejected = table.column("rejected_num_tokens").cast(pa.int64())
+    gaps = pc.subtract(chosen, rejected)
+
+    def total(values) -> float:
+        return pc.sum(values).as_py() or 0
+
     return {
         "pairs": n,
-        "chosen_longer_share": sum(g > 0 for g in gaps) / n if n else 0.0,
-        "chosen_shorter_share": sum(g < 0 for g in gaps) / n if n else 0.0,
-        "mean_length_gap": sum(gaps) / n if n else 0.0,
-        "mean_chosen_tokens": sum(r["chosen_num_tokens"] for r in rows) / n if n else 0.0,
-        "mean_rejected_tokens": sum(r["rejected_num_tokens"] for r in rows) / n if n else 0.0,
-        "mean_confidence": sum(r["confidence"] for r in rows) / n if n else 0.0,
+        "chosen_longer_share": total(pc.greater(gaps, 0).cast(pa.int64())) / n,
+        "chosen_shorter_share": total(pc.less(gaps, 0).cast(pa.int64())) / n,
+        "mean_length_gap": total(gaps) / n,
+        "mean_chosen_tokens": total(chosen) / n,
+        "mean_rejected_tokens": total(rejected) / n,
+        "mean_confidence": total(table.column("confidence")) / n,
     }

@@ -15,10 +15,12 @@ an experiment has it as `Experiment.settings`).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from wofn import models, pairs, training
 from wofn.settings import Settings
@@ -72,7 +74,7 @@ def filters(s: Settings, teacher_is_ensemble: bool = True) -> dict:
 
 @dataclass
 class FilteredPairs:
-    table: pa.Table  # wofn.schemas.PAIRS: what the student trains on
+    table: pa.Table  # wofn.schemas.PAIRS: the student trains on (pairs.STATS_COLUMNS only, when written out)
     funnel: pa.Table  # wofn.schemas.PAIR_FUNNEL: every step, the length balance last when on
     steps: dict  # pairs kept per step, by name (pairs.filter_pairs' keys, and "length_balance")
     filters: dict  # the filter arguments applied
@@ -80,17 +82,22 @@ class FilteredPairs:
 
 
 def filter_pairs(s: Settings, pairs_dir: Path, strategy: str = "west_of_n", pair_seed: int | None = None,
-                 teacher_is_ensemble: bool = True) -> FilteredPairs:
+                 teacher_is_ensemble: bool = True, out_dir: Path | None = None) -> FilteredPairs:
     """The selected pairs in `pairs_dir` through the filters (sql/filter_pairs.sql), with the funnel
     (sql/pair_funnel.sql, labelled with `strategy` and `pair_seed`), then, with `length_balance`, as
-    many chosen-longer as chosen-shorter pairs (sql/length_control/balance_pairs.sql)."""
+    many chosen-longer as chosen-shorter pairs (sql/length_control/balance_pairs.sql).
+
+    With `out_dir`, the pairs are written there (`pairs.FILTERED_FILE`), streamed, and `table` holds
+    only pairs.STATS_COLUMNS of them (what a table of millions of pairs needs in memory); without,
+    `table` is every column."""
     applied = filters(s, teacher_is_ensemble)
-    table, funnel = pairs.filter_with_funnel(pairs_dir, **applied, strategy=strategy, pair_seed=pair_seed)
+    with tempfile.TemporaryDirectory(prefix="wofn-filtered-") as tmp:
+        into = Path(out_dir) if out_dir is not None else Path(tmp)
+        funnel, before = pairs.write_filtered(pairs_dir, into, **applied, strategy=strategy, pair_seed=pair_seed,
+                                              balance=s.length_balance)
+        written = into / pairs.FILTERED_FILE
+        table = pq.read_table(written, columns=pairs.STATS_COLUMNS if out_dir is not None else None)
     steps = pairs.funnel_steps(funnel, applied["min_margin"] is not None, applied["max_tokens"] is not None)
-    before = None
     if s.length_balance:
-        before = pairs.pair_stats(table)
-        table = pairs.balance_pairs(table, applied["confidence_measure"])
-        funnel = pairs.with_balance_step(funnel, table)
         steps = {**steps, "length_balance": table.num_rows}
     return FilteredPairs(table, funnel, steps, applied, before)

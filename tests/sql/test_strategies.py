@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401 - pa.parquet
 import pytest
 from pair_tables import PROMPTS, candidates_table, crafted_rows, reference, scores_table, view_over
 
@@ -320,3 +321,64 @@ def test_filter_settings_are_checked_before_any_sql(tmp_path, kwargs, message):
     args = {"confidence_quantile": 0.5, "logprob_quantile": 0.1, **kwargs}
     with pytest.raises(ValueError, match=message):
         pairs.filter_pairs(tmp_path / "does_not_matter", **args)
+
+
+# --- at scale: bucket by bucket, streamed ---------------------------------------------------------
+
+
+def _sorted_rows(table: pa.Table) -> str:
+    """The rows in a fixed order, as text (NaN rewards compare equal there)."""
+    return repr(sorted(table.to_pylist(), key=lambda r: (r.get("strategy") or "", r["prompt_id"])))
+
+
+def _folder_rows(folder: Path) -> pa.Table:
+    import pyarrow.parquet as pq
+    return pa.concat_tables(pq.read_table(f) for f in sorted(folder.glob("*.parquet")))
+
+
+@pytest.mark.parametrize("length_control", ["none", "band", "residual_per_prompt"])
+@pytest.mark.parametrize("fuzz_seed", [1, 2])
+def test_draws_written_bucket_by_bucket_are_the_draws_of_the_whole_table(con, tmp_path, fuzz_seed, length_control):
+    cand_dir, scores_dir = load(con, tmp_path, *fuzz_rows(random.Random(fuzz_seed), n_prompts=60))
+    whole = pairs.draw_pairs(cand_dir, scores_dir, seed=3, length_control=length_control)
+    out = tmp_path / "draws"
+    written = pairs.write_draws(cand_dir, scores_dir, out, seed=3, length_control=length_control, buckets=4)
+    files = sorted(p.name for p in out.glob("*.parquet"))
+    assert files == [f"part-{b:05d}.parquet" for b in range(4)]
+    bucketed = _folder_rows(out)
+    assert written == whole.num_rows and bucketed.schema.equals(schemas.PAIR_DRAWS)
+    assert _sorted_rows(bucketed) == _sorted_rows(whole)
+    # every prompt lands in exactly one bucket, and the buckets share the prompts out
+    prompts = len(set(whole.column("prompt_id").to_pylist()))
+    sizes = [len(set(pa.parquet.read_table(out / f).column("prompt_id").to_pylist())) for f in files]
+    assert sum(sizes) == prompts and max(sizes) < prompts
+
+    pairs_out = tmp_path / "pairs"
+    assert pairs.write_pairs(out, "west_of_n", pairs_out) == pairs.pairs_from_draws(whole, "west_of_n").num_rows
+    assert _sorted_rows(_folder_rows(pairs_out)) == _sorted_rows(pairs.pairs_from_draws(whole, "west_of_n"))
+
+
+def test_bucket_count_follows_the_candidates_and_residual_takes_the_table_at_once(crafted, tmp_path):
+    _, (cand_dir, scores_dir), cand_rows, _ = crafted
+    assert pairs.bucket_count(cand_dir) == 1
+    assert pairs.bucket_count(cand_dir, per_bucket=5) == math.ceil(len(cand_rows) / 5)
+    assert pairs.bucket_count(cand_dir, "residual", per_bucket=5) == 1
+    with pytest.raises(ValueError, match="residual.*cannot go by bucket"):
+        pairs.write_draws(cand_dir, scores_dir, tmp_path / "d", length_control="residual", buckets=3)
+
+
+def test_write_sql_file_streams_in_batches_and_names_the_file_on_a_schema_error(crafted, tmp_path):
+    con, *_ = crafted
+    pairs.register_candidate_pool(con)
+    expected = catalog.run_sql_file(con, "prompt_summary", schema=schemas.PROMPT_SUMMARY)
+    folder = tmp_path / "out"
+    out = folder / "summary.parquet"
+    rows = catalog.write_sql_file(con, "prompt_summary", out, schemas.PROMPT_SUMMARY, batch_rows=2)
+    written = pa.parquet.read_table(out)
+    assert rows == expected.num_rows and written.equals(expected)
+    assert [p.name for p in folder.iterdir()] == ["summary.parquet"]  # no temporary file left
+    wrong = schemas.PROMPT_SUMMARY.set(2, pa.field("n_valid", pa.int64(), nullable=False)).append(
+        pa.field("not_there", pa.string(), nullable=False))
+    with pytest.raises(schemas.SchemaError, match=r"sql/prompt_summary\.sql: missing column"):
+        catalog.write_sql_file(con, "prompt_summary", folder / "bad.parquet", wrong)
+    assert [p.name for p in folder.iterdir()] == ["summary.parquet"]  # nothing half-written

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from wofn import pairs, pairwise, stages
 from wofn.paths import content_hash, partition_keys
 from wofn_dagster.assets.metadata import png_markdown, quantiles
-from wofn_dagster.assets.tables import batch_versions, publish_table, read_table
+from wofn_dagster.assets.tables import batch_versions, publish_table, read_table, staged, table_result
 from wofn_dagster.code_versions import code_version
 from wofn_dagster.resources import WofnHomeResource, WofnSettings, run_settings
 
@@ -32,12 +32,16 @@ def _agreement_metadata(table) -> dict:
             "unanimous_share": MetadataValue.float(sum(v in (0.0, 1.0) for v in values) / len(values))}
 
 
+# what _pair_metadata reads of a pair table (a table of millions of pairs is read only this far)
+_METADATA_COLUMNS = [*pairs.STATS_COLUMNS, "margin", "agreement"]
+
+
 def _pair_metadata(table) -> dict:
     stats = pairs.pair_stats(table)
     return {
         **_agreement_metadata(table),
-        "confidence_quantiles": MetadataValue.json(quantiles(table.column("confidence").to_pylist())),
-        "margin_quantiles": MetadataValue.json(quantiles(table.column("margin").to_pylist())),
+        "confidence_quantiles": MetadataValue.json(quantiles(table.column("confidence"))),
+        "margin_quantiles": MetadataValue.json(quantiles(table.column("margin"))),
         "chosen_longer_share": MetadataValue.float(stats["chosen_longer_share"]),
         "chosen_shorter_share": MetadataValue.float(stats["chosen_shorter_share"]),
         "mean_length_gap": MetadataValue.float(stats["mean_length_gap"]),
@@ -124,17 +128,21 @@ def west_of_n_pairs(context: AssetExecutionContext, settings: WofnSettings, home
                                         pairwise=True)
     else:
         judged = h.table_dir("candidate_scores")
-        draws = publish_table(h, "pair_draws", pairs.draw_pairs(candidates_dir, judged, settings.pair_seed, **length),
-                              context=context, inputs=inputs)
+        # bucket by bucket of prompts, written as they come: the memory of a bucket, not of the table
+        with staged(h.table_dir("pair_draws")) as staging:
+            pairs.write_draws(candidates_dir, judged, staging, settings.pair_seed, **length)
+        draws = table_result(h, "pair_draws", context=context, inputs=inputs)
         report = pairs.selection_report(candidates_dir, judged, h.table_dir("pair_draws"), settings.strategy,
                                         **length)
-    table = pairs.pairs_from_draws(h.table_dir("pair_draws"), settings.strategy)
+    with staged(h.table_dir("west_of_n_pairs")) as staging:
+        pairs.write_pairs(h.table_dir("pair_draws"), settings.strategy, staging)
+    table = read_table(h, "west_of_n_pairs", columns=_METADATA_COLUMNS)
     per_strategy = {r["strategy"]: r["count"] for r in report.to_pylist() if r["reason"] == "pairs"}
     report_result = publish_table(h, "pair_selection_report", report, context=context, inputs=inputs)
     reasons = {r["reason"]: r["count"] for r in report.to_pylist() if r["selected"]}
     n_prompts = reasons.get("prompts", 0)
     context.log.info("%s: %d pairs from %d prompts; %s", settings.strategy, table.num_rows, n_prompts, reasons)
-    yield publish_table(h, "west_of_n_pairs", table, {
+    yield table_result(h, "west_of_n_pairs", {
         "prompt_batches": MetadataValue.json(sorted(inputs["candidates"])),
         "unscored_batches": MetadataValue.json(unscored),
         "strategy": MetadataValue.text(settings.strategy),
@@ -164,8 +172,11 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
     """The filtered pairs and the funnel of the filter steps that kept them."""
     h = home.home
     strategy, pair_seed = _selected_strategy(context, h, settings)
-    kept = stages.filter_pairs(run_settings(settings), h.table_dir("west_of_n_pairs"), strategy, pair_seed)
-    table, funnel, steps, filters = kept.table, kept.funnel, kept.steps, kept.filters
+    with staged(h.table_dir("filtered_pairs")) as staging:  # streamed into the folder: memory stays flat
+        kept = stages.filter_pairs(run_settings(settings), h.table_dir("west_of_n_pairs"), strategy, pair_seed,
+                                   out_dir=staging)
+    funnel, steps, filters = kept.funnel, kept.steps, kept.filters
+    table = read_table(h, "filtered_pairs", columns=_METADATA_COLUMNS)
     balance = {"length_balance": MetadataValue.bool(settings.length_balance)}
     if kept.before_balance is not None:
         before = kept.before_balance
@@ -176,9 +187,9 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
     inputs = {"west_of_n_pairs": content_hash(h.table_dir("west_of_n_pairs"))}
     funnel_result = publish_table(h, "pair_funnel", funnel, context=context, inputs=inputs)
     context.log.info("filter funnel: %s", steps)
-    yield publish_table(h, "filtered_pairs", table, {
+    yield table_result(h, "filtered_pairs", {
         "funnel_plot": _plot_funnel(funnel),
-        "confidence_plot": _plot_confidence(read_table(h, "west_of_n_pairs"), table),
+        "confidence_plot": _plot_confidence(read_table(h, "west_of_n_pairs", columns=["confidence"]), table),
         "strategy": MetadataValue.text(strategy),
         "funnel": MetadataValue.json(steps),
         "funnel_table": _markdown(funnel, ["step", "setting", "pairs_in", "pairs_kept", "chosen_longer_share",
