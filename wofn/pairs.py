@@ -352,9 +352,9 @@ def write_filtered(pairs_dir: Path, out_dir: Path, confidence_quantile: float, l
     `pair_seed`; with `balance`, its length_balance step last) and, with `balance`, the pair_stats of
     the filtered pairs before it.
 
-    Each step's result streams into a Parquet file (`catalog.write_sql_file`) on a DuckDB that spills
-    (`catalog.spilling`), so the memory stays flat however many pairs there are; the thresholds are
-    still computed over all of them.
+    Each step's result streams into a Parquet file (`catalog.write_sql_file`) on a DuckDB that can
+    spill (`catalog.spilling`), so no step holds the pairs in Python; DuckDB's own sorts and quantiles
+    still grow with the pairs (2.7x from 10^5 to 10^6 prompts, docs/benchmark.md).
     """
     params = _filter_params(confidence_quantile, logprob_quantile, likelihood, min_margin, max_tokens,
                             confidence_measure)

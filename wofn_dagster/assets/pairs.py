@@ -172,7 +172,7 @@ def filtered_pairs(context: AssetExecutionContext, settings: WofnSettings, home:
     """The filtered pairs and the funnel of the filter steps that kept them."""
     h = home.home
     strategy, pair_seed = _selected_strategy(context, h, settings)
-    with staged(h.table_dir("filtered_pairs")) as staging:  # streamed into the folder: memory stays flat
+    with staged(h.table_dir("filtered_pairs")) as staging:  # streamed into the folder
         kept = stages.filter_pairs(run_settings(settings), h.table_dir("west_of_n_pairs"), strategy, pair_seed,
                                    out_dir=staging)
     funnel, steps, filters = kept.funnel, kept.steps, kept.filters
