@@ -163,8 +163,13 @@ def create_view(
     # the hidden staging folders of writes in flight.
     # union_by_name: files written before a column was added (schemas.is_added) read it as NULL;
     # where no file has it yet, the view adds it as a NULL column of its type.
+    # Only when the files differ: DuckDB opens a reader per file for union_by_name and keeps it (460 MB
+    # for the 15,625 files of 2M candidates). Publishing a table refreshes its catalog view, so a
+    # batch of a newer schema turns union_by_name on.
     kind = "temp view" if temporary else "view"
-    source = f"read_parquet({_quote_literal(pattern)}, hive_partitioning = false, union_by_name = true)"
+    union = _mixed_schemas(name, table_dir)
+    source = (f"read_parquet({_quote_literal(pattern)}, hive_partitioning = false, "
+              f"union_by_name = {str(union).lower()})")
     try:
         have = {row[0] for row in con.execute(f"describe select * from {source}").fetchall()}
     except (duckdb.InvalidInputException, duckdb.IOException) as exc:  # a truncated or damaged file
@@ -180,6 +185,30 @@ def create_view(
             raise ValueError(f"bucket {b} of {n}: expected 0 <= bucket < buckets")
         where = f" where hash(prompt_id) % {n} = {b}"
     con.execute(f"create or replace {kind} {_quote_identifier(name)} as select *{added} from {source}{where}")
+
+
+_SCHEMAS: dict[Path, tuple[tuple, bool]] = {}  # table folder -> (its files' names, mtimes, sizes; mixed?)
+
+
+def _mixed_schemas(name: str, table_dir: Path) -> bool:
+    """Whether the Parquet files of `table_dir` differ in their columns (names or types), from their
+    footers; remembered per folder while its files are unchanged. A file that is not Parquet (a
+    truncated write) raises ValueError naming it."""
+    files = paths.parquet_files(table_dir)
+    signature = tuple((str(f), st.st_mtime_ns, st.st_size) for f in files for st in (f.stat(),))
+    known = _SCHEMAS.get(table_dir)
+    if known is not None and known[0] == signature:
+        return known[1]
+    columns = set()
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"table {name!r} in {table_dir}: a file cannot be read as Parquet ({f}: {exc}); "
+                             "rematerialize the asset (or delete that file) to publish the view") from exc
+        columns.add(tuple((field.name, str(field.type)) for field in schema))
+    _SCHEMAS[table_dir] = (signature, len(columns) > 1)
+    return len(columns) > 1
 
 
 def _duckdb_type(con: duckdb.DuckDBPyConnection, arrow_type: pa.DataType) -> str:
@@ -282,12 +311,19 @@ def _dependency_schema(name: str) -> pa.Schema | None:
 ON_CONNECTION = "on-connection"
 
 
+SPILL_MEMORY_LIMIT = "512MB"  # DuckDB's memory on a `spilling` connection
+
+
 def spilling(con: duckdb.DuckDBPyConnection, temp_dir: Path) -> duckdb.DuckDBPyConnection:
-    """`con` spilling what does not fit its memory limit (DuckDB's default) into `temp_dir` (which the
-    caller removes), and free to return rows out of insertion order (the SQL files order what they
-    return). A cap of 256 MB failed the filters at 10^6 pairs (a quantile aggregate cannot spill)."""
+    """`con` with a memory limit of SPILL_MEMORY_LIMIT, spilling what does not fit into `temp_dir`
+    (which the caller removes), and free to return rows out of insertion order (the SQL files order
+    what they return). For the queries over every pair or candidate of a table: their joins,
+    aggregates and sorts spill; a quantile's state cannot, and must fit the limit (8 bytes a value:
+    the filters' likelihood quantile over 10^7 pairs takes 160 MB). DuckDB's own default, 80% of the
+    machine, let the filters take 1.1 GB at 10^6 pairs."""
     Path(temp_dir).mkdir(parents=True, exist_ok=True)
     con.execute(f"set temp_directory = {_quote_literal(str(temp_dir))}")
+    con.execute(f"set memory_limit = {_quote_literal(SPILL_MEMORY_LIMIT)}")
     con.execute("set preserve_insertion_order = false")
     return con
 

@@ -172,9 +172,12 @@ def test_tables_written_before_the_columns_existed_still_read(tmp_path):
     catalog.write_parquet(selected.drop(["agreement"]), tmp_path / "old_pairs")
     kept, _ = pairs.filter_pairs(tmp_path / "old_pairs", 0.0, 0.0)
     assert kept.num_rows == 3
-    # a folder with old and new files reads both, NULL where the column is missing
-    catalog.write_parquet(selected.slice(0, 1), tmp_path / "old_pairs", "new.parquet")
     con = catalog.connect()
+    catalog.create_view(con, "west_of_n_pairs", tmp_path / "old_pairs", temporary=True)  # one schema: no union
+    assert con.execute("select count(*), count(agreement) from west_of_n_pairs").fetchall() == [(3, 0)]
+    # a folder with old and new files reads both, NULL where the column is missing (the view made
+    # again sees the new file's schema: union_by_name)
+    catalog.write_parquet(selected.slice(0, 1), tmp_path / "old_pairs", "0-new.parquet")  # read first
     catalog.create_view(con, "west_of_n_pairs", tmp_path / "old_pairs", temporary=True)
     assert con.execute("select count(*), count(agreement) from west_of_n_pairs").fetchall() == [(4, 0)]
     con.close()
