@@ -48,7 +48,7 @@
 
 with
 
-pairs as (
+pairs as not materialized (
 
     select * from west_of_n_pairs
 
@@ -97,7 +97,7 @@ checked_params as (
 
 ),
 
-pair_likelihoods as (
+pair_likelihoods as not materialized (
 
     -- each pair with its two responses' likelihood under the chosen measure, and its confidence key
     select

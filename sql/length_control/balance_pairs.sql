@@ -41,7 +41,7 @@ pairs as (
 
 ),
 
-directed as (
+directed as not materialized (
 
     select
         *,
