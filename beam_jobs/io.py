@@ -270,7 +270,7 @@ def resume(output: str, errors: str | None, record_name: str, record: dict, num_
 # sharded job runs its shards in waves of about this many input rows, one pipeline each, so that
 # its memory is a wave's whatever the size of the input (each wave reads the input and keeps only
 # its shards' rows). Other runners group out of core: they run one pipeline.
-WAVE_ROWS = 250_000
+WAVE_ROWS = 100_000
 
 
 def add_wave_arg(parser) -> None:

@@ -16,7 +16,7 @@ renamed), so a job that is killed keeps the shards it finished. Run it again wit
 arguments and it samples only the missing shards: seeds are per (prompt, sample), so a redone
 shard has the same rows, and nothing is duplicated. The output folder records the settings it
 was written with (`_sampling_job.json`); a rerun with other settings is refused. On the
-DirectRunner the shards run in waves of about `--wave-rows` prompts (default 250,000), one
+DirectRunner the shards run in waves of about `--wave-rows` prompts (default 100,000), one
 pipeline each, so the job's memory is a wave's however many prompts there are.
 
 Inside a shard, prompts are sorted by length and cut into batches of `--batch-size`, so a

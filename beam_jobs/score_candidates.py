@@ -22,7 +22,7 @@ finished; rerun with the same arguments, it scores only the missing shards, with
 nothing twice. The folder records what its scores depend on (`_scoring_job.json`, the reward
 model's content hash included); a rerun with other settings or another model is refused. A call
 that runs out of memory is halved, down to one candidate. On the DirectRunner the shards run in
-waves of about `--wave-rows` candidates (default 250,000), one pipeline each, so the job's memory
+waves of about `--wave-rows` candidates (default 100,000), one pipeline each, so the job's memory
 is a wave's however many candidates there are (`beam_jobs.io.run_sharded`).
 
 Pairwise teacher (a preference model, `wofn.pairwise`): candidates are grouped by prompt_id and
