@@ -100,11 +100,10 @@ def _run_stage(home: Path, prompt_file: Path, stage: str, log) -> dict:
 
 
 def _rows(home: Path, stage: str) -> int | None:
-    import pyarrow.parquet as pq
+    from wofn.paths import parquet_files, table_rows
 
     table = home / "tables" / stage
-    files = sorted(table.rglob("*.parquet")) if table.is_dir() else []
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files else None
+    return table_rows(table) if parquet_files(table) else None
 
 
 def _emit(record: dict, out: Path) -> None:

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wofn import catalog, schemas
-from wofn.paths import parquet_files
+from wofn.paths import parquet_files, table_rows
 from wofn.settings import check_length_control, check_strategy, check_value
 
 STRATEGIES = schemas.STRATEGIES
@@ -176,8 +176,7 @@ def bucket_count(candidates_dir: Path, length_control: str = "none", per_bucket:
     """How many buckets of prompts `write_draws` cuts `candidates_dir` into (rows from the footers)."""
     if length_control == "residual":
         return 1
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(candidates_dir))
-    return max(1, math.ceil(rows / per_bucket))
+    return max(1, math.ceil(table_rows(candidates_dir) / per_bucket))
 
 
 def write_draws(candidates_dir: Path, scores_dir: Path, out_dir: Path, seed: int = 0,

@@ -58,6 +58,13 @@ def parquet_files(table_dir: Path) -> list[Path]:
     return files
 
 
+def table_rows(table_dir: Path) -> int:
+    """Rows of a table folder (`parquet_files`: flat or partitioned; or one file), from the Parquet footers."""
+    import pyarrow.parquet as pq  # lazy: paths is imported where pyarrow is not needed
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(table_dir))
+
+
 def partition_keys(table_dir: Path) -> list[str]:
     """The batch keys a partitioned table folder holds (those with at least one Parquet file)."""
     return sorted({p.parent.name[len(PARTITION_PREFIX):] for p in Path(table_dir).glob(f"{PARTITION_PREFIX}*/*.parquet")

@@ -2,11 +2,10 @@
 
 import shutil
 
-import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from wofn import lineage, models, pairs, schemas, stages
-from wofn.paths import PARTITION_PREFIX, content_hash, parquet_files
+from wofn.paths import PARTITION_PREFIX, content_hash, table_rows
 from wofn_dagster.assets.generation import score_with
 from wofn_dagster.assets.runtime import INFERENCE_RETRY
 from wofn_dagster.assets.tables import batch_versions, staged, write_table
@@ -30,9 +29,8 @@ def _record_table(h, k: int, table: str, inputs: dict, context: AssetExecutionCo
     """A lineage record for round k's `table` (lineage/round_<k>/<table>/<version>.json); its version."""
     folder = h.round_dir(k) / table
     version = content_hash(folder)
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(folder))
-    lineage.record(h, f"round_{k}/{table}", version, inputs=inputs, rows=rows, path=folder, code_version=_ROUNDS_CODE,
-                   run_id=context.run.run_id, facts=facts)
+    lineage.record(h, f"round_{k}/{table}", version, inputs=inputs, rows=table_rows(folder), path=folder,
+                   code_version=_ROUNDS_CODE, run_id=context.run.run_id, facts=facts)
     return version
 
 

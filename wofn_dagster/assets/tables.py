@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, AssetKey, DataVersion, MaterializeResult, MetadataValue
 
 from wofn import catalog, lineage, schemas
-from wofn.paths import WofnHome, content_hash, parquet_files, partition_keys, publish, staging_dir
+from wofn.paths import WofnHome, content_hash, parquet_files, partition_keys, publish, staging_dir, table_rows
 
 
 def _own_code_version(context: AssetExecutionContext | None, asset: str) -> str | None:
@@ -32,7 +32,7 @@ def table_result(home: WofnHome, asset: str, metadata: dict | None = None, *,
     """
     table_dir = home.partition_dir(asset, partition) if partition else home.table_dir(asset)
     catalog.refresh_view(home.catalog_path, asset, home.table_dir(asset))
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parquet_files(table_dir))
+    rows = table_rows(table_dir)
     version = content_hash(table_dir)
     code = _own_code_version(context, asset)
     lineage.record(home, asset, version, partition=partition, inputs=inputs, rows=rows, path=table_dir,
@@ -42,8 +42,7 @@ def table_result(home: WofnHome, asset: str, metadata: dict | None = None, *,
         batches = partition_keys(home.table_dir(asset))
         extra = {"batch": MetadataValue.text(partition),
                  "batches_in_table": MetadataValue.int(len(batches)),
-                 "rows_all_batches": MetadataValue.int(sum(
-                     pq.ParquetFile(p).metadata.num_rows for p in parquet_files(home.table_dir(asset))))}
+                 "rows_all_batches": MetadataValue.int(table_rows(home.table_dir(asset)))}
     return MaterializeResult(
         asset_key=asset,
         metadata={
@@ -193,5 +192,5 @@ def read_table(home: WofnHome, asset: str, partition: str | None = None,
 def count_rows(home: WofnHome, asset: str, partition: str | None = None) -> int:
     """A table's rows (of one prompt batch with `partition`), from the Parquet footers."""
     table_dir = home.partition_dir(asset, partition) if partition else home.table_dir(asset)
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(table_dir))
+    return table_rows(table_dir)
 
