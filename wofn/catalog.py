@@ -133,7 +133,6 @@ def _quote_literal(text: str) -> str:
 
 def create_view(
     con: duckdb.DuckDBPyConnection, name: str, table_dir: Path, temporary: bool = False,
-    bucket: tuple[int, int] | None = None,
 ) -> None:
     """Create or replace view `name` over every Parquet file of the table in `table_dir`.
 
@@ -141,8 +140,7 @@ def create_view(
     (`table_dir/*.parquet`) or partitioned by prompt batch (`table_dir/batch=<key>/*.parquet`);
     the view reads every partition, and has exactly the table's columns (no hive `batch`
     column). The folder must hold at least one Parquet file: a view over nothing would only
-    fail later, when something queries it. With `bucket` (b, n), only the rows of bucket b of n
-    buckets of prompts (by a hash of prompt_id): work done per prompt can go bucket by bucket.
+    fail later, when something queries it.
     """
     if name not in schemas.TABLES:
         raise ValueError(f"unknown table {name!r}; expected one of {sorted(schemas.TABLES)}")
@@ -178,13 +176,7 @@ def create_view(
     added = "".join(
         f", cast(null as {_duckdb_type(con, field.type)}) as {_quote_identifier(field.name)}"
         for field in schemas.TABLES[name] if field.name not in have and schemas.is_added(field))
-    where = ""
-    if bucket is not None:
-        b, n = (int(x) for x in bucket)
-        if not 0 <= b < n:
-            raise ValueError(f"bucket {b} of {n}: expected 0 <= bucket < buckets")
-        where = f" where hash(prompt_id) % {n} = {b}"
-    con.execute(f"create or replace {kind} {_quote_identifier(name)} as select *{added} from {source}{where}")
+    con.execute(f"create or replace {kind} {_quote_identifier(name)} as select *{added} from {source}")
 
 
 _SCHEMAS: dict[Path, tuple[tuple, bool]] = {}  # table folder -> (its files' names, mtimes, sizes; mixed?)
@@ -335,6 +327,23 @@ def parquet_view(con: duckdb.DuckDBPyConnection, name: str, files: Path | str) -
         raise ValueError(f"view name {name!r}: expected lowercase letters, digits and underscores")
     con.execute(f"create or replace temp view {_quote_identifier(name)} as "
                 f"select * from read_parquet({_quote_literal(Path(files).as_posix())})")
+
+
+def write_buckets(con: duckdb.DuckDBPyConnection, view: str, out_dir: Path, buckets: int) -> list[Path]:
+    """Write the rows of `view` (a `create_view` of a wofn table on `con`) into `out_dir`, one folder
+    per bucket of prompts (a hash of prompt_id, so a prompt's rows of every table share a bucket), in
+    one pass (on a `spilling` connection, within its memory). Returns each bucket's folder,
+    `out_dir`/wofn_bucket=<b>; a bucket with no rows has none on disk. Work done per prompt can then
+    go bucket by bucket, each reading its own rows only."""
+    if view not in schemas.TABLES:
+        raise ValueError(f"unknown table {view!r}; expected one of {sorted(schemas.TABLES)}")
+    n = int(buckets)
+    if n < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
+    out_dir = Path(out_dir)
+    con.execute(f"copy (select *, hash(prompt_id) % {n} as wofn_bucket from {_quote_identifier(view)}) "
+                f"to {_quote_literal(out_dir.as_posix())} (format parquet, partition_by (wofn_bucket))")
+    return [out_dir / f"wofn_bucket={b}" for b in range(n)]
 
 
 def write_sql_file(con: duckdb.DuckDBPyConnection, name: str, path: Path, schema: pa.Schema,

@@ -162,11 +162,11 @@ def draw_pairs(candidates_dir: Path, scores_dir: Path, seed: int = 0,
     rewards (chosen_reward, margin, confidence) are then the residuals, or the band's.
     `write_draws` does the same bucket by bucket of prompts, into files.
     """
-    return _draws(candidates_dir, scores_dir, seed, tuple(strategies), length_control, length_band, None)
+    return _draws(candidates_dir, scores_dir, seed, tuple(strategies), length_control, length_band)
 
 
 # Pair selection over a table of millions of candidates goes bucket by bucket of prompts (a hash of
-# prompt_id; `catalog.create_view`), about this many candidates each, so that its memory is a
+# prompt_id; `catalog.write_buckets`), about this many candidates each, so that its memory is a
 # bucket's whatever the number of prompts. Every strategy and length control decides per prompt,
 # except length_control "residual" (one fit over every candidate), which takes the table at once.
 BUCKET_CANDIDATES = 200_000
@@ -183,30 +183,52 @@ def write_draws(candidates_dir: Path, scores_dir: Path, out_dir: Path, seed: int
                 strategies: tuple[str, ...] = STRATEGIES, length_control: str = "none", length_band: float = 0.3,
                 buckets: int | None = None) -> int:
     """`draw_pairs`, one bucket of prompts at a time (`bucket_count`, or `buckets`), each bucket's
-    draws written to `out_dir` as part-BBBBB.parquet: the same rows, in a bucket's memory. Returns
-    the number of draws written."""
+    draws written to `out_dir` as part-BBBBB.parquet: the same rows, in a bucket's memory. The
+    candidates and scores are first cut into the buckets in one pass (`catalog.write_buckets`, in a
+    temporary folder), so each bucket reads its own rows only. Returns the number of draws written."""
     buckets = buckets or bucket_count(candidates_dir, length_control)
     if length_control == "residual" and buckets != 1:
         raise ValueError("length_control 'residual' fits one line over every candidate: it cannot go by bucket")
-    total = 0
-    for b in range(buckets):
-        table = _draws(candidates_dir, scores_dir, seed, tuple(strategies), length_control, length_band,
-                       (b, buckets) if buckets > 1 else None)
-        catalog.write_parquet(table, Path(out_dir), f"part-{b:05d}.parquet")
-        total += table.num_rows
-    return total
+    strategies = tuple(strategies)
+    if buckets == 1:
+        return _write_draws(candidates_dir, scores_dir, out_dir, 0, seed, strategies, length_control, length_band)
+    with tempfile.TemporaryDirectory(prefix="wofn-buckets-") as tmp:
+        con = catalog.spilling(catalog.connect(), Path(tmp) / "duckdb")
+        try:
+            cut = {}
+            for name, source in (("candidates", candidates_dir), ("candidate_scores", scores_dir)):
+                catalog.create_view(con, name, source, temporary=True)
+                cut[name] = catalog.write_buckets(con, name, Path(tmp) / name, buckets)
+        finally:
+            con.close()
+        total = 0
+        for b, (cands, scores) in enumerate(zip(cut["candidates"], cut["candidate_scores"])):
+            if not cands.is_dir():  # no prompt of this bucket
+                catalog.write_parquet(schemas.PAIR_DRAWS.empty_table(), Path(out_dir), f"part-{b:05d}.parquet")
+                continue
+            if not scores.is_dir():  # its candidates are unscored: an empty scores table keeps them in the counts
+                catalog.write_parquet(schemas.CANDIDATE_SCORES.empty_table(), scores, "empty.parquet")
+            total += _write_draws(cands, scores, out_dir, b, seed, strategies, length_control, length_band)
+        return total
+
+
+def _write_draws(candidates_dir: Path, scores_dir: Path, out_dir: Path, b: int, seed: int,
+                 strategies: tuple[str, ...], length_control: str, length_band: float) -> int:
+    table = _draws(candidates_dir, scores_dir, seed, strategies, length_control, length_band)
+    catalog.write_parquet(table, Path(out_dir), f"part-{b:05d}.parquet")
+    return table.num_rows
 
 
 def _draws(candidates_dir: Path, scores_dir: Path, seed: int, strategies: tuple[str, ...], length_control: str,
-           length_band: float, bucket: tuple[int, int] | None) -> pa.Table:
-    """Every strategy's draws for the prompts of `bucket` (None: every prompt), stacked in order."""
+           length_band: float) -> pa.Table:
+    """Every strategy's draws for every prompt of the tables, stacked in order."""
     for strategy in strategies:
         check_strategy(strategy)
     check_length_control(length_control, length_band)
     con = catalog.connect()
     try:
-        catalog.create_view(con, "candidates", candidates_dir, temporary=True, bucket=bucket)
-        catalog.create_view(con, "candidate_scores", scores_dir, temporary=True, bucket=bucket)
+        catalog.create_view(con, "candidates", candidates_dir, temporary=True)
+        catalog.create_view(con, "candidate_scores", scores_dir, temporary=True)
         if length_control != "none":
             controlled = _controlled_scores(con, length_control, length_band)
             con.execute("drop view candidate_scores")

@@ -362,6 +362,20 @@ def test_draws_written_bucket_by_bucket_are_the_draws_of_the_whole_table(con, tm
     assert _sorted_rows(_folder_rows(pairs_out)) == _sorted_rows(pairs.pairs_from_draws(whole, "west_of_n"))
 
 
+def test_buckets_with_unscored_candidates_or_no_prompt_still_draw_as_the_whole_table(con, tmp_path):
+    """Scores for one prompt only (the other buckets' candidates are all unscored) and more buckets than
+    prompts (some hold none): the same draws as the whole table, one file per bucket."""
+    cand_rows, score_rows = fuzz_rows(random.Random(5), n_prompts=6)
+    scored = cand_rows[0][0]
+    cand_dir, scores_dir = load(con, tmp_path, cand_rows, [r for r in score_rows if r[0] == scored])
+    whole = pairs.draw_pairs(cand_dir, scores_dir, seed=3)
+    out = tmp_path / "draws"
+    assert pairs.write_draws(cand_dir, scores_dir, out, seed=3, buckets=16) == whole.num_rows
+    assert sorted(p.name for p in out.glob("*.parquet")) == [f"part-{b:05d}.parquet" for b in range(16)]
+    assert _sorted_rows(_folder_rows(out)) == _sorted_rows(whole)
+    assert set(whole.column("outcome").to_pylist()) > {"fewer_than_2_valid"}  # the scored prompt drew too
+
+
 def test_bucket_count_follows_the_candidates_and_residual_takes_the_table_at_once(crafted, tmp_path):
     _, (cand_dir, scores_dir), cand_rows, _ = crafted
     assert pairs.bucket_count(cand_dir) == 1
