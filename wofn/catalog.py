@@ -154,8 +154,8 @@ def create_view(
     else:
         raise FileNotFoundError(f"table folder {table_dir} for view {name!r} has no *.parquet files "
                                 f"(nor {paths.PARTITION_PREFIX}<key>/*.parquet partitions)")
-    # DuckDB cannot bind parameters in DDL (CREATE VIEW), so this is the one place wofn builds
-    # SQL text from values: the name is checked against schemas.TABLES and quoted as an
+    # DuckDB cannot bind parameters in DDL (CREATE VIEW, and COPY in write_buckets), so these are
+    # the places wofn builds SQL text from values: the name is checked against schemas.TABLES and quoted as an
     # identifier, the path is quoted as a string literal (single quotes doubled). The glob is
     # kept in the view, so it always reads the folder's current files; `batch=*` never matches
     # the hidden staging folders of writes in flight.
@@ -340,7 +340,7 @@ def write_buckets(con: duckdb.DuckDBPyConnection, view: str, out_dir: Path, buck
     n = int(buckets)
     if n < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir)  # quoted as create_view quotes
     con.execute(f"copy (select *, hash(prompt_id) % {n} as wofn_bucket from {_quote_identifier(view)}) "
                 f"to {_quote_literal(out_dir.as_posix())} (format parquet, partition_by (wofn_bucket))")
     return [out_dir / f"wofn_bucket={b}" for b in range(n)]
