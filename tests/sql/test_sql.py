@@ -555,3 +555,12 @@ def test_a_truncated_parquet_file_in_a_table_is_named(tmp_path, capsys):
     assert str(damaged) in capsys.readouterr().err
     with pytest.raises(ValueError, match=rf"table 'candidates' in .*cannot be read as Parquet .*{damaged.name}"):
         catalog.refresh_view(tmp_path / "wofn.duckdb", "candidates", table_dir)
+
+
+def test_tables_are_written_in_row_groups_a_reader_can_stream(tmp_path):
+    """A million prompts in one row group made Beam's ReadFromParquet hold them all at once."""
+    n = catalog.ROW_GROUP_ROWS + 10
+    path = catalog.write_parquet(pa.table({"prompt_id": [f"p{i}" for i in range(n)]}), tmp_path)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_rows == n and meta.num_row_groups == 2
+    assert meta.row_group(0).num_rows == catalog.ROW_GROUP_ROWS
