@@ -20,10 +20,13 @@ Notes on duckdb 2.x (checked against 2.0.1):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -313,18 +316,26 @@ ROW_GROUP_ROWS = 65_536
 SPILL_MEMORY_LIMIT = "512MB"  # DuckDB's memory on a `spilling` connection
 
 
-def spilling(con: duckdb.DuckDBPyConnection, temp_dir: Path) -> duckdb.DuckDBPyConnection:
-    """`con` with a memory limit of SPILL_MEMORY_LIMIT, spilling what does not fit into `temp_dir`
-    (which the caller removes), and free to return rows out of insertion order (the SQL files order
-    what they return). For the queries over every pair or candidate of a table: their joins,
-    aggregates and sorts spill; a quantile's state cannot, and must fit the limit (8 bytes a value:
-    the filters' likelihood quantile over 10^7 pairs takes 160 MB). DuckDB's own default, 80% of the
-    machine, let the filters take 1.1 GB at 10^6 pairs."""
-    Path(temp_dir).mkdir(parents=True, exist_ok=True)
-    con.execute(f"set temp_directory = {_quote_literal(str(temp_dir))}")
-    con.execute(f"set memory_limit = {_quote_literal(SPILL_MEMORY_LIMIT)}")
-    con.execute("set preserve_insertion_order = false")
-    return con
+@contextlib.contextmanager
+def spilling(con: duckdb.DuckDBPyConnection | None = None) -> Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
+    """`con` (default: a new in-memory database) with a memory limit of SPILL_MEMORY_LIMIT, spilling
+    what does not fit into a temporary folder, and free to return rows out of insertion order (the SQL
+    files order what they return); yields it with a temporary folder for the caller's intermediate
+    files, and closes it and removes the folder on exit. For the queries over every pair or candidate
+    of a table: their joins, aggregates and sorts spill; a quantile's state cannot, and must fit the
+    limit (8 bytes a value: the filters' likelihood quantile over 10^7 pairs takes 160 MB). DuckDB's
+    own default, 80% of the machine, let the filters take 1.1 GB at 10^6 pairs."""
+    with tempfile.TemporaryDirectory(prefix="wofn-duckdb-") as tmp:
+        con = con if con is not None else connect()
+        try:
+            spill = Path(tmp) / "spill"
+            spill.mkdir()
+            con.execute(f"set temp_directory = {_quote_literal(str(spill))}")
+            con.execute(f"set memory_limit = {_quote_literal(SPILL_MEMORY_LIMIT)}")
+            con.execute("set preserve_insertion_order = false")
+            yield con, Path(tmp)
+        finally:
+            con.close()
 
 
 def parquet_view(con: duckdb.DuckDBPyConnection, name: str, files: Path | str) -> None:

@@ -193,14 +193,11 @@ def write_draws(candidates_dir: Path, scores_dir: Path, out_dir: Path, seed: int
     if buckets == 1:
         return _write_draws(candidates_dir, scores_dir, out_dir, 0, seed, strategies, length_control, length_band)
     with tempfile.TemporaryDirectory(prefix="wofn-buckets-") as tmp:
-        con = catalog.spilling(catalog.connect(), Path(tmp) / "duckdb")
-        try:
-            cut = {}
+        cut = {}
+        with catalog.spilling() as (con, _):
             for name, source in (("candidates", candidates_dir), ("candidate_scores", scores_dir)):
                 catalog.create_view(con, name, source, temporary=True)
                 cut[name] = catalog.write_buckets(con, name, Path(tmp) / name, buckets)
-        finally:
-            con.close()
         total = 0
         for b, (cands, scores) in enumerate(zip(cut["candidates"], cut["candidate_scores"])):
             if not cands.is_dir():  # no prompt of this bucket
@@ -293,24 +290,15 @@ def selection_report(candidates_dir: Path, judged_dir: Path, draws: Path | pa.Ta
     check_strategy(strategy, pairwise)
     check_length_control(length_control, length_band, pairwise)
     # one query over every candidate and draw: on a spilling connection (1.6 GB at 2M candidates without)
-    with tempfile.TemporaryDirectory(prefix="wofn-report-") as tmp:
-        con = catalog.spilling(catalog.connect(), Path(tmp))
-        try:
-            return _selection_report(con, candidates_dir, judged_dir, draws, strategy, pairwise, length_control)
-        finally:
-            con.close()
-
-
-def _selection_report(con, candidates_dir: Path, judged_dir: Path, draws: Path | pa.Table, strategy: str,
-                      pairwise: bool, length_control: str) -> pa.Table:
-    catalog.create_view(con, "candidates", candidates_dir, temporary=True)
-    _view(con, "pair_draws", draws)
-    if pairwise:
-        catalog.create_view(con, "tournament_pairs", judged_dir, temporary=True)
-        return catalog.run_sql_file(con, "selection_report_pairwise", schema=schemas.SELECTION_REPORT)
-    _view(con, "candidate_scores", judged_dir)
-    return catalog.run_sql_file(con, "selection_report", {"strategy": strategy, "length_control": length_control},
-                                schema=schemas.SELECTION_REPORT)
+    with catalog.spilling() as (con, _):
+        catalog.create_view(con, "candidates", candidates_dir, temporary=True)
+        _view(con, "pair_draws", draws)
+        if pairwise:
+            catalog.create_view(con, "tournament_pairs", judged_dir, temporary=True)
+            return catalog.run_sql_file(con, "selection_report_pairwise", schema=schemas.SELECTION_REPORT)
+        _view(con, "candidate_scores", judged_dir)
+        return catalog.run_sql_file(con, "selection_report", {"strategy": strategy, "length_control": length_control},
+                                    schema=schemas.SELECTION_REPORT)
 
 
 def select_pairs(candidates_dir: Path, judged_dir: Path, pairwise: bool = False, strategy: str = "west_of_n",
@@ -388,27 +376,23 @@ def write_filtered(pairs_dir: Path, out_dir: Path, confidence_quantile: float, l
                             confidence_measure)
     check_strategy(strategy)
     final = Path(out_dir) / FILTERED_FILE
-    with tempfile.TemporaryDirectory(prefix="wofn-filter-") as tmp:
-        con = catalog.spilling(catalog.connect(), Path(tmp) / "duckdb")
-        try:
-            catalog.create_view(con, "west_of_n_pairs", pairs_dir, temporary=True)
-            flags = Path(tmp) / "pair_filter_flags.parquet"
-            catalog.write_sql_file(con, "pair_filter_flags", flags, schemas.PAIR_FILTER_FLAGS, params)
-            catalog.parquet_view(con, "pair_filter_flags", flags)
-            computed = {"pair_filter_flags": catalog.ON_CONNECTION}
-            kept = Path(tmp) / "kept.parquet" if balance else final
-            catalog.write_sql_file(con, "filter_pairs", kept, schemas.PAIRS, params, inputs=computed)
-            funnel = catalog.run_sql_file(con, "pair_funnel", {**params, "strategy": strategy, "pair_seed": pair_seed},
-                                          schema=schemas.PAIR_FUNNEL, inputs=computed)
-            before = None
-            if balance:
-                before = pair_stats(pq.read_table(kept, columns=STATS_COLUMNS))
-                catalog.parquet_view(con, "pairs_in", kept)
-                catalog.write_sql_file(con, "length_control/balance_pairs", final, schemas.PAIRS,
-                                       {"confidence_measure": confidence_measure})
-                funnel = with_balance_step(funnel, pq.read_table(final, columns=STATS_COLUMNS))
-        finally:
-            con.close()
+    with catalog.spilling() as (con, tmp):
+        catalog.create_view(con, "west_of_n_pairs", pairs_dir, temporary=True)
+        flags = Path(tmp) / "pair_filter_flags.parquet"
+        catalog.write_sql_file(con, "pair_filter_flags", flags, schemas.PAIR_FILTER_FLAGS, params)
+        catalog.parquet_view(con, "pair_filter_flags", flags)
+        computed = {"pair_filter_flags": catalog.ON_CONNECTION}
+        kept = Path(tmp) / "kept.parquet" if balance else final
+        catalog.write_sql_file(con, "filter_pairs", kept, schemas.PAIRS, params, inputs=computed)
+        funnel = catalog.run_sql_file(con, "pair_funnel", {**params, "strategy": strategy, "pair_seed": pair_seed},
+                                      schema=schemas.PAIR_FUNNEL, inputs=computed)
+        before = None
+        if balance:
+            before = pair_stats(pq.read_table(kept, columns=STATS_COLUMNS))
+            catalog.parquet_view(con, "pairs_in", kept)
+            catalog.write_sql_file(con, "length_control/balance_pairs", final, schemas.PAIRS,
+                                   {"confidence_measure": confidence_measure})
+            funnel = with_balance_step(funnel, pq.read_table(final, columns=STATS_COLUMNS))
     return funnel, before
 
 
