@@ -33,7 +33,8 @@ def _glob(h, asset: str) -> str:
 
 
 def _run(duckdb: DuckDBResource, name: str, params: dict) -> list[dict]:
-    with duckdb.get_connection() as con:
+    # the checks read every row of a table (2M candidates at 10^6 prompts): within DuckDB's spill limit
+    with duckdb.get_connection() as con, catalog.spilling(con) as (con, _):
         return catalog.run_sql_file(con, f"checks/{name}", params).to_pylist()
 
 

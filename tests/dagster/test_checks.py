@@ -65,7 +65,8 @@ def test_duplicate_candidate_fails_the_blocking_check_and_stops_the_pairs(tmp_pa
     unique = evaluations(result)["candidates_unique"]
     assert not unique.passed and unique.severity == AssetCheckSeverity.ERROR
     assert unique.metadata["duplicated_keys"].value == 2
-    assert {r["prompt_id"] for r in unique.metadata["examples"].value} == {"p10_dup_rows", "p11_conflicting_text"}
+    assert {(r["prompt_id"], r["copies"], r["batches"]) for r in unique.metadata["examples"].value} == {
+        ("p10_dup_rows", 2, "crafted"), ("p11_conflicting_text", 2, "crafted")}
     assert materialized(result) == set(), "nothing downstream of a failed blocking check runs"
     assert not (tmp_path / "tables" / "west_of_n_pairs").exists()
 
