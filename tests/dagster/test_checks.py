@@ -183,3 +183,23 @@ def test_teacher_gate_reads_the_base_models_validation_and_warns_or_blocks(tmp_p
     assert checks.teacher_learns_preference(settings=resources["settings"], home=resources["home"]).passed
     (spec,) = checks.teacher_learns_preference.check_specs
     assert spec.asset_key == AssetKey("base_reward_model") and spec.blocking
+
+
+def test_the_sampling_summary_read_file_by_file_is_the_whole_tables(tmp_path):
+    """The candidates asset's metadata reads its batch one file at a time (a batch of 10^6 prompts is
+    15,625 files): the counts and quantiles are those of the whole table, whatever file holds a row."""
+    from wofn_dagster.assets.generation import _sampling_summary
+    from wofn_dagster.assets.metadata import quantiles
+    from wofn_dagster.assets.tables import read_table
+
+    cands, scores = clean_rows(n=3)
+    home = write_batch(tmp_path, "b1", cands[:4], scores)
+    more = candidates_table(cands[4:]).set_column(schemas.CANDIDATES.get_field_index("finish_reason"),
+                                                  schemas.CANDIDATES.field("finish_reason"),
+                                                  pa.array(["length"] * (len(cands) - 4)))
+    pq.write_table(more, home.partition_dir("candidates", "b1") / "part-more.parquet")
+    pq.write_table(more.slice(0, 0), home.partition_dir("candidates", "b1") / "part-none.parquet")
+    whole = read_table(home, "candidates", "b1")
+    count, stop, tokens, means, revision = _sampling_summary(home, "b1")
+    assert (count, stop, tokens, revision) == (9, 4, sum(whole.column("num_tokens").to_pylist()), "abc123")
+    assert quantiles(means) == quantiles(whole.column("logprob_mean"))

@@ -20,6 +20,7 @@ from wofn_dagster.assets.tables import (
     empty_result,
     error_result,
     error_summary,
+    read_files,
     read_table,
     staged_partition,
     table_result,
@@ -69,13 +70,8 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
         stats = sample_candidates.run(stages.sampling_argv(run_settings(settings, policy=policy), prompts_dir, staging,
                                                            errors_staging, beam_runner.args()), save_main_session=False)
     seconds = time.monotonic() - started
-    # only the columns the metadata reads: a batch of a million prompts has millions of candidates
-    rows = read_table(h, "candidates", key, columns=["finish_reason", "num_tokens", "logprob_mean", "policy_revision"])
-    stop = pc.sum(pc.equal(rows.column("finish_reason"), "stop")).as_py() or 0
-    tokens = pc.sum(rows.column("num_tokens")).as_py() or 0
-    means = rows.column("logprob_mean").to_numpy()
-    revision = rows.column("policy_revision")[0].as_py() if rows.num_rows else ""
-    context.log.info("sampled %d candidates, %d tokens in %.0fs (%.1f tokens/s)", rows.num_rows, tokens, seconds,
+    count, stop, tokens, means, revision = _sampling_summary(h, key)
+    context.log.info("sampled %d candidates, %d tokens in %.0fs (%.1f tokens/s)", count, tokens, seconds,
                      tokens / seconds)
     inputs = {"prompts": {key: content_hash(prompts_dir)}}
     yield table_result(h, "candidates", {
@@ -84,10 +80,10 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
         "policy": MetadataValue.text(policy.model),
         "policy_revision": MetadataValue.text(revision),
         "generated_tokens": MetadataValue.int(tokens),
-        "stopped_at_eos_share": MetadataValue.float(stop / max(1, rows.num_rows)),
+        "stopped_at_eos_share": MetadataValue.float(stop / max(1, count)),
         "logprob_mean_quantiles": MetadataValue.json(quantiles(means)),
         "seconds": MetadataValue.float(seconds),
-        "candidates_per_s": MetadataValue.float(rows.num_rows / seconds),
+        "candidates_per_s": MetadataValue.float(count / seconds),
         "tokens_per_s": MetadataValue.float(tokens / seconds),
         "beam_counters": MetadataValue.json(stats),
         **error_summary(h, "candidate_errors", partition=key),
@@ -95,6 +91,21 @@ def candidates(context: AssetExecutionContext, settings: WofnSettings, home: Wof
         facts={"policy": policy.model, "policy_revision": revision, "n": settings.n, "seed": settings.seed,
                "temperature": settings.temperature, "top_p": settings.top_p, "max_new_tokens": settings.max_new_tokens})
     yield error_result(h, "candidate_errors", context=context, partition=key, inputs=inputs)
+
+
+def _sampling_summary(h, key: str) -> tuple[int, int, int, np.ndarray, str]:
+    """A batch's candidates, those stopped at EOS, generated tokens, each candidate's logprob_mean and the
+    policy revision: one file at a time, the columns the metadata reads (10^6 prompts: 2M candidates)."""
+    count = stop = tokens = 0
+    means, revision = [], ""
+    for rows in read_files(h, "candidates", key, columns=["finish_reason", "num_tokens", "logprob_mean",
+                                                           "policy_revision"]):
+        count += rows.num_rows
+        stop += pc.sum(pc.equal(rows.column("finish_reason"), "stop")).as_py() or 0
+        tokens += pc.sum(rows.column("num_tokens")).as_py() or 0
+        means.append(rows.column("logprob_mean").to_numpy())
+        revision = revision or (rows.column("policy_revision")[0].as_py() if rows.num_rows else "")
+    return count, stop, tokens, np.concatenate(means) if means else np.zeros(0), revision
 
 
 def content_hash_of_text(text: str) -> str:
