@@ -182,7 +182,10 @@ def create_view(
     con.execute(f"create or replace {kind} {_quote_identifier(name)} as select *{added} from {source}")
 
 
-_SCHEMAS: dict[Path, tuple[tuple, bool]] = {}  # table folder -> (its files' names, mtimes, sizes; mixed?)
+# table folder -> (a hash of its files' names, mtimes and sizes; mixed?), the newest _SCHEMAS_KEPT folders
+# (a long-lived process, such as the Dagster code server, sees many: every bucket's temporary folder)
+_SCHEMAS: dict[Path, tuple[int, bool]] = {}
+_SCHEMAS_KEPT = 256
 
 
 def _mixed_schemas(name: str, table_dir: Path) -> bool:
@@ -190,7 +193,7 @@ def _mixed_schemas(name: str, table_dir: Path) -> bool:
     footers; remembered per folder while its files are unchanged. A file that is not Parquet (a
     truncated write) raises ValueError naming it."""
     files = paths.parquet_files(table_dir)
-    signature = tuple((str(f), st.st_mtime_ns, st.st_size) for f in files for st in (f.stat(),))
+    signature = hash(tuple((str(f), st.st_mtime_ns, st.st_size) for f in files for st in (f.stat(),)))
     known = _SCHEMAS.get(table_dir)
     if known is not None and known[0] == signature:
         return known[1]
@@ -202,7 +205,10 @@ def _mixed_schemas(name: str, table_dir: Path) -> bool:
             raise ValueError(f"table {name!r} in {table_dir}: a file cannot be read as Parquet ({f}: {exc}); "
                              "rematerialize the asset (or delete that file) to publish the view") from exc
         columns.add(tuple((field.name, str(field.type)) for field in schema))
+    _SCHEMAS.pop(table_dir, None)
     _SCHEMAS[table_dir] = (signature, len(columns) > 1)
+    while len(_SCHEMAS) > _SCHEMAS_KEPT:
+        del _SCHEMAS[next(iter(_SCHEMAS))]
     return len(columns) > 1
 
 

@@ -423,6 +423,24 @@ def test_create_view_path_with_quote(con, tmp_path):
     assert catalog.query(con, "select prompt_id from candidates").to_pylist() == [{"prompt_id": "p"}]
 
 
+def test_the_schema_cache_of_views_keeps_the_newest_folders(con, tmp_path, monkeypatch):
+    """A long-lived process makes views over many folders (every bucket's temporary one): the cache of
+    their schemas keeps the newest few, and a folder seen again is read again, right."""
+    monkeypatch.setattr(catalog, "_SCHEMAS", {})
+    monkeypatch.setattr(catalog, "_SCHEMAS_KEPT", 3)
+    folders = [tmp_path / f"t{i}" for i in range(5)]
+    for i, folder in enumerate(folders):
+        catalog.write_parquet(candidates_table([(f"p{i}", 0, "r", 1, -1.0)]), folder)
+        catalog.create_view(con, "candidates", folder, temporary=True)
+    assert list(catalog._SCHEMAS) == folders[2:]
+    older = candidates_table([("q", 0, "r", 1, -1.0)]).drop(["policy_revision"])
+    catalog.write_parquet(older, folders[0], "0-old.parquet")
+    catalog.create_view(con, "candidates", folders[0], temporary=True)  # mixed now: a union by name
+    assert catalog.query(con, "select count(*) as n, count(policy_revision) as known from candidates").to_pylist() == [
+        {"n": 2, "known": 1}]
+    assert list(catalog._SCHEMAS) == [*folders[3:], folders[0]]
+
+
 def test_refresh_view_is_persistent_and_live(tmp_path):
     catalog_path = tmp_path / "home" / "wofn.duckdb"
     table_dir = tmp_path / "home" / "tables" / "candidates"
