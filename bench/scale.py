@@ -12,8 +12,9 @@ after a tiny base reward model (`human_preferences`, `eval_preferences`, `base_r
 same at every size). Each stage's wall time, time per 10^5 prompts and peak RSS (the process
 and what it waited for, `os.wait4`) are printed as one JSON line and appended to `--out` (default
 bench/scale.jsonl) as soon as the stage ends; a size's home (`--root`, default .wofn-scale/)
-keeps its tables, so a killed run is rerun from the stage it was in (done stages are skipped
-unless `--fresh`). The last line compares the sizes: peak memory and time, largest over smallest.
+keeps its tables, so a killed run is rerun from the stage it was in (a stage recorded in `--out`
+whose tables the home still has is skipped, its newest record standing for it, unless `--fresh`).
+The last line compares the sizes: peak memory and time, largest over smallest.
 """
 
 from __future__ import annotations
@@ -113,14 +114,18 @@ def _emit(record: dict, out: Path) -> None:
         fh.write(line + "\n")
 
 
-def _done(out: Path, n: int, stage: str) -> dict | None:
-    if not out.exists():
+def _done(out: Path, home: Path, n: int, stage: str) -> dict | None:
+    """The newest record of `stage` at `n` prompts in `out`, if `home` still has what the stage wrote
+    (a record from another machine or a deleted home does not skip the stage)."""
+    written = home / ("models" if stage == "base_reward_model" else "tables") / stage
+    if not out.exists() or not written.is_dir() or not any(written.iterdir()):
         return None
+    found = None
     for line in out.read_text().splitlines():
         record = json.loads(line)
         if record.get("prompts") == n and record.get("stage") == stage:
-            return record
-    return None
+            found = record
+    return found
 
 
 def run_size(n: int, root: Path, out: Path, fresh: bool) -> list[dict]:
@@ -138,7 +143,7 @@ def run_size(n: int, root: Path, out: Path, fresh: bool) -> list[dict]:
     records = []
     with (home / "stages.log").open("a") as log:
         for stage in (*SETUP, *STAGES):
-            earlier = None if fresh else _done(out, n, stage)
+            earlier = None if fresh else _done(out, home, n, stage)
             if earlier:
                 records.append(earlier)
                 continue

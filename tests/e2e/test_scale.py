@@ -52,3 +52,18 @@ def test_the_prompts_are_distinct_and_short():
     table = scale.prompt_table(1000)
     prompts = table.column("prompt").to_pylist()
     assert len(set(prompts)) == 1000 and max(map(len, prompts)) < 80
+
+
+def test_a_record_skips_its_stage_only_while_the_home_has_what_it_wrote(tmp_path):
+    """The repository's bench/scale.jsonl holds the published run's records: on a fresh machine (no home)
+    they skip nothing; where the home has the stage's table, the newest record stands for it."""
+    out, home = tmp_path / "scale.jsonl", tmp_path / "prompts-10"
+    out.write_text("".join(json.dumps({"prompts": 10, "stage": "candidates", "seconds": s}) + "\n" for s in (1, 2)))
+    assert scale._done(out, home, 10, "candidates") is None
+    (home / "tables" / "candidates").mkdir(parents=True)
+    assert scale._done(out, home, 10, "candidates") is None, "an empty folder is not a written table"
+    (home / "tables" / "candidates" / "batch=b").mkdir()
+    assert scale._done(out, home, 10, "candidates")["seconds"] == 2
+    assert scale._done(out, home, 100, "candidates") is None
+    (home / "models" / "base_reward_model").mkdir(parents=True)
+    assert scale._done(out, home, 10, "base_reward_model") is None, "no record of it"
