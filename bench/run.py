@@ -11,9 +11,9 @@ both alike); sampling is timed once per side, since one side takes minutes.
 
 Stages:
   mfu       this CPU's matmul peak (fp32, bf16), the denominator of the `mfu` fields below
-  sampling  generation.sample (length-sorted batches of 8 prompts as the Beam job forms them, fp32
-            and bf16) vs a per-prompt
-            `model.generate(..., num_return_sequences=N)` loop in fp32
+  sampling  generation.sample (length-sorted batches of 8 prompts as the Beam job forms them) vs a
+            per-prompt `model.generate(..., num_return_sequences=N)` loop in the same dtype: fp32,
+            and bf16 where the CPU computes it natively; ours also as a share of the bf16 matmul limit
   scoring   scoring.score (length-sorted token-budget batches, fp32 and bf16) vs a batch-size-1
             forward loop in fp32
   scoring_decoder
@@ -257,9 +257,22 @@ def prefill_share_estimate(policy, encoded: list[list[int]], n: int, baseline_se
             "share_of_baseline_time_est": round(redundant / baseline_seconds, 4)}
 
 
+def sampling_dtypes() -> tuple[tuple[str, ...], dict[str, str]]:
+    """The dtypes the sampling stage runs (each side in each), and those it skips with why: bf16 only
+    where this CPU computes it natively (emulated, it runs ~50x slower than fp32 and says nothing of
+    the engine)."""
+    from wofn import models
+
+    if models.native_bf16("cpu"):
+        return ("float32", "bfloat16"), {}
+    return ("float32",), {"bfloat16": "this CPU has no native bf16 (avx512_bf16 or amx_bf16): torch emulates it"}
+
+
 def bench_sampling(sizes: dict, peaks: dict) -> dict:
-    """Ours fp32, ours bf16 and the baseline take turns, one length batch of prompts at a time,
-    so that other work on the machine slows all three alike; each side's seconds are summed."""
+    """Ours and the baseline, each in every dtype of `sampling_dtypes`, take turns one length batch
+    of prompts at a time, so that other work on the machine slows all sides alike; each side's
+    seconds are summed. Ours is compared with the baseline in the same dtype, and its token rate
+    (prefill and generated tokens) given as a share of the bf16 matmul limit measured first."""
     import torch
 
     from wofn import generation, models
@@ -267,59 +280,66 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
     models.set_torch_threads(0)
     prompts = sampling_prompts(sizes["prompts"])
     params = generation.SamplingParams(n=N, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE)
+    dtypes, skipped = sampling_dtypes()
     policies, load_seconds = {}, {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         policies[dtype], load_seconds[dtype] = load_warm_policy(dtype, prompts)
     tokenizer = policies["float32"].tokenizer
     encoded = {pid: generation.encode_prompt(tokenizer, text, params.max_prompt_tokens) for pid, text in prompts}
-    baseline_sampling(policies["float32"], [encoded[prompts[0][0]]], generation.SamplingParams(n=2, max_new_tokens=4))
+    for dtype in dtypes:
+        baseline_sampling(policies[dtype], [encoded[prompts[0][0]]], generation.SamplingParams(n=2, max_new_tokens=4))
     torch.manual_seed(params.seed)
-    totals = {side_name: {"seconds": 0.0, "candidates": 0, "generated_tokens": 0}
-              for side_name in ("float32", "bfloat16", "baseline")}
+    sides = [(who, dtype) for dtype in dtypes for who in ("ours", "baseline")]
+    totals = {s: {"seconds": 0.0, "candidates": 0, "generated_tokens": 0} for s in sides}
     batches = length_batches(prompts)
     for k, batch in enumerate(batches):
-        log(f"sampling: batch {k + 1}/{len(batches)} ({len(batch)} prompts x N={N}): ours fp32, ours bf16, baseline")
-        for side_name in ("float32", "bfloat16", "baseline"):
-            if side_name == "baseline":
-                (cands, tokens), seconds = timed(baseline_sampling, policies["float32"],
+        log(f"sampling: batch {k + 1}/{len(batches)} ({len(batch)} prompts x N={N}): "
+            + ", ".join(f"{who} {dtype}" for who, dtype in sides))
+        for who, dtype in sides:
+            if who == "baseline":
+                (cands, tokens), seconds = timed(baseline_sampling, policies[dtype],
                                                  [encoded[pid] for pid, _ in batch], params)
             else:
-                (cands, tokens), seconds = timed(ours_sampling, policies[side_name], batch, params)
-            totals[side_name]["seconds"] += seconds
-            log(f"  {side_name}: {seconds:.1f}s, {tokens} tokens")
-            totals[side_name]["candidates"] += cands
-            totals[side_name]["generated_tokens"] += tokens
+                (cands, tokens), seconds = timed(ours_sampling, policies[dtype], batch, params)
+            log(f"  {who} {dtype}: {seconds:.1f}s, {tokens} tokens")
+            totals[who, dtype]["seconds"] += seconds
+            totals[who, dtype]["candidates"] += cands
+            totals[who, dtype]["generated_tokens"] += tokens
     prefill = sum(map(len, encoded.values()))
-    ours = {}
-    for dtype in ("float32", "bfloat16"):
-        t = totals[dtype]
+    ours, baseline = {}, {}
+    for dtype in dtypes:
+        t = totals["ours", dtype]
+        params_matmul = matmul_params(policies[dtype].model)
         ours[dtype] = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
         ours[dtype]["prefill_tokens"] = prefill
         ours[dtype]["prefill_tokens_padded"] = padded_prefill_tokens(encoded, batches)
         ours[dtype]["prefill_tokens_padded_in_arrival_order"] = padded_prefill_tokens(
             encoded, [prompts[i:i + SAMPLE_BATCH] for i in range(0, len(prompts), SAMPLE_BATCH)])
-        ours[dtype]["mfu"] = mfu(matmul_params(policies[dtype].model), t["generated_tokens"] + prefill,
-                                 t["seconds"], peaks.get(dtype))
-    t = totals["baseline"]
-    baseline = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
-    baseline["prefill_tokens"] = N * prefill
-    baseline_prefill = prefill_share_estimate(policies["float32"], list(encoded.values()), N, baseline["seconds"])
-    for dtype, figs in ours.items():
-        log(f"sampling {dtype}: ours {figs['seconds']:.1f}s vs baseline {baseline['seconds']:.1f}s")
+        ours[dtype]["mfu"] = mfu(params_matmul, t["generated_tokens"] + prefill, t["seconds"], peaks.get(dtype))
+        ours[dtype]["share_of_bf16_matmul_limit"] = mfu(params_matmul, t["generated_tokens"] + prefill,
+                                                        t["seconds"], peaks.get("bfloat16"))["fraction_of_peak"]
+        t = totals["baseline", dtype]
+        baseline[dtype] = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
+        baseline[dtype]["prefill_tokens"] = N * prefill
+        log(f"sampling {dtype}: ours {ours[dtype]['seconds']:.1f}s vs baseline {baseline[dtype]['seconds']:.1f}s")
+    baseline_prefill = prefill_share_estimate(policies["float32"], list(encoded.values()), N,
+                                              baseline["float32"]["seconds"])
     return {
         "config": {"policy": POLICY, "prompts": len(prompts), "n": N, "max_new_tokens": MAX_NEW_TOKENS,
                    "temperature": TEMPERATURE, "ours_batch_prompts": SAMPLE_BATCH,
                    "ours_batches": "length-sorted, as beam_jobs.sample_candidates forms them",
-                   "baseline": "per-prompt model.generate(do_sample=True, temperature=0.7, max_new_tokens=64, "
-                               "num_return_sequences=8), float32, transformers' default top_k=50",
+                   "baseline": f"per-prompt model.generate(do_sample=True, temperature={TEMPERATURE}, "
+                               f"max_new_tokens={MAX_NEW_TOKENS}, num_return_sequences={N}) in the same dtype as "
+                               "ours, transformers' default top_k=50",
                    "ours_extra_work": "per-row seeded generators, temperature-1 log-probs of every token",
-                   "timing": "the three sides take turns batch by batch; seconds summed per side"},
+                   "dtypes": list(dtypes), "dtypes_skipped": skipped,
+                   "timing": "the sides take turns batch by batch; seconds summed per side"},
         "ours": ours,
-        "baseline": {"dtype": "float32", **baseline},
-        "speedup": {dtype: round(baseline["seconds"] / figs["seconds"], 3) for dtype, figs in ours.items()},
+        "baseline": baseline,
+        "speedup": {dtype: round(baseline[dtype]["seconds"] / ours[dtype]["seconds"], 3) for dtype in dtypes},
         "speedup_generated_tokens_per_s": {
-            dtype: round(figs["generated_tokens_per_s"] / baseline["generated_tokens_per_s"], 3)
-            for dtype, figs in ours.items()},
+            dtype: round(ours[dtype]["generated_tokens_per_s"] / baseline[dtype]["generated_tokens_per_s"], 3)
+            for dtype in dtypes},
         "load_seconds": {k: round(v, 2) for k, v in load_seconds.items()},
         "baseline_prefill": baseline_prefill,
     }

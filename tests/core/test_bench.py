@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 
 from bench import run
 from wofn import schemas
@@ -13,3 +14,19 @@ def test_synthetic_tables_conform_to_the_schemas_added_columns_included(tmp_path
     for folder, schema in ((candidates, schemas.CANDIDATES), (scores, schemas.CANDIDATE_SCORES)):
         table = pq.read_table(next(folder.glob("*.parquet")))
         assert table.num_rows == 5 * run.N and table.schema.equals(schema, check_metadata=False)
+
+
+def test_sampling_compares_ours_with_the_baseline_in_the_same_dtype_and_skips_emulated_bf16(monkeypatch):
+    from wofn import models
+
+    monkeypatch.setattr(run, "N", 2)
+    monkeypatch.setattr(run, "MAX_NEW_TOKENS", 4)
+    monkeypatch.setattr(models, "native_bf16", lambda device: False)
+    result = run.bench_sampling({"prompts": 2}, {"float32": 100.0, "bfloat16": 400.0})
+    assert result["config"]["dtypes"] == ["float32"] and "bfloat16" in result["config"]["dtypes_skipped"]
+    assert set(result["ours"]) == set(result["baseline"]) == set(result["speedup"]) == {"float32"}
+    ours, baseline = result["ours"]["float32"], result["baseline"]["float32"]
+    assert ours["candidates"] == baseline["candidates"] == 2 * 2
+    assert result["speedup"]["float32"] == round(baseline["seconds"] / ours["seconds"], 3)
+    # the share of the bf16 limit is the fp32 MFU scaled by the two peaks
+    assert ours["share_of_bf16_matmul_limit"] == pytest.approx(ours["mfu"]["fraction_of_peak"] / 4, abs=1e-4)
