@@ -25,7 +25,8 @@ Stages:
             candidates, each in a fresh process: memory must stay flat as work grows
   training  Bradley-Terry training of the default RM (MiniLM + scalar head, 128 tokens, 16 pairs a
             step) on HH train pairs: pairs/s with bf16 autocast vs fp32 (the rate `wofn experiment`
-            estimates student and base training from)
+            estimates student and base training from), beside the matmul-bound limit in pairs/s
+            (6 FLOPs per parameter and trained token, at the fp32 and bf16 peaks)
   pairs     pairs.select_pairs + filter_pairs (DuckDB SQL) vs a Python dict loop over to_pylist
             rows; each side in its own spawned process, so peak RSS is measured per side
   pairs_scale
@@ -483,10 +484,22 @@ def bench_training(sizes: dict, peaks: dict) -> dict:
                 metrics = train(bf16)
                 if label not in ours or metrics["seconds"] < ours[label]["seconds"]:
                     ours[label] = side(metrics["seconds"], pairs=len(pairs))
+    # the matmul-bound limit: 6 FLOPs per parameter and token (forward and backward) over the tokens of
+    # both sequences of every pair, as trained (truncated to max_length; the batches' padding not counted)
+    rm = models.load_reward_model(settings.rm_backbone)
+    params = matmul_params(rm.model)
+    tokens = sum(len(seq) for pair in pairs for seq in training.POINTWISE.encode(rm.tokenizer, pair,
+                                                                                  settings.rm_max_length))
+    for label, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        ours[label]["mfu"] = mfu(params, tokens, ours[label]["seconds"], peaks.get(dtype), flops_per_param_token=6)
+        ours[label]["share_of_bf16_matmul_limit"] = mfu(params, tokens, ours[label]["seconds"], peaks.get("bfloat16"),
+                                                        flops_per_param_token=6)["fraction_of_peak"]
+    limit = {dtype: round(peak * 1e9 / (6 * params * tokens / len(pairs)), 2) for dtype, peak in peaks.items() if peak}
     return {"config": {"reward_model": settings.rm_backbone, "max_length": settings.rm_max_length,
                        "batch_size": settings.rm_batch_size, "train_pairs": len(pairs),
-                       "baseline": "the same training in fp32"},
-            "ours": ours, "speedup_bf16_vs_fp32": round(ours["fp32"]["seconds"] / ours["bf16"]["seconds"], 3)}
+                       "tokens_per_pair": round(tokens / len(pairs), 1), "baseline": "the same training in fp32"},
+            "ours": ours, "speedup_bf16_vs_fp32": round(ours["fp32"]["seconds"] / ours["bf16"]["seconds"], 3),
+            "matmul_limit_pairs_per_s": limit}
 
 
 def scoring_memory_worker(candidates_dir: str, output_dir: str) -> dict:

@@ -30,3 +30,15 @@ def test_sampling_compares_ours_with_the_baseline_in_the_same_dtype_and_skips_em
     assert result["speedup"]["float32"] == round(baseline["seconds"] / ours["seconds"], 3)
     # the share of the bf16 limit is the fp32 MFU scaled by the two peaks
     assert ours["share_of_bf16_matmul_limit"] == pytest.approx(ours["mfu"]["fraction_of_peak"] / 4, abs=1e-4)
+
+
+def test_training_reports_its_rates_beside_the_matmul_limit(monkeypatch):
+    monkeypatch.setattr(run, "REPEATS", 1)
+    result = run.bench_training({"train_pairs": 4}, {"float32": 100.0, "bfloat16": 400.0})
+    limit, ours = result["matmul_limit_pairs_per_s"], result["ours"]
+    assert limit["bfloat16"] == pytest.approx(4 * limit["float32"], rel=1e-3)
+    for label in ("fp32", "bf16"):
+        # the share of the bf16 limit is the rate over the limit in pairs/s
+        assert ours[label]["share_of_bf16_matmul_limit"] == pytest.approx(
+            ours[label]["pairs_per_s"] / limit["bfloat16"], rel=2e-2, abs=2e-4)  # both rounded
+    assert 0 < result["config"]["tokens_per_pair"] <= 2 * result["config"]["max_length"]
