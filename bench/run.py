@@ -1,6 +1,7 @@
 """`make bench`: wofn's three hot paths, each timed beside a baseline written the way common tools do it.
 
     python -m bench.run [--stages mfu,sampling,scoring,pairs] [--quick] [--prompts P] [--pair-prompts K]
+                        [--n N] [--max-new-tokens T]
 
 Prints one JSON object per stage on stdout (one line each) and progress on stderr. Every figure
 is measured in this run; `speedup` is ours / baseline in throughput (= baseline s / ours s for
@@ -38,7 +39,8 @@ test pairs and selects pairs from 1,000,000 synthetic candidates: about 6 minute
 2-core CPU (with 16 prompts, ours fp32 took ~44 s, ours bf16 ~24 s and the baseline ~87 s; other
 work on the machine slows single stages by up to ~2x, see `load_avg_1m`). `--quick` samples
 8 prompts, scores 64 HH pairs and builds 100,000 synthetic candidates; `--prompts` and
-`--pair-prompts` override either preset.
+`--pair-prompts` override either preset, `--n` and `--max-new-tokens` the sampling stage's N and
+new tokens (e.g. `--stages sampling --n 4`).
 """
 
 from __future__ import annotations
@@ -280,7 +282,8 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
 
     models.set_torch_threads(0)
     prompts = sampling_prompts(sizes["prompts"])
-    params = generation.SamplingParams(n=N, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE)
+    n, max_new_tokens = sizes.get("sampling_n", N), sizes.get("max_new_tokens", MAX_NEW_TOKENS)
+    params = generation.SamplingParams(n=n, max_new_tokens=max_new_tokens, temperature=TEMPERATURE)
     dtypes, skipped = sampling_dtypes()
     policies, load_seconds = {}, {}
     for dtype in dtypes:
@@ -294,7 +297,7 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
     totals = {s: {"seconds": 0.0, "candidates": 0, "generated_tokens": 0} for s in sides}
     batches = length_batches(prompts)
     for k, batch in enumerate(batches):
-        log(f"sampling: batch {k + 1}/{len(batches)} ({len(batch)} prompts x N={N}): "
+        log(f"sampling: batch {k + 1}/{len(batches)} ({len(batch)} prompts x N={n}): "
             + ", ".join(f"{who} {dtype}" for who, dtype in sides))
         for who, dtype in sides:
             if who == "baseline":
@@ -321,16 +324,16 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
                                                         t["seconds"], peaks.get("bfloat16"))["fraction_of_peak"]
         t = totals["baseline", dtype]
         baseline[dtype] = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
-        baseline[dtype]["prefill_tokens"] = N * prefill
+        baseline[dtype]["prefill_tokens"] = n * prefill
         log(f"sampling {dtype}: ours {ours[dtype]['seconds']:.1f}s vs baseline {baseline[dtype]['seconds']:.1f}s")
-    baseline_prefill = prefill_share_estimate(policies["float32"], list(encoded.values()), N,
+    baseline_prefill = prefill_share_estimate(policies["float32"], list(encoded.values()), n,
                                               baseline["float32"]["seconds"])
     return {
-        "config": {"policy": POLICY, "prompts": len(prompts), "n": N, "max_new_tokens": MAX_NEW_TOKENS,
+        "config": {"policy": POLICY, "prompts": len(prompts), "n": n, "max_new_tokens": max_new_tokens,
                    "temperature": TEMPERATURE, "ours_batch_prompts": SAMPLE_BATCH,
                    "ours_batches": "length-sorted, as beam_jobs.sample_candidates forms them",
                    "baseline": f"per-prompt model.generate(do_sample=True, temperature={TEMPERATURE}, "
-                               f"max_new_tokens={MAX_NEW_TOKENS}, num_return_sequences={N}) in the same dtype as "
+                               f"max_new_tokens={max_new_tokens}, num_return_sequences={n}) in the same dtype as "
                                "ours, transformers' default top_k=50",
                    "ours_extra_work": "per-row seeded generators, temperature-1 log-probs of every token",
                    "dtypes": list(dtypes), "dtypes_skipped": skipped,
@@ -726,13 +729,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help=f"smaller sizes: {SIZES['quick']}")
     parser.add_argument("--prompts", type=int, help="sampling prompts (overrides the size preset)")
     parser.add_argument("--pair-prompts", type=int, help="synthetic prompts for the pairs stage (x8 candidates)")
+    parser.add_argument("--n", type=int, help=f"the sampling stage's samples per prompt (default {N})")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help=f"the sampling stage's new tokens (default {MAX_NEW_TOKENS})")
     args = parser.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         parser.error(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
     sizes = dict(SIZES["quick" if args.quick else "full"])
-    sizes.update({k: v for k, v in (("prompts", args.prompts), ("pair_prompts", args.pair_prompts)) if v})
+    sizes.update({k: v for k, v in (("prompts", args.prompts), ("pair_prompts", args.pair_prompts),
+                                    ("sampling_n", args.n), ("max_new_tokens", args.max_new_tokens)) if v})
 
     import torch
 

@@ -19,11 +19,11 @@ def test_synthetic_tables_conform_to_the_schemas_added_columns_included(tmp_path
 def test_sampling_compares_ours_with_the_baseline_in_the_same_dtype_and_skips_emulated_bf16(monkeypatch):
     from wofn import models
 
-    monkeypatch.setattr(run, "N", 2)
-    monkeypatch.setattr(run, "MAX_NEW_TOKENS", 4)
     monkeypatch.setattr(models, "native_bf16", lambda device: False)
-    result = run.bench_sampling({"prompts": 2}, {"float32": 100.0, "bfloat16": 400.0})
+    sizes = {"prompts": 2, "sampling_n": 2, "max_new_tokens": 4}
+    result = run.bench_sampling(sizes, {"float32": 100.0, "bfloat16": 400.0})
     assert result["config"]["dtypes"] == ["float32"] and "bfloat16" in result["config"]["dtypes_skipped"]
+    assert (result["config"]["n"], result["config"]["max_new_tokens"]) == (2, 4)
     assert set(result["ours"]) == set(result["baseline"]) == set(result["speedup"]) == {"float32"}
     ours, baseline = result["ours"]["float32"], result["baseline"]["float32"]
     assert ours["candidates"] == baseline["candidates"] == 2 * 2
