@@ -101,9 +101,9 @@ def _run_stage(home: Path, prompt_file: Path, stage: str, log) -> dict:
 
 
 def _rows(home: Path, stage: str) -> int | None:
-    from wofn.paths import parquet_files, table_rows
+    from wofn.paths import WofnHome, parquet_files, table_rows
 
-    table = home / "tables" / stage
+    table = WofnHome(home).table_dir(stage)
     return table_rows(table) if parquet_files(table) else None
 
 
@@ -117,7 +117,10 @@ def _emit(record: dict, out: Path) -> None:
 def _done(out: Path, home: Path, n: int, stage: str) -> dict | None:
     """The newest record of `stage` at `n` prompts in `out`, if `home` still has what the stage wrote
     (a record from another machine or a deleted home does not skip the stage)."""
-    written = home / ("models" if stage == "base_reward_model" else "tables") / stage
+    from wofn.paths import WofnHome
+
+    layout = WofnHome(home)
+    written = layout.model_dir(stage) if stage == "base_reward_model" else layout.table_dir(stage)
     if not out.exists() or not written.is_dir() or not any(written.iterdir()):
         return None
     found = None
