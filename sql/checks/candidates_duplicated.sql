@@ -6,8 +6,9 @@
 -- Produces one row per duplicated key:
 --   prompt_id varchar, candidate_idx integer, copies bigint, batches varchar (the batch keys, comma-separated)
 -- The keys are counted first and the batches gathered for the duplicated ones only: a distinct
--- string_agg over every key held 1 GB at 2M candidates.
-with candidates as (
+-- string_agg over every key held 1 GB at 2M candidates. The candidates CTE, read twice, is not
+-- materialized (at 2M candidates: 804 -> 729 MB peak, the check's process included).
+with candidates as not materialized (
     select batch, prompt_id, candidate_idx
     from read_parquet($candidates, hive_partitioning = true, hive_types_autocast = false)
 ),
