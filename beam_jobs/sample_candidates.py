@@ -19,9 +19,12 @@ was written with (`_sampling_job.json`); a rerun with other settings is refused.
 DirectRunner the shards run in waves of about `--wave-rows` prompts (default 100,000), one
 pipeline each, so the job's memory is a wave's however many prompts there are.
 
-Inside a shard, prompts are sorted by length and cut into batches of `--batch-size`, so a
-batch's prompts pad to nearly the same width; the longest batch runs first. A batch that runs out
-of memory is halved and retried, down to one prompt (counted as `oom_halvings`); a batch that
+Inside a shard, prompts are sorted by length, the longest first. The torch engine samples the
+shard in one call that decodes `--slots` rows (prompt x sample) at once, a row that ends handing
+its slot to the next waiting one (continuous batching, `wofn.generation`); where the policy cannot
+decode in slots (sliding-window or recurrent layers), and with vllm, the prompts are cut into
+batches of `--batch-size`, so a batch's prompts pad to nearly the same width. A call that runs out
+of memory is halved and retried, down to one prompt (counted as `oom_halvings`); a call that
 fails otherwise is retried one prompt at a time, so one bad prompt fails alone.
 
 `--device cuda` on a node of several GPUs: one worker process per GPU (`--gpus`, default all;
@@ -90,12 +93,13 @@ class PolicyHandler(WofnModelHandler):
     unit = "prompts"
 
     def __init__(self, policy: str, params: generation.SamplingParams, runtime: Runtime,
-                 expected_prompts: int | None = None, engine: str = "torch"):
+                 expected_prompts: int | None = None, engine: str = "torch", slots: int | None = None):
         super().__init__(policy, runtime, expected_prompts)
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r}: expected one of {ENGINES}")
         self._params = params
         self._engine = engine
+        self._slots = Settings.sample_slots if slots is None else slots
 
     def _load(self):
         rt = self._runtime
@@ -122,11 +126,21 @@ class PolicyHandler(WofnModelHandler):
                 errors.append(problem)
             else:
                 usable.append(row)
-        # the longest batch first: a run that cannot fit fails (or halves) in its first minute
-        for chunk in reversed(length_sorted_batches(usable, self._runtime.batch_size)):
-            done, failed = run_halving(
-                chunk, lambda part: sampler(model, [(r["prompt_id"], r["prompt"]) for r in part], self._params),
-                "prompts")
+        continuous = self._engine == "torch" and generation.slot_engine_supported(model.model)
+        if continuous:  # the whole shard in one call, the longest prompts first; it reports as prompts finish
+            chunks = [row for batch in reversed(length_sorted_batches(usable, 1)) for row in batch]
+            chunks = [chunks] if chunks else []
+
+            def call(part):
+                return generation.sample(model, [(r["prompt_id"], r["prompt"]) for r in part], self._params,
+                                         slots=self._slots, progress=self._report)
+        else:  # the longest batch first: a run that cannot fit fails (or halves) in its first minute
+            chunks = list(reversed(length_sorted_batches(usable, self._runtime.batch_size)))
+
+            def call(part):
+                return sampler(model, [(r["prompt_id"], r["prompt"]) for r in part], self._params)
+        for chunk in chunks:
+            done, failed = run_halving(chunk, call, "prompts")
             got = [candidate for _, candidates in done for candidate in candidates]
             for r, exc in failed:
                 errors.append(error_row("sampling", _failure_reason(exc), f"{type(exc).__name__}: {exc}",
@@ -141,7 +155,8 @@ class PolicyHandler(WofnModelHandler):
             tokens = sum(c["num_tokens"] for c in got)
             beam.metrics.Metrics.counter("wofn", "prompts_sampled").inc(len(chunk))
             beam.metrics.Metrics.counter("wofn", "generated_tokens").inc(tokens)
-            self._report(len(chunk), tokens)
+            if not continuous:
+                self._report(len(chunk), tokens)
         beam.metrics.Metrics.counter("wofn", "candidates").inc(len(rows))
         beam.metrics.Metrics.counter("wofn", "errors").inc(len(errors))
         return rows, errors
@@ -191,6 +206,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are cut from the left")
     parser.add_argument("--engine", choices=ENGINES, default=Settings.sampling_engine,
                         help=setting_help("sampling_engine"))
+    parser.add_argument("--slots", type=int, default=Settings.sample_slots, help=setting_help("sample_slots"))
     parser.add_argument("--prompts-per-shard", type=int, default=64,
                         help="shard size when --num-shards is not given: the unit of resuming and of parallelism")
     add_wave_arg(parser)
@@ -237,7 +253,7 @@ def run(argv=None, save_main_session: bool = True) -> dict[str, int]:
     n_prompts = count_rows(known.prompts)
     num_shards = shard_count(known.num_shards, n_prompts, known.prompts_per_shard, "--prompts-per-shard")
     start = resume(known.output, known.errors, JOB_RECORD, job_record(known, num_shards), num_shards, n_prompts, log)
-    handler = PolicyHandler(known.policy, params, runtime_from_args(known), start.expected, known.engine)
+    handler = PolicyHandler(known.policy, params, runtime_from_args(known), start.expected, known.engine, known.slots)
     options = worker_options(handler.runtime, pipeline_args)
     stats = run_sharded(lambda: new_pipeline(options, save_main_session),
                         lambda pipeline: read_prompts(pipeline, known.prompts, derive_ids), "SampleCandidates",

@@ -73,6 +73,7 @@ SIZES = {
 }
 POLICY, RM = "smollm2-135m-instruct", "minilm-l6"
 N, MAX_NEW_TOKENS, TEMPERATURE, SAMPLE_BATCH = 8, 64, 0.7, 8
+ROUND_PROMPTS = 32  # sampling: the sides take turns this many prompts at a time
 RM_MAX_LENGTH = 256
 REPEATS = 3  # scoring stages: each side timed this often, alternating, fastest kept
 DECODER_RM, DECODER_RM_MAX_LENGTH = "smollm2-135m-instruct", 512
@@ -241,10 +242,22 @@ def baseline_sampling(policy, encoded: list[list[int]], params) -> tuple[int, in
     return len(encoded) * params.n, tokens
 
 
-def ours_sampling(policy, batch, params) -> tuple[int, int]:
+def ours_sampling(policy, prompts, params) -> tuple[int, int]:
+    """The sampling job's call for a shard: every prompt at once, longest first, decoded in the
+    default number of slots (continuous batching)."""
+    from wofn import generation
+    from wofn.settings import Settings
+
+    rows = generation.sample(policy, prompts, params, slots=Settings.sample_slots)
+    return len(rows), sum(r["num_tokens"] for r in rows)
+
+
+def static_sampling(policy, batches, params) -> tuple[int, int]:
+    """The engine before continuous batching: length-sorted batches of 8 prompts, each decoded
+    until its longest row ends."""
     from wofn import generation
 
-    rows = generation.sample(policy, batch, params)
+    rows = [r for batch in batches for r in generation.sample(policy, batch, params, batching="static")]
     return len(rows), sum(r["num_tokens"] for r in rows)
 
 
@@ -272,13 +285,15 @@ def sampling_dtypes() -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 def bench_sampling(sizes: dict, peaks: dict) -> dict:
-    """Ours and the baseline, each in every dtype of `sampling_dtypes`, take turns one length batch
-    of prompts at a time, so that other work on the machine slows all sides alike; each side's
-    seconds are summed. Ours is compared with the baseline in the same dtype, and its token rate
-    (prefill and generated tokens) given as a share of the bf16 matmul limit measured first."""
+    """Ours (continuous batching), the static engine it replaced and the baseline, each in every
+    dtype of `sampling_dtypes`, take turns one round of up to ROUND_PROMPTS prompts at a time, so
+    that other work on the machine slows all sides alike; each side's seconds are summed. Ours is
+    compared with the baseline and the static engine in the same dtype, and its token rate (prefill
+    and generated tokens) given as a share of the bf16 matmul limit measured first."""
     import torch
 
     from wofn import generation, models
+    from wofn.settings import Settings
 
     models.set_torch_threads(0)
     prompts = sampling_prompts(sizes["prompts"])
@@ -293,24 +308,29 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
     for dtype in dtypes:
         baseline_sampling(policies[dtype], [encoded[prompts[0][0]]], generation.SamplingParams(n=2, max_new_tokens=4))
     torch.manual_seed(params.seed)
-    sides = [(who, dtype) for dtype in dtypes for who in ("ours", "baseline")]
+    sides = [(who, dtype) for dtype in dtypes for who in ("ours", "static", "baseline")]
     totals = {s: {"seconds": 0.0, "candidates": 0, "generated_tokens": 0} for s in sides}
     batches = length_batches(prompts)
-    for k, batch in enumerate(batches):
-        log(f"sampling: batch {k + 1}/{len(batches)} ({len(batch)} prompts x N={n}): "
+    rounds = [prompts[i:i + ROUND_PROMPTS] for i in range(0, len(prompts), ROUND_PROMPTS)]
+    for k, part in enumerate(rounds):
+        part_batches = length_batches(part)
+        longest_first = [p for batch in reversed(part_batches) for p in batch]
+        log(f"sampling: round {k + 1}/{len(rounds)} ({len(part)} prompts x N={n}): "
             + ", ".join(f"{who} {dtype}" for who, dtype in sides))
         for who, dtype in sides:
             if who == "baseline":
                 (cands, tokens), seconds = timed(baseline_sampling, policies[dtype],
-                                                 [encoded[pid] for pid, _ in batch], params)
+                                                 [encoded[pid] for pid, _ in part], params)
+            elif who == "static":
+                (cands, tokens), seconds = timed(static_sampling, policies[dtype], part_batches, params)
             else:
-                (cands, tokens), seconds = timed(ours_sampling, policies[dtype], batch, params)
+                (cands, tokens), seconds = timed(ours_sampling, policies[dtype], longest_first, params)
             log(f"  {who} {dtype}: {seconds:.1f}s, {tokens} tokens")
             totals[who, dtype]["seconds"] += seconds
             totals[who, dtype]["candidates"] += cands
             totals[who, dtype]["generated_tokens"] += tokens
     prefill = sum(map(len, encoded.values()))
-    ours, baseline = {}, {}
+    ours, baseline, static = {}, {}, {}
     for dtype in dtypes:
         t = totals["ours", dtype]
         params_matmul = matmul_params(policies[dtype].model)
@@ -322,24 +342,34 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
         ours[dtype]["mfu"] = mfu(params_matmul, t["generated_tokens"] + prefill, t["seconds"], peaks.get(dtype))
         ours[dtype]["share_of_bf16_matmul_limit"] = mfu(params_matmul, t["generated_tokens"] + prefill,
                                                         t["seconds"], peaks.get("bfloat16"))["fraction_of_peak"]
+        t = totals["static", dtype]
+        static[dtype] = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
         t = totals["baseline", dtype]
         baseline[dtype] = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
         baseline[dtype]["prefill_tokens"] = n * prefill
-        log(f"sampling {dtype}: ours {ours[dtype]['seconds']:.1f}s vs baseline {baseline[dtype]['seconds']:.1f}s")
+        log(f"sampling {dtype}: ours {ours[dtype]['seconds']:.1f}s vs static {static[dtype]['seconds']:.1f}s "
+            f"vs baseline {baseline[dtype]['seconds']:.1f}s")
     baseline_prefill = prefill_share_estimate(policies["float32"], list(encoded.values()), n,
                                               baseline["float32"]["seconds"])
     return {
         "config": {"policy": POLICY, "prompts": len(prompts), "n": n, "max_new_tokens": max_new_tokens,
-                   "temperature": TEMPERATURE, "ours_batch_prompts": SAMPLE_BATCH,
-                   "ours_batches": "length-sorted, as beam_jobs.sample_candidates forms them",
+                   "temperature": TEMPERATURE, "ours_slots": Settings.sample_slots,
+                   "ours": "continuous batching: each round's prompts in one call, longest first, "
+                           f"{Settings.sample_slots} slots (as beam_jobs.sample_candidates samples a shard)",
+                   "static_batch_prompts": SAMPLE_BATCH,
+                   "static": "the engine before continuous batching: length-sorted batches of "
+                             f"{SAMPLE_BATCH} prompts, each decoded until its longest row ends",
+                   "round_prompts": ROUND_PROMPTS,
                    "baseline": f"per-prompt model.generate(do_sample=True, temperature={TEMPERATURE}, "
                                f"max_new_tokens={max_new_tokens}, num_return_sequences={n}) in the same dtype as "
                                "ours, transformers' default top_k=50",
                    "ours_extra_work": "per-row seeded generators, temperature-1 log-probs of every token",
                    "dtypes": list(dtypes), "dtypes_skipped": skipped,
-                   "timing": "the sides take turns batch by batch; seconds summed per side"},
+                   "timing": "the sides take turns round by round; seconds summed per side"},
         "ours": ours,
+        "static": static,
         "baseline": baseline,
+        "speedup_vs_static": {dtype: round(static[dtype]["seconds"] / ours[dtype]["seconds"], 3) for dtype in dtypes},
         "speedup": {dtype: round(baseline[dtype]["seconds"] / ours[dtype]["seconds"], 3) for dtype in dtypes},
         "speedup_generated_tokens_per_s": {
             dtype: round(ours[dtype]["generated_tokens_per_s"] / baseline[dtype]["generated_tokens_per_s"], 3)

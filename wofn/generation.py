@@ -1,12 +1,16 @@
 """N-way sampling from a causal LM policy, with each response's log-likelihood under the policy.
 
-One batch of prompts is prefilled once; its KV cache is then repeated N times, so the N samples
-of a prompt share the prefix computation. Finished rows are dropped from the cache. Every
-(prompt, sample) has its own seeded generator, so a candidate does not depend on which other
-prompts shared its batch (up to floating-point effects of padding), and a redone shard
-reproduces its rows. Log-probabilities are read from the same forward pass that sampled the
-token, under the policy at temperature 1 (the model's own distribution), whatever the sampling
-temperature.
+Continuous batching (the default where the model allows it, `slot_engine_supported`): a fixed
+number of slots decode one token each per step; when a row ends, the next waiting (prompt, sample)
+takes its slot. A prompt is prefilled once, and its keys and values are kept once for all its N
+samples, in preallocated tensors (no cache grows token by token): attention reads a prompt once
+per step for all its samples. Elsewhere (sliding-window or recurrent layers), static batches: the
+prompts are prefilled as one batch whose cache is repeated N times, decoded until the last row
+ends. Every (prompt, sample) has its own seeded generator, so a candidate does not depend on
+which other prompts shared its batch or its slots (up to floating-point effects of the batch's
+shape), and a redone shard reproduces its rows. Log-probabilities are read from the same forward
+pass that sampled the token, under the policy at temperature 1 (the model's own distribution),
+whatever the sampling temperature.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from wofn.models import LoadedModel
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
+BATCHING = ("auto", "continuous", "static")
 
 
 @dataclass(frozen=True)
@@ -94,20 +101,72 @@ def _inverse_cdf_sample(probs: torch.Tensor, generators: list[torch.Generator]) 
     return picked.clamp(max=probs.shape[-1] - 1)
 
 
+def _draw(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator]
+          ) -> tuple[torch.Tensor, list[float]]:
+    """One token per row of `logits` [rows, vocab] (float), drawn at the sampling temperature and
+    top-p, and its log-probability under the policy's own distribution (temperature 1)."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    probs = _top_p_filter(torch.softmax(logits / params.temperature, dim=-1), params.top_p).cpu()
+    chosen = _inverse_cdf_sample(probs, generators)
+    return chosen, logprobs.gather(-1, chosen.to(logprobs.device)[:, None])[:, 0].tolist()
+
+
 @torch.inference_mode()
 def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: SamplingParams,
-           return_token_ids: bool = False) -> list[dict]:
-    """Sample `params.n` responses for each (prompt_id, prompt); one dict per candidate row.
+           return_token_ids: bool = False, slots: int | None = None,
+           progress: Callable[[int, int], None] | None = None, batching: str = "auto") -> list[dict]:
+    """Sample `params.n` responses for each (prompt_id, prompt); one dict per candidate row, in
+    prompt order, then sample order.
 
-    With `return_token_ids`, each row also carries `prompt_token_ids` and `token_ids` (not part
-    of the candidates table; for checks and debugging).
+    `slots`: the rows decoded at once (default: every row). `batching` "continuous" ("auto" picks
+    it where `slot_engine_supported`): a row that ends hands its slot to the next waiting (prompt,
+    sample), so the batch stays full however long the prompt list is. "static" (what "auto" falls
+    back to): the prompts run in groups of slots // n, each decoded until its longest row ends.
+    `progress(prompts, tokens)` is called as prompts finish (all their samples). With
+    `return_token_ids`, each row also carries `prompt_token_ids` and `token_ids` (not part of the
+    candidates table; for checks and debugging).
     """
+    if not prompts:
+        return []
     model, tokenizer = policy.model, policy.tokenizer
-    device = next(model.parameters()).device
     eos_ids = _eos_ids(model, tokenizer)
     encoded = [encode_prompt(tokenizer, text, params.max_prompt_tokens) for _, text in prompts]
+    if batching not in BATCHING:
+        raise ValueError(f"batching {batching!r}: expected one of {BATCHING}")
+    slots = len(prompts) * params.n if slots is None else max(1, slots)
+    seqs = None
+    if batching == "continuous" or (batching == "auto" and slot_engine_supported(model)):
+        try:
+            seqs = _decode_in_slots(model, tokenizer.pad_token_id, encoded, prompts, params, eos_ids, slots, progress)
+        except _SlotEngineUnsupported:
+            if batching == "continuous":
+                raise
+    if seqs is None:
+        seqs = []
+        group = max(1, slots // params.n)
+        for start in range(0, len(prompts), group):
+            part = _decode_padded_batch(model, tokenizer.pad_token_id, encoded[start:start + group],
+                                        prompts[start:start + group], params, eos_ids)
+            seqs += part
+            if progress:
+                progress(len(prompts[start:start + group]), sum(len(tokens) for tokens, _, _ in part))
+    results = []
+    rows = [(p, i) for p in range(len(prompts)) for i in range(params.n)]
+    for r, (p, i) in enumerate(rows):
+        tokens, logprob_sum, finish = seqs[r]
+        extra = {"prompt_token_ids": encoded[p], "token_ids": tokens} if return_token_ids else {}
+        results.append({**extra, **candidate_row(
+            tokenizer, prompts[p], i, tokens, logprob_sum, finish, params, derive_seed(params.seed, prompts[p][0], i),
+            eos_ids, policy.name, policy.revision)})
+    return results
+
+
+def _decode_padded_batch(model, pad: int, encoded: list[list[int]], prompts: list[tuple[str, str]],
+                         params: SamplingParams, eos_ids: set[int]) -> list[tuple[list[int], float, str]]:
+    """The prompts as one left-padded batch, prefilled once, decoded until the last row ends (rows
+    that end are dropped from the cache): (tokens, logprob_sum, finish_reason) per (prompt, sample)."""
+    device = next(model.parameters()).device
     width = max(len(ids) for ids in encoded)
-    pad = tokenizer.pad_token_id
     input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
     for row, ids in enumerate(encoded):  # left padding: every row's last token is at the end
@@ -134,10 +193,7 @@ def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: Sampling
     active = list(range(len(rows)))  # row ids still generating, in cache order
 
     for step in range(params.max_new_tokens):
-        logprobs = torch.log_softmax(logits, dim=-1)  # the policy's own distribution (T=1)
-        probs = _top_p_filter(torch.softmax(logits / params.temperature, dim=-1), params.top_p).cpu()
-        chosen = _inverse_cdf_sample(probs, [generators[row] for row in active])
-        picked = logprobs.gather(-1, chosen.to(logprobs.device)[:, None])[:, 0].tolist()
+        chosen, picked = _draw(logits, params, [generators[row] for row in active])
         keep = []
         for k, row in enumerate(active):
             token = int(chosen[k])
@@ -161,13 +217,7 @@ def sample(policy: LoadedModel, prompts: list[tuple[str, str]], params: Sampling
         logits = out.logits[:, -1, :].float()
         next_pos = next_pos + 1
 
-    results = []
-    for r, (p, i) in enumerate(rows):
-        extra = {"prompt_token_ids": encoded[p], "token_ids": tokens[r]} if return_token_ids else {}
-        results.append({**extra, **candidate_row(
-            policy.tokenizer, prompts[p], i, tokens[r], logprob_sum[r], finish[r], params, seeds[r],
-            eos_ids, policy.name, policy.revision)})
-    return results
+    return list(zip(tokens, logprob_sum, finish))
 
 
 def candidate_row(tokenizer, prompt: tuple[str, str], candidate_idx: int, tokens: list[int], logprob_sum: float,
@@ -223,3 +273,285 @@ def _eos_ids(model, tokenizer) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+# --- the slot engine ----------------------------------------------------------------------------
+
+_ATTENTION = "wofn_slots"  # the attention function the slot engine registers with transformers
+
+
+class _SlotEngineUnsupported(RuntimeError):
+    """The model's attention did not go through transformers' attention interface."""
+
+
+def slot_engine_supported(model) -> bool:
+    """Whether `sample` can decode `model` in slots: a decoder whose every layer is full attention
+    (no sliding windows, no recurrent state) through transformers' attention interface
+    (transformers.AttentionInterface; checked again on the first step, where "auto" falls back)."""
+    try:
+        from transformers import AttentionInterface  # noqa: F401
+    except ImportError:
+        return False
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+class _Slots:
+    """The keys and values of the slot engine, per layer: a prompt's once, in a prompt group
+    [groups, kv_heads, prompt columns, head_dim], and each row's own generated tokens in its slot
+    [slots, kv_heads, new-token columns, head_dim]. A slot reads its prompt through its group, so
+    the N samples of a prompt share one copy, which attention reads once per step for all of them."""
+
+    def __init__(self, layer_kv: list[tuple[torch.Tensor, torch.Tensor]], slots: int, groups: int, n: int,
+                 prompt_columns: int, new_columns: int):
+        k = layer_kv[0][0]
+        self.kv_heads, self.head_dim, self.n = k.shape[0], k.shape[-1], n
+        self.device, self.dtype = k.device, k.dtype
+        self.prompt_keys = [self._zeros(groups, prompt_columns) for _ in layer_kv]
+        self.prompt_values = [self._zeros(groups, prompt_columns) for _ in layer_kv]
+        self.prompt_mask = torch.zeros((groups, prompt_columns), dtype=torch.bool, device=self.device)
+        self.new_keys = [self._zeros(slots, new_columns) for _ in layer_kv]
+        self.new_values = [self._zeros(slots, new_columns) for _ in layer_kv]
+        self.new_mask = torch.zeros((slots, new_columns), dtype=torch.bool, device=self.device)
+        self.group = torch.zeros(slots, dtype=torch.long, device=self.device)  # a slot's prompt group
+        self.member = torch.zeros(slots, dtype=torch.long, device=self.device)  # its sample index in the group
+        self.column = torch.zeros(slots, dtype=torch.long, device=self.device)  # where this step's token goes
+        self.rows = torch.arange(slots, device=self.device)
+        self.prompt_width = self.new_width = 1  # the columns in use this step
+        self.calls = 0
+
+    def _zeros(self, count: int, columns: int) -> torch.Tensor:
+        return torch.zeros((count, self.kv_heads, columns, self.head_dim), dtype=self.dtype, device=self.device)
+
+    @property
+    def groups(self) -> int:
+        return self.prompt_mask.shape[0]
+
+    def add_groups(self, count: int) -> None:
+        def grow(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, t.new_zeros((count, *t.shape[1:]))])
+
+        self.prompt_keys = [grow(t) for t in self.prompt_keys]
+        self.prompt_values = [grow(t) for t in self.prompt_values]
+        self.prompt_mask = grow(self.prompt_mask)
+
+    def put_prompt(self, group: int, layer_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        width = layer_kv[0][0].shape[1]
+        for keys, values, (k, v) in zip(self.prompt_keys, self.prompt_values, layer_kv):
+            keys[group, :, :width] = k
+            values[group, :, :width] = v
+        self.prompt_mask[group] = False
+        self.prompt_mask[group, :width] = True
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the slots `index`, in that order."""
+        self.new_keys = [t.index_select(0, index) for t in self.new_keys]
+        self.new_values = [t.index_select(0, index) for t in self.new_values]
+        self.new_mask, self.group = self.new_mask[index], self.group[index]
+        self.member, self.column = self.member[index], self.column[index]
+        self.rows = torch.arange(len(index), device=self.device)
+
+    def attend(self, module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float | None) -> torch.Tensor:
+        """One new token per slot: write its key and value, attend over the slot's prompt (via its
+        group) and its own tokens. query [slots, heads, 1, head_dim]; returns [slots, 1, heads, head_dim]."""
+        layer = module.layer_idx
+        self.calls += 1
+        new_keys, new_values = self.new_keys[layer], self.new_values[layer]
+        new_keys[self.rows, :, self.column] = key[:, :, -1]
+        new_values[self.rows, :, self.column] = value[:, :, -1]
+        slots, heads, _, dim = query.shape
+        per_kv = heads // self.kv_heads
+        scale = dim ** -0.5 if scaling is None else scaling
+        q = query[:, :, -1].reshape(slots, self.kv_heads, per_kv, dim)
+        pw, nw = self.prompt_width, self.new_width
+        # the prompt part, per group: [groups, kv_heads, n * per_kv, columns]
+        grouped = q.new_zeros((self.groups, self.n, self.kv_heads, per_kv, dim))
+        grouped[self.group, self.member] = q
+        grouped = grouped.permute(0, 2, 1, 3, 4).reshape(self.groups, self.kv_heads, self.n * per_kv, dim)
+        prompt_scores = torch.matmul(grouped, self.prompt_keys[layer][:, :, :pw].transpose(-1, -2))
+        prompt_scores = prompt_scores.view(self.groups, self.kv_heads, self.n, per_kv, pw).permute(0, 2, 1, 3, 4)
+        prompt_scores = prompt_scores[self.group, self.member]  # [slots, kv_heads, per_kv, columns]
+        new_scores = torch.matmul(q, new_keys[:, :, :nw].transpose(-1, -2))
+        scores = torch.cat([prompt_scores, new_scores], -1)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale
+        mask = torch.cat([self.prompt_mask[self.group, :pw], self.new_mask[:, :nw]], -1)
+        probs = torch.softmax(scores.masked_fill(~mask[:, None, None, :], float("-inf")), -1).to(query.dtype)
+        spread = probs.new_zeros((self.groups, self.n, self.kv_heads, per_kv, pw))
+        spread[self.group, self.member] = probs[..., :pw]
+        spread = spread.permute(0, 2, 1, 3, 4).reshape(self.groups, self.kv_heads, self.n * per_kv, pw)
+        out = torch.matmul(spread, self.prompt_values[layer][:, :, :pw])
+        out = out.view(self.groups, self.kv_heads, self.n, per_kv, dim).permute(0, 2, 1, 3, 4)[self.group, self.member]
+        out = out + torch.matmul(probs[..., pw:], new_values[:, :, :nw])
+        return out.reshape(slots, 1, heads, dim)
+
+
+def _slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    state = kwargs.pop("wofn_slots", None)
+    if state is None:  # another caller of the model (another thread) while the slot engine decodes
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    return state.attend(module, query, key, value, scaling), None
+
+
+def _register_slot_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(_ATTENTION, _slot_attention)
+
+
+def _prefill(model, cache_arg: str, pad: int, encoded: list[list[int]], device
+             ) -> list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]]:
+    """The prompts as one left-padded batch: per prompt, each layer's (keys, values) over its own
+    tokens [kv_heads, tokens, head_dim] and the logits of its first new token [vocab] (float)."""
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        mask[row, width - len(ids):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **_last_logits_only(model))
+    cache = getattr(out, cache_arg)
+    logits = out.logits[:, -1, :].float()
+    return [([(layer.keys[row, :, width - len(ids):], layer.values[row, :, width - len(ids):])
+              for layer in cache.layers], logits[row])
+            for row, ids in enumerate(encoded)]
+
+
+def _decode_in_slots(model, pad: int | None, encoded: list[list[int]], prompts: list[tuple[str, str]],
+                     params: SamplingParams, eos_ids: set[int], slots: int,
+                     progress: Callable[[int, int], None] | None) -> list[tuple[list[int], float, str]]:
+    """Continuous batching: `slots` rows decode together; when one ends (EOS or max_new_tokens), the
+    next waiting (prompt, sample) takes its slot. A prompt is prefilled once, when its first sample is
+    admitted; its keys and values are kept once for all its samples (`_Slots`). Each row has its own
+    generator and positions, so it does not depend on the others (up to floating-point effects of
+    the batch's shape). Once nothing waits, the slots shrink to the rows still running whenever
+    they fill half of them or less. Returns (tokens, logprob_sum, finish_reason) per (prompt,
+    sample), in that order."""
+    device = next(model.parameters()).device
+    cache_arg, pad, n = _cache_argument(model), 0 if pad is None else pad, params.n
+    queue = deque((p, i) for p in range(len(prompts)) for i in range(n))
+    results: list = [None] * len(queue)
+    slots = min(slots, len(queue))
+    to_admit, to_finish, tokens_of = [n] * len(prompts), [n] * len(prompts), [0] * len(prompts)
+    prefilled: dict[int, tuple] = {}
+    group_of: dict[int, int] = {}
+    free_groups: list[int] = []
+    state: _Slots | None = None
+    logits = None
+    row: list[int] = [-1] * slots  # the (prompt, sample) index p * n + i a slot decodes, -1 when free
+    tokens: list[list[int]] = [[] for _ in range(slots)]
+    logprob_sum = [0.0] * slots
+    generators: list = [None] * slots
+    positions = torch.zeros(slots, dtype=torch.long)
+    free = list(range(slots))
+    checked, finished = False, []  # prompts finished, reported once the first step shows the engine works
+    while True:
+        if free and queue:  # admit waiting rows into the free slots
+            taken = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+            new = sorted({p for p, _ in taken if p not in prefilled})
+            if new:
+                prefilled.update(zip(new, _prefill(model, cache_arg, pad, [encoded[p] for p in new], device)))
+            if state is None:
+                first_kv, first_logits = prefilled[new[0]]
+                groups = min(len(prompts), 2 * -(-slots // n))
+                state = _Slots(first_kv, slots, groups, n, max(map(len, encoded)), max(1, params.max_new_tokens - 1))
+                free_groups = list(range(groups))
+                logits = first_logits.new_zeros((slots, first_logits.shape[-1]))
+            for (p, i), s in zip(taken, free):
+                layer_kv, prompt_logits = prefilled[p]
+                if p not in group_of:
+                    if not free_groups:
+                        free_groups = list(range(state.groups, 2 * state.groups))
+                        state.add_groups(state.groups)
+                    group_of[p] = free_groups.pop(0)
+                    state.put_prompt(group_of[p], layer_kv)
+                state.group[s], state.member[s] = group_of[p], i
+                state.new_mask[s] = False
+                positions[s] = len(encoded[p])
+                logits[s] = prompt_logits
+                row[s], tokens[s], logprob_sum[s] = p * n + i, [], 0.0
+                generators[s] = torch.Generator(device="cpu").manual_seed(derive_seed(params.seed, prompts[p][0], i))
+                to_admit[p] -= 1
+                if not to_admit[p]:
+                    del prefilled[p]
+            free = free[len(taken):]
+        active = [s for s in range(slots) if row[s] >= 0]
+        if not active:
+            for count in finished if progress else ():
+                progress(1, count)
+            break
+        chosen, picked = _draw(logits[active], params, [generators[s] for s in active])
+        feed = []
+        for k, s in enumerate(active):
+            token = int(chosen[k])
+            tokens[s].append(token)
+            logprob_sum[s] += picked[k]
+            if token in eos_ids or len(tokens[s]) == params.max_new_tokens:
+                p = row[s] // n
+                results[row[s]] = (tokens[s], logprob_sum[s], "stop" if token in eos_ids else "length")
+                tokens_of[p] += len(tokens[s])
+                to_finish[p] -= 1
+                if not to_finish[p]:
+                    free_groups.append(group_of.pop(p))
+                    finished.append(tokens_of[p])
+                row[s] = -1
+                free.append(s)
+            else:
+                feed.append((s, token))
+        if not feed:
+            if checked and progress:
+                for count in finished:
+                    progress(1, count)
+                finished = []
+            continue
+        if not queue and len(feed) <= slots // 2:  # nothing waits: drop the free slots
+            keep = [s for s, _ in feed]
+            index = torch.tensor(keep)
+            state.keep(index.to(device))
+            positions = positions[index]
+            row, tokens = [row[s] for s in keep], [tokens[s] for s in keep]
+            logprob_sum, generators = [logprob_sum[s] for s in keep], [generators[s] for s in keep]
+            feed = [(k, token) for k, (_, token) in enumerate(feed)]
+            slots, free = len(keep), []
+        step = torch.full((slots, 1), pad, dtype=torch.long)
+        fed = torch.tensor([s for s, _ in feed])
+        step[fed, 0] = torch.tensor([token for _, token in feed])
+        columns = torch.tensor([len(tokens[s]) - 1 if row[s] >= 0 else 0 for s in range(slots)])
+        state.column = columns.to(device)
+        state.new_mask[fed.to(device), columns[fed].to(device)] = True
+        state.new_width = int(columns.max()) + 1
+        state.prompt_width = max(len(encoded[row[s] // n]) for s in range(slots) if row[s] >= 0)
+        state.calls = 0
+        attention = model.config._attn_implementation
+        _register_slot_attention()
+        model.config._attn_implementation = _ATTENTION
+        try:
+            out = model(input_ids=step.to(device), position_ids=positions[:, None].to(device), use_cache=False,
+                        wofn_slots=state, **_last_logits_only(model))
+        finally:
+            model.config._attn_implementation = attention
+        if not checked:
+            if state.calls != model.config.num_hidden_layers:
+                raise _SlotEngineUnsupported(
+                    f"{type(model).__name__}: {state.calls} of {model.config.num_hidden_layers} layers attended "
+                    "through transformers' attention interface; sample with batching='static'")
+            checked = True
+        if progress and finished:
+            for count in finished:
+                progress(1, count)
+        finished = []
+        logits = out.logits[:, -1, :].float()
+        positions[fed] += 1
+    return results

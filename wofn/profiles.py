@@ -53,6 +53,7 @@ GPU = DEFAULT.replace(
     n=16,
     max_new_tokens=256,
     sample_batch_size=32,
+    sample_slots=512,
     score_batch_size=256,
     rm_backbone="Skywork/Skywork-Reward-V2-Qwen3-1.7B",
     rm_head="hf",

@@ -146,7 +146,10 @@ class Settings:
     max_new_tokens: int = _setting(64, "sampling", "generation cap per response")
     temperature: float = _setting(0.7, "sampling", "sampling temperature (the paper: ~0.7)")
     top_p: float = _setting(1.0, "sampling", "nucleus sampling; 1.0 = off")
-    sample_batch_size: int = _setting(8, "sampling", "prompts per generation batch")
+    sample_batch_size: int = _setting(8, "sampling", "prompts per generation batch where the policy decodes in static "
+                                      "batches (sample_slots does not apply) and for the vllm engine")
+    sample_slots: int = _setting(64, "sampling", "rows (prompt x sample) the torch engine decodes at once: a row that "
+                                 "ends hands its slot to the next waiting one (continuous batching)")
 
     # -- scoring
     teacher: str = _setting("pointwise", "scoring",
@@ -387,8 +390,8 @@ def _range(name: str, low=None, high=None, *, low_open=False, high_open=False, w
 
 _CHECKS = {
     **{name: _range(name, 1) for name in ("max_human_pairs", "max_eval_pairs", "max_prompts", "max_extra_human_pairs",
-                                          "max_new_tokens", "sample_batch_size", "score_batch_size", "rm_max_length",
-                                          "rm_batch_size", "rounds", "max_pair_tokens")},
+                                          "max_new_tokens", "sample_batch_size", "sample_slots", "score_batch_size",
+                                          "rm_max_length", "rm_batch_size", "rounds", "max_pair_tokens")},
     "prompt_sources": check_prompt_sources,
     "policy_dtype": _choice("policy_dtype", DTYPES),
     "score_dtype": _choice("score_dtype", DTYPES),

@@ -53,6 +53,7 @@ def sampling_argv(s: Settings, prompts: Path | str, output: Path | str, errors: 
             "--policy", s.policy, "--dtype", s.policy_dtype, "--engine", s.sampling_engine,
             "--n", str(s.n), "--max-new-tokens", str(s.max_new_tokens), "--temperature", str(s.temperature),
             "--top-p", str(s.top_p), "--seed", str(s.seed), "--batch-size", str(s.sample_batch_size),
+            "--slots", str(s.sample_slots),
             *_model_options(s), *runner]
 
 

@@ -119,8 +119,8 @@ def test_sampling_halves_a_batch_that_runs_out_of_memory_down_to_one_prompt(tmp_
     clean = sample_candidates.run(_sample_args(prompts_file, tmp_path / "clean"), save_main_session=False)
     monkeypatch.setenv(failpoints.OOM_ENV, "1")
     halved = sample_candidates.run(_sample_args(prompts_file, tmp_path / "halved"), save_main_session=False)
-    # 5 prompts in batches of 4 and 1, longest first: 4 -> 2 + 2 -> four single prompts = 3 halvings
-    assert halved["oom_halvings"] == 3 and "oom_halvings" not in clean
+    # the shard's 5 prompts in one continuous-batching call: 5 -> 3 + 2, 3 -> 2 + 1, then each 2 -> 1 + 1
+    assert halved["oom_halvings"] == 4 and "oom_halvings" not in clean
     assert halved["errors"] == 0 and halved["candidates"] == clean["candidates"] == 10
     keys = [(r["prompt_id"], r["candidate_idx"], r["seed"]) for r in _rows(tmp_path / "halved")]
     assert keys == [(r["prompt_id"], r["candidate_idx"], r["seed"]) for r in _rows(tmp_path / "clean")]
@@ -135,18 +135,26 @@ def test_sampling_dead_letters_a_prompt_that_runs_out_of_memory_alone(tmp_path, 
     assert all("CUDA out of memory" in e["detail"] for e in errors)
 
 
-def test_the_longest_batch_of_a_shard_is_sampled_first(tmp_path, prompts_file, monkeypatch):
-    widths = []
+def test_the_longest_prompts_of_a_shard_are_sampled_first(tmp_path, prompts_file, monkeypatch):
+    """Continuous batching takes the shard in one call, longest prompt first; a policy that cannot
+    decode in slots gets length-sorted batches of --batch-size, the longest batch first."""
+    calls = []
     real = generation.sample
 
-    def recording(policy, prompts, params):
-        widths.append(max(len(text) for _, text in prompts))
-        return real(policy, prompts, params)
+    def recording(policy, prompts, params, **kwargs):
+        calls.append(([len(text) for _, text in prompts], kwargs.get("slots")))
+        return real(policy, prompts, params, **kwargs)
 
     monkeypatch.setattr(generation, "sample", recording)
     args = _sample_args(prompts_file, tmp_path / "c")
     args[args.index("--batch-size") + 1] = "2"
-    sample_candidates.run(args, save_main_session=False)
+    sample_candidates.run(args + ["--slots", "3"], save_main_session=False)
+    assert len(calls) == 1 and calls[0][0] == sorted(calls[0][0], reverse=True) and calls[0][1] == 3, calls
+    calls.clear()
+    monkeypatch.setattr(generation, "slot_engine_supported", lambda model: False)
+    sample_candidates.run(args[:args.index("--output") + 1] + [str(tmp_path / "static")]
+                          + args[args.index("--output") + 2:], save_main_session=False)
+    widths = [max(lengths) for lengths, _ in calls]
     assert len(widths) == 3 and widths == sorted(widths, reverse=True), widths
 
 
@@ -171,7 +179,8 @@ def test_the_gpu_profile_resolves_to_a_bf16_gpu_run():
     assert stages.rm_bf16(s) is True
     argv = stages.sampling_argv(s, "p", "o", "e")
     for flag, value in [("--device", "cuda"), ("--gpus", "0"), ("--dtype", "bfloat16"), ("--n", "16"),
-                        ("--max-new-tokens", "256"), ("--batch-size", "32"), ("--policy", s.policy)]:
+                        ("--max-new-tokens", "256"), ("--batch-size", "32"), ("--slots", "512"),
+                        ("--policy", s.policy)]:
         assert argv[argv.index(flag) + 1] == value, flag
     known, _ = sample_candidates.parse_args(argv)
     assert inference.runtime_from_args(known) == Runtime(32, "cuda", 0, "bfloat16", known.torch_threads)

@@ -24,10 +24,12 @@ def test_sampling_compares_ours_with_the_baseline_in_the_same_dtype_and_skips_em
     result = run.bench_sampling(sizes, {"float32": 100.0, "bfloat16": 400.0})
     assert result["config"]["dtypes"] == ["float32"] and "bfloat16" in result["config"]["dtypes_skipped"]
     assert (result["config"]["n"], result["config"]["max_new_tokens"]) == (2, 4)
-    assert set(result["ours"]) == set(result["baseline"]) == set(result["speedup"]) == {"float32"}
-    ours, baseline = result["ours"]["float32"], result["baseline"]["float32"]
-    assert ours["candidates"] == baseline["candidates"] == 2 * 2
+    assert set(result["ours"]) == set(result["static"]) == set(result["baseline"]) == set(result["speedup"]) == {
+        "float32"}
+    ours, static, baseline = result["ours"]["float32"], result["static"]["float32"], result["baseline"]["float32"]
+    assert ours["candidates"] == static["candidates"] == baseline["candidates"] == 2 * 2
     assert result["speedup"]["float32"] == round(baseline["seconds"] / ours["seconds"], 3)
+    assert result["speedup_vs_static"]["float32"] == round(static["seconds"] / ours["seconds"], 3)
     # the share of the bf16 limit is the fp32 MFU scaled by the two peaks
     assert ours["share_of_bf16_matmul_limit"] == pytest.approx(ours["mfu"]["fraction_of_peak"] / 4, abs=1e-4)
 

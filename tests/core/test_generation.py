@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -41,14 +42,18 @@ def test_logprobs_equal_teacher_forced_scores(tiny_policy):
     params = generation.SamplingParams(n=2, max_new_tokens=5, seed=5)
     rows = generation.sample(tiny_policy, _prompts(), params, return_token_ids=True)
     for row in rows:
-        ids = row["prompt_token_ids"] + row["token_ids"]
-        with torch.no_grad():
-            logits = tiny_policy.model(torch.tensor([ids])).logits[0].float()
-        start = len(row["prompt_token_ids"])
-        steps = torch.log_softmax(logits[start - 1 : len(ids) - 1], -1)
-        expected = steps.gather(-1, torch.tensor(row["token_ids"])[:, None]).sum().item()
-        assert row["logprob_sum"] == pytest.approx(expected, abs=1e-3)
+        assert row["logprob_sum"] == pytest.approx(_teacher_forced_logprob(tiny_policy, row), abs=1e-3)
         assert row["num_tokens"] == len(row["token_ids"])
+
+
+def _teacher_forced_logprob(policy, row: dict) -> float:
+    """The row's tokens scored by one full forward pass over prompt + response."""
+    ids = row["prompt_token_ids"] + row["token_ids"]
+    with torch.no_grad():
+        logits = policy.model(torch.tensor([ids])).logits[0].float()
+    start = len(row["prompt_token_ids"])
+    steps = torch.log_softmax(logits[start - 1 : len(ids) - 1], -1)
+    return steps.gather(-1, torch.tensor(row["token_ids"])[:, None]).sum().item()
 
 
 def test_sampling_params_are_validated():
@@ -67,3 +72,99 @@ def test_inverse_cdf_sampling_follows_the_distribution_and_skips_zero_mass():
     assert abs(counts[3] / 4000 - 0.8) < 0.03
     again = generation._inverse_cdf_sample(probs[:3], [torch.Generator().manual_seed(i) for i in range(3)])
     assert again.tolist() == picked[:3].tolist(), "each row's draw depends only on its own generator"
+
+
+def _many_prompts(count: int) -> list[tuple[str, str]]:
+    words = ["bread", "taxes", "rain", "python", "music", "a car", "my garden", "chess", "tea", "maps"]
+    return [(f"p{k}", "\n\nHuman: " + " ".join(words[: 1 + k % len(words)]) + f" {k}?\n\nAssistant:")
+            for k in range(count)]
+
+
+@pytest.fixture()
+def frequent_eos(monkeypatch):
+    """Every 5th token ends a row, so rows end at scattered steps and slots are handed on mid-batch."""
+    real = generation._eos_ids
+    monkeypatch.setattr(generation, "_eos_ids",
+                        lambda model, tokenizer: real(model, tokenizer) | set(range(0, 49152, 5)))
+
+
+@pytest.fixture(scope="module")
+def fp64_policy(tiny_policy):
+    """The tiny policy in float64. In float32 its nearly flat distributions over 49k tokens put
+    near-ties everywhere, and the ~1e-6 differences a batch's shape makes in the logits flip draws
+    between neighbouring tokens; float64 leaves the engines' own differences (if any) to show."""
+    wide = copy.deepcopy(tiny_policy)
+    wide.model.to(torch.float64)
+    return wide
+
+
+def test_rows_do_not_depend_on_the_slot_count_or_the_engine(fp64_policy, frequent_eos):
+    """Continuous batching: each (prompt, sample) gets the same tokens with 4 slots (rows handed on one
+    by one, prompt groups added as stragglers pile up), 64 slots, and the static engine."""
+    prompts = _many_prompts(11)
+    params = generation.SamplingParams(n=3, max_new_tokens=12, seed=7)
+    few = generation.sample(fp64_policy, prompts, params, slots=4, return_token_ids=True)
+    many = generation.sample(fp64_policy, prompts, params, slots=64, return_token_ids=True)
+    static = generation.sample(fp64_policy, prompts, params, slots=6, batching="static", return_token_ids=True)
+    assert [(r["prompt_id"], r["candidate_idx"]) for r in few] == [(p, i) for p, _ in prompts for i in range(3)]
+    lengths = {r["num_tokens"] for r in few}
+    assert len(lengths) > 3 and {r["finish_reason"] for r in few} == {"stop", "length"}, "rows end at many steps"
+    for a, b, c in zip(few, many, static):
+        assert a["token_ids"] == b["token_ids"] == c["token_ids"]
+        assert a["logprob_sum"] == pytest.approx(b["logprob_sum"], abs=1e-4)
+        assert a["logprob_sum"] == pytest.approx(c["logprob_sum"], abs=1e-4)
+        assert {k: v for k, v in a.items() if k != "logprob_sum" and k != "logprob_mean"} == \
+            {k: v for k, v in c.items() if k != "logprob_sum" and k != "logprob_mean"}
+
+
+def test_continuous_logprobs_equal_teacher_forced_scores(tiny_policy, frequent_eos):
+    """Rows admitted into slots freed mid-batch read their own prompt and tokens only."""
+    rows = generation.sample(tiny_policy, _many_prompts(5), generation.SamplingParams(n=2, max_new_tokens=9, seed=3),
+                             slots=3, return_token_ids=True)
+    for row in rows:
+        assert row["logprob_sum"] == pytest.approx(_teacher_forced_logprob(tiny_policy, row), abs=1e-3)
+
+
+def test_progress_reports_each_prompt_once_with_its_tokens(tiny_policy, frequent_eos):
+    for batching in ("continuous", "static"):
+        calls = []
+        rows = generation.sample(tiny_policy, _many_prompts(7), generation.SamplingParams(n=2, max_new_tokens=6),
+                                 slots=4, progress=lambda prompts, tokens: calls.append((prompts, tokens)),
+                                 batching=batching)
+        assert sum(p for p, _ in calls) == 7, batching
+        assert sum(t for _, t in calls) == sum(r["num_tokens"] for r in rows), batching
+
+
+def test_models_the_slot_engine_cannot_decode_fall_back_to_static_batches(tiny_policy, monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    def model(config, attention="sdpa"):
+        config._attn_implementation = attention
+        return SimpleNamespace(config=config)
+
+    assert generation.slot_engine_supported(tiny_policy.model)
+    assert generation.slot_engine_supported(model(LlamaConfig(num_hidden_layers=2)))
+    assert generation.slot_engine_supported(model(LlamaConfig(num_hidden_layers=2), "eager"))
+    assert generation.slot_engine_supported(model(Qwen2Config(num_hidden_layers=2, use_sliding_window=False)))
+    assert not generation.slot_engine_supported(model(LlamaConfig(num_hidden_layers=2), "flash_attention_2"))
+    assert not generation.slot_engine_supported(model(MistralConfig(num_hidden_layers=2, sliding_window=4096)))
+    assert not generation.slot_engine_supported(model(Gemma2Config(num_hidden_layers=2)))
+    monkeypatch.setattr(generation, "slot_engine_supported", lambda model: False)
+    monkeypatch.setattr(generation, "_decode_in_slots", lambda *a, **k: pytest.fail("the slot engine ran"))
+    rows = generation.sample(tiny_policy, _prompts(), generation.SamplingParams(n=2, max_new_tokens=4))
+    assert len(rows) == 4
+    with pytest.raises(ValueError, match="batching"):
+        generation.sample(tiny_policy, _prompts(), generation.SamplingParams(n=2), batching="paged")
+
+
+def test_a_model_whose_attention_bypasses_the_interface_is_refused_or_falls_back(tiny_policy, monkeypatch):
+    """The slot engine checks on its first step that every layer attended through it."""
+    monkeypatch.setattr(generation._Slots, "attend", lambda self, module, q, k, v, scaling: (
+        torch.zeros(q.shape[0], 1, q.shape[1], q.shape[-1], dtype=q.dtype)))  # counts no call
+    params = generation.SamplingParams(n=2, max_new_tokens=5, seed=1)
+    with pytest.raises(generation._SlotEngineUnsupported, match="attention interface"):
+        generation.sample(tiny_policy, _prompts(), params, batching="continuous")
+    assert generation.sample(tiny_policy, _prompts(), params) == generation.sample(
+        tiny_policy, _prompts(), params, batching="static")

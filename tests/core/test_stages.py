@@ -36,12 +36,13 @@ def test_train_config_reads_every_recipe_setting():
 
 
 def test_beam_job_arguments_parse_to_the_settings():
-    s = profiles.TINY.replace(torch_threads=3, allow_pickle_weights=True)
+    s = profiles.TINY.replace(torch_threads=3, allow_pickle_weights=True, sample_slots=17)
     known, beam_args = sample_candidates.parse_args(stages.sampling_argv(s, "p", "o", "e", ["--runner=DaskRunner"]))
     assert (known.prompts, known.output, known.errors, known.policy, known.dtype, known.engine, known.n,
-            known.max_new_tokens, known.temperature, known.top_p, known.seed, known.batch_size, known.torch_threads,
-            known.allow_pickle) == ("p", "o", "e", s.policy, s.policy_dtype, s.sampling_engine, s.n,
-                                    s.max_new_tokens, s.temperature, s.top_p, s.seed, s.sample_batch_size, 3, True)
+            known.max_new_tokens, known.temperature, known.top_p, known.seed, known.batch_size, known.slots,
+            known.torch_threads, known.allow_pickle) == (
+        "p", "o", "e", s.policy, s.policy_dtype, s.sampling_engine, s.n, s.max_new_tokens, s.temperature, s.top_p,
+        s.seed, s.sample_batch_size, 17, 3, True)
     assert beam_args == ["--runner=DaskRunner"]
     known, beam_args = score_candidates.parse_args(stages.scoring_argv(s, "c", "o", "e", "rm"))
     assert (known.candidates, known.reward_model, known.batch_size, known.dtype, known.torch_threads) == (

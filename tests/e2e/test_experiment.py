@@ -145,15 +145,17 @@ def test_estimate_counts_a_teacher_ensembles_members():
 
 
 def test_estimate_says_when_the_sampling_rate_was_measured_at_other_batch_rows():
-    cfg = parse(TINY)  # N=4 x the profile's 8 prompts per batch = 32 rows
-    assert "rows per generation batch" not in runner.format_estimate(runner.estimate(cfg, bench=BENCH))
-    sampling = {**BENCH["sampling"], "config": {"n": 8, "ours_batch_prompts": 8}}
+    cfg = parse(TINY)  # the torch engine decodes the profile's 64 slots at once, whatever N
+    assert "rows decoded at once" not in runner.format_estimate(runner.estimate(cfg, bench=BENCH))
+    sampling = {**BENCH["sampling"], "config": {"n": 8, "ours_slots": 128}}
     est = runner.estimate(cfg, bench={**BENCH, "sampling": sampling})
-    assert est["sampling_rows_per_batch"] == {"run": 32, "benchmark": 64}
-    assert ("at 64 rows per generation batch, prompts x N; this run has 32: expect it slower"
-            in runner.format_estimate(est))
-    same = {**BENCH, "sampling": {**sampling, "config": {"n": 4, "ours_batch_prompts": 8}}}
-    assert "rows per generation batch" not in runner.format_estimate(runner.estimate(cfg, bench=same))
+    assert est["sampling_rows_per_batch"] == {"run": 64, "benchmark": 128}
+    assert "at 128 rows decoded at once (slots); this run has 64: expect it slower" in runner.format_estimate(est)
+    before = {**BENCH, "sampling": {**sampling, "config": {"n": 8, "ours_batch_prompts": 8}}}  # static batches
+    assert "rows decoded at once" not in runner.format_estimate(runner.estimate(cfg, bench=before))
+    vllm = runner.estimate(parse(TINY.replace("max_prompts: 6", "max_prompts: 6, sampling_engine: vllm")),
+                           bench=before)
+    assert vllm["sampling_rows_per_batch"] == {"run": 32, "benchmark": 64}  # N=4 x 8 prompts a batch
 
 
 def test_estimate_counts_prompts_from_every_source_and_extra_pairs():

@@ -478,12 +478,17 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
         synthetic = min(prompts * (1 - confidence) * (1 - likelihood), s.synthetic_ratio * human)
         student += train_seconds(human + synthetic)
     steps["students"] = student
-    # the rate holds for the benchmark's rows per generation batch (prompts x N); fewer rows decode
-    # less in parallel (N=4 x 8 prompts ran at ~45% of the N=8 x 8 rate here), more rows more
+    # the rate holds for the benchmark's rows decoded at once (its slots; a benchmark from before
+    # continuous batching: prompts x N per static batch); fewer rows decode less in parallel (N=4 x 8
+    # prompts in static batches ran at ~45% of the N=8 x 8 rate), more rows more
     bench_config = bench["sampling"].get("config") or {}
-    bench_rows = (bench_config.get("n") or 0) * (bench_config.get("ours_batch_prompts") or 0)
+    bench_rows = bench_config.get("ours_slots") or (bench_config.get("n") or 0) * (
+        bench_config.get("ours_batch_prompts") or 0)
+    # (the torch engine decodes sample_slots rows at once; vllm, and policies it cannot decode in slots,
+    # static batches of sample_batch_size prompts)
+    run_rows = s.sample_slots if s.sampling_engine == "torch" else config.max_n * s.sample_batch_size
     return {"prompts": prompts, "candidates": candidates, "human_pairs": human, "eval_pairs": n_eval,
-            "sampling_rows_per_batch": {"run": config.max_n * s.sample_batch_size, "benchmark": bench_rows or None},
+            "sampling_rows_per_batch": {"run": run_rows, "benchmark": bench_rows or None},
             "students": len(cells), "students_total": len(config.cells()), "seconds": steps,
             "total_seconds": sum(steps.values()),
             "rates": {"sampling_tokens_per_s": sampling["generated_tokens_per_s"],
@@ -505,8 +510,8 @@ def format_estimate(est: dict) -> str:
              "still to train)"]
     rows = est.get("sampling_rows_per_batch") or {}
     if rows.get("benchmark") and rows["run"] != rows["benchmark"]:
-        lines.insert(2, f"             (the rate is the benchmark's at {rows['benchmark']} rows per generation batch, "
-                        f"prompts x N; this run has {rows['run']}: expect it "
+        lines.insert(2, f"             (the rate is the benchmark's at {rows['benchmark']} rows decoded at once "
+                        f"(slots); this run has {rows['run']}: expect it "
                         f"{'slower' if rows['run'] < rows['benchmark'] else 'faster'})")
     if minutes.get("tuning"):
         lines.insert(3, f"  tuning     {minutes['tuning']:6.1f} min  "
