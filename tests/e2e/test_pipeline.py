@@ -210,7 +210,7 @@ def test_the_run_worker_killed_at_four_points_then_rerun_publishes_the_uninterru
     subprocess.run([sys.executable, "-m", "wofn_dagster.partitions", "register-profile"], cwd=REPO, env=env,
                    capture_output=True, check=True)
     kills = [  # (materialize from, kill after this log line, delay)
-        (None, "sample_candidates: 8/", 0.0),  # mid-sampling, after its first batch
+        (None, "sample_candidates: 1/", 0.0),  # mid-sampling, after its first prompt
         ("candidates", "score_candidates: 32/", 0.0),  # mid-scoring
         ("candidate_scores", 'Started execution of step "west_of_n_pairs"', 0.2),  # mid-pair selection
         ("west_of_n_pairs", 'Started execution of step "student_reward_model"', 4.0),  # mid-training
