@@ -70,9 +70,14 @@ ENGINES = settings.ENGINES
 JOB_RECORD = "_sampling_job.json"
 
 
+def by_length(rows: list[dict]) -> list[dict]:
+    """Prompt rows sorted by length (then prompt_id), the shortest first."""
+    return sorted(rows, key=lambda r: (len(r["prompt"]), r["prompt_id"]))
+
+
 def length_sorted_batches(rows: list[dict], batch_size: int) -> list[list[dict]]:
     """Prompt rows sorted by length (then prompt_id), cut into batches of `batch_size`."""
-    rows = sorted(rows, key=lambda r: (len(r["prompt"]), r["prompt_id"]))
+    rows = by_length(rows)
     return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
 
 
@@ -128,8 +133,7 @@ class PolicyHandler(WofnModelHandler):
                 usable.append(row)
         continuous = self._engine == "torch" and generation.slot_engine_supported(model.model)
         if continuous:  # the whole shard in one call, the longest prompts first; it reports as prompts finish
-            chunks = [row for batch in reversed(length_sorted_batches(usable, 1)) for row in batch]
-            chunks = [chunks] if chunks else []
+            chunks = [by_length(usable)[::-1]] if usable else []
 
             def call(part):
                 return generation.sample(model, [(r["prompt_id"], r["prompt"]) for r in part], self._params,

@@ -210,6 +210,14 @@ def length_batches(prompts: list[tuple[str, str]]) -> list[list[tuple[str, str]]
             for batch in sample_candidates.length_sorted_batches(rows, SAMPLE_BATCH)]
 
 
+def longest_first(prompts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The order the sampling job hands a shard to the continuous engine (beam_jobs.sample_candidates)."""
+    from beam_jobs import sample_candidates
+
+    rows = [{"prompt_id": prompt_id, "prompt": text} for prompt_id, text in prompts]
+    return [(r["prompt_id"], r["prompt"]) for r in sample_candidates.by_length(rows)[::-1]]
+
+
 def padded_prefill_tokens(encoded_by_id: dict[str, list[int]], batches) -> int:
     return sum(len(batch) * max(len(encoded_by_id[pid]) for pid, _ in batch) for batch in batches)
 
@@ -314,7 +322,6 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
     rounds = [prompts[i:i + ROUND_PROMPTS] for i in range(0, len(prompts), ROUND_PROMPTS)]
     for k, part in enumerate(rounds):
         part_batches = length_batches(part)
-        longest_first = [p for batch in reversed(part_batches) for p in batch]
         log(f"sampling: round {k + 1}/{len(rounds)} ({len(part)} prompts x N={n}): "
             + ", ".join(f"{who} {dtype}" for who, dtype in sides))
         for who, dtype in sides:
@@ -324,7 +331,7 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
             elif who == "static":
                 (cands, tokens), seconds = timed(static_sampling, policies[dtype], part_batches, params)
             else:
-                (cands, tokens), seconds = timed(ours_sampling, policies[dtype], longest_first, params)
+                (cands, tokens), seconds = timed(ours_sampling, policies[dtype], longest_first(part), params)
             log(f"  {who} {dtype}: {seconds:.1f}s, {tokens} tokens")
             totals[who, dtype]["seconds"] += seconds
             totals[who, dtype]["candidates"] += cands

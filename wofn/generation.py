@@ -166,18 +166,8 @@ def _decode_padded_batch(model, pad: int, encoded: list[list[int]], prompts: lis
     """The prompts as one left-padded batch, prefilled once, decoded until the last row ends (rows
     that end are dropped from the cache): (tokens, logprob_sum, finish_reason) per (prompt, sample)."""
     device = next(model.parameters()).device
-    width = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, ids in enumerate(encoded):  # left padding: every row's last token is at the end
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        mask[row, width - len(ids):] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-
     cache_arg = _cache_argument(model)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **_last_logits_only(model))
+    out, mask, positions = _prefill_padded(model, cache_arg, pad, encoded, device)
     cache = getattr(out, cache_arg)
     cache.batch_repeat_interleave(params.n)
     logits = out.logits[:, -1, :].float().repeat_interleave(params.n, dim=0)  # [B*N, V]
@@ -408,10 +398,10 @@ def _register_slot_attention() -> None:
     AttentionInterface.register(_ATTENTION, _slot_attention)
 
 
-def _prefill(model, cache_arg: str, pad: int, encoded: list[list[int]], device
-             ) -> list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]]:
-    """The prompts as one left-padded batch: per prompt, each layer's (keys, values) over its own
-    tokens [kv_heads, tokens, head_dim] and the logits of its first new token [vocab] (float)."""
+def _prefill_padded(model, cache_arg: str, pad: int, encoded: list[list[int]], device):
+    """One forward over the prompts as a left-padded batch (every row's last token at the end, its
+    positions counted from its first real token), computing logits at the last position only.
+    Returns (the model's output, with its cache; the attention mask; the positions)."""
     width = max(len(ids) for ids in encoded)
     input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -422,7 +412,15 @@ def _prefill(model, cache_arg: str, pad: int, encoded: list[list[int]], device
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 **_last_logits_only(model))
-    cache = getattr(out, cache_arg)
+    return out, mask, positions
+
+
+def _prefill(model, cache_arg: str, pad: int, encoded: list[list[int]], device
+             ) -> list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]]:
+    """The prompts as one left-padded batch: per prompt, each layer's (keys, values) over its own
+    tokens [kv_heads, tokens, head_dim] and the logits of its first new token [vocab] (float)."""
+    out = _prefill_padded(model, cache_arg, pad, encoded, device)[0]
+    cache, width = getattr(out, cache_arg), max(len(ids) for ids in encoded)
     logits = out.logits[:, -1, :].float()
     return [([(layer.keys[row, :, width - len(ids):], layer.values[row, :, width - len(ids):])
               for layer in cache.layers], logits[row])
@@ -441,6 +439,7 @@ def _decode_in_slots(model, pad: int | None, encoded: list[list[int]], prompts: 
     sample), in that order."""
     device = next(model.parameters()).device
     cache_arg, pad, n = _cache_argument(model), 0 if pad is None else pad, params.n
+    _register_slot_attention()
     queue = deque((p, i) for p in range(len(prompts)) for i in range(n))
     results: list = [None] * len(queue)
     slots = min(slots, len(queue))
@@ -457,7 +456,15 @@ def _decode_in_slots(model, pad: int | None, encoded: list[list[int]], prompts: 
     positions = torch.zeros(slots, dtype=torch.long)
     free = list(range(slots))
     checked, finished = False, []  # prompts finished, reported once the first step shows the engine works
+
+    def report() -> None:
+        for count in finished if progress else ():
+            progress(1, count)
+        finished.clear()
+
     while True:
+        if checked:
+            report()
         if free and queue:  # admit waiting rows into the free slots
             taken = [queue.popleft() for _ in range(min(len(free), len(queue)))]
             new = sorted({p for p, _ in taken if p not in prefilled})
@@ -489,8 +496,7 @@ def _decode_in_slots(model, pad: int | None, encoded: list[list[int]], prompts: 
             free = free[len(taken):]
         active = [s for s in range(slots) if row[s] >= 0]
         if not active:
-            for count in finished if progress else ():
-                progress(1, count)
+            report()
             break
         chosen, picked = _draw(logits[active], params, [generators[s] for s in active])
         feed = []
@@ -511,10 +517,6 @@ def _decode_in_slots(model, pad: int | None, encoded: list[list[int]], prompts: 
             else:
                 feed.append((s, token))
         if not feed:
-            if checked and progress:
-                for count in finished:
-                    progress(1, count)
-                finished = []
             continue
         if not queue and len(feed) <= slots // 2:  # nothing waits: drop the free slots
             keep = [s for s, _ in feed]
@@ -535,7 +537,6 @@ def _decode_in_slots(model, pad: int | None, encoded: list[list[int]], prompts: 
         state.prompt_width = max(len(encoded[row[s] // n]) for s in range(slots) if row[s] >= 0)
         state.calls = 0
         attention = model.config._attn_implementation
-        _register_slot_attention()
         model.config._attn_implementation = _ATTENTION
         try:
             out = model(input_ids=step.to(device), position_ids=positions[:, None].to(device), use_cache=False,
@@ -548,10 +549,6 @@ def _decode_in_slots(model, pad: int | None, encoded: list[list[int]], prompts: 
                     f"{type(model).__name__}: {state.calls} of {model.config.num_hidden_layers} layers attended "
                     "through transformers' attention interface; sample with batching='static'")
             checked = True
-        if progress and finished:
-            for count in finished:
-                progress(1, count)
-        finished = []
         logits = out.logits[:, -1, :].float()
         positions[fed] += 1
     return results
