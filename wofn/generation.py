@@ -94,7 +94,9 @@ def _inverse_cdf_sample(probs: torch.Tensor, generators: list[torch.Generator]) 
     uniform from generators[r]: one random number per row and step instead of one per vocabulary
     entry (what torch.multinomial spends), still independent of the other rows in the batch."""
     cdf = probs.float().cumsum(-1)
-    uniforms = torch.cat([torch.rand(1, generator=g) for g in generators])
+    # the generators are CPU ones (a row's draws do not depend on the device); only their uniforms
+    # travel to the device, where the distribution stays
+    uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(cdf.device)
     targets = uniforms * cdf[:, -1]
     # right=True: the first index whose cdf exceeds the target, so zero-probability tokens are never picked
     picked = torch.searchsorted(cdf, targets[:, None], right=True)[:, 0]
@@ -104,11 +106,13 @@ def _inverse_cdf_sample(probs: torch.Tensor, generators: list[torch.Generator]) 
 def _draw(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator]
           ) -> tuple[torch.Tensor, list[float]]:
     """One token per row of `logits` [rows, vocab] (float), drawn at the sampling temperature and
-    top-p, and its log-probability under the policy's own distribution (temperature 1)."""
+    top-p, and its log-probability under the policy's own distribution (temperature 1). Computed
+    on the logits' device (a GPU's [rows, vocab] distribution never crosses to the host); the
+    tokens are returned on the CPU."""
     logprobs = torch.log_softmax(logits, dim=-1)
-    probs = _top_p_filter(torch.softmax(logits / params.temperature, dim=-1), params.top_p).cpu()
+    probs = _top_p_filter(torch.softmax(logits / params.temperature, dim=-1), params.top_p)
     chosen = _inverse_cdf_sample(probs, generators)
-    return chosen, logprobs.gather(-1, chosen.to(logprobs.device)[:, None])[:, 0].tolist()
+    return chosen.cpu(), logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
 
 
 @torch.inference_mode()
@@ -498,7 +502,8 @@ def _decode_in_slots(model, pad: int | None, encoded: list[list[int]], prompts: 
         if not active:
             report()
             break
-        chosen, picked = _draw(logits[active], params, [generators[s] for s in active])
+        rows_in = logits if len(active) == slots else logits[active]  # no [rows, vocab] copy when all are busy
+        chosen, picked = _draw(rows_in, params, [generators[s] for s in active])
         feed = []
         for k, s in enumerate(active):
             token = int(chosen[k])
