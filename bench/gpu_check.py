@@ -60,7 +60,8 @@ from bench.gpu_carry import (
     prepare,
     tokenizer_dir,
 )
-from bench.run import emit, log, matmul_params, matmul_peak_gflops, mfu, side, timed
+from bench.run import emit, log, matmul_peak_gflops, mfu, side, timed
+from wofn.models import matmul_params
 
 REPO = Path(__file__).resolve().parent.parent
 # the DirectRunner in this process (one worker), so its model shares this process's GPU memory counters

@@ -130,17 +130,6 @@ def side(seconds: float, **counts) -> dict:
     return {"seconds": round(seconds, 3), **counts, **{f"{k}_per_s": rate(v, seconds) for k, v in counts.items()}}
 
 
-def matmul_params(model) -> int:
-    """Parameters that take part in matmuls: all of them (tied weights once), minus an input
-    embedding table that no output head reuses (a lookup costs no FLOPs)."""
-    total = sum(p.numel() for p in model.parameters())
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None or head.weight is not embedding:
-        total -= embedding.numel()
-    return total
-
-
 def mfu(params: int, tokens: int, seconds: float, peak_gflops: float | None, flops_per_param_token: int = 2) -> dict:
     """Achieved GFLOP/s at ~`flops_per_param_token` * params FLOPs per token (2: a forward pass,
     6: forward and backward in training; attention ignored), and its share of peak."""
@@ -340,7 +329,7 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
     ours, baseline, static = {}, {}, {}
     for dtype in dtypes:
         t = totals["ours", dtype]
-        params_matmul = matmul_params(policies[dtype].model)
+        params_matmul = models.matmul_params(policies[dtype].model)
         ours[dtype] = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
         ours[dtype]["prefill_tokens"] = prefill
         ours[dtype]["prefill_tokens_padded"] = padded_prefill_tokens(encoded, batches)
@@ -435,7 +424,7 @@ def bench_scoring(sizes: dict, peaks: dict) -> dict:
             log(f"scoring: ours {dtype}, {len(prompts)} sequences, best of {REPEATS}")
             [(rewards[dtype], seconds)] = best_of(REPEATS, (scoring.score, rm, prompts, responses, RM_MAX_LENGTH))
         ours[dtype] = side(seconds, pairs=pairs, sequences=len(prompts), tokens=tokens)
-        ours[dtype]["mfu"] = mfu(matmul_params(rm.model), tokens, seconds, peaks.get(dtype))
+        ours[dtype]["mfu"] = mfu(models.matmul_params(rm.model), tokens, seconds, peaks.get(dtype))
         del rm
     diffs = {dtype: max(abs(a - b) for a, b in zip(values, base_rewards)) for dtype, values in rewards.items()}
     if diffs["float32"] > 1e-4:
@@ -483,7 +472,7 @@ def bench_scoring_decoder(sizes: dict, peaks: dict) -> dict:
         REPEATS, (scoring.score, rm, prompts, responses, DECODER_RM_MAX_LENGTH),
         (lambda: scoring.score(rm, prompts, responses, DECODER_RM_MAX_LENGTH, share_prefix=False),),
         (baseline_scores, rm, prompts, responses, DECODER_RM_MAX_LENGTH))
-    params = matmul_params(rm.model)
+    params = models.matmul_params(rm.model)
     computed = tokens - (N - 1) * shared_tokens
     ours = side(shared_s, sequences=len(prompts), tokens=tokens)
     ours["computed_tokens"] = computed
@@ -527,7 +516,7 @@ def bench_training(sizes: dict, peaks: dict) -> dict:
     # the matmul-bound limit: 6 FLOPs per parameter and token (forward and backward) over the tokens of
     # both sequences of every pair, as trained (truncated to max_length; the batches' padding not counted)
     rm = models.load_reward_model(settings.rm_backbone)
-    params = matmul_params(rm.model)
+    params = models.matmul_params(rm.model)
     tokens = sum(len(seq) for pair in pairs for seq in training.POINTWISE.encode(rm.tokenizer, pair,
                                                                                   settings.rm_max_length))
     for label, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):

@@ -346,6 +346,32 @@ def load_reward_model(spec: str, device: str = "cpu", dtype: str = "float32",
     return LoadedModel(model, tokenizer, spec, revision(resolved), resolved)
 
 
+def matmul_params(model) -> int:
+    """Parameters that take part in matmuls: all of them (tied weights once), minus an input
+    embedding table that no output head reuses (a lookup costs no FLOPs)."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or head.weight is not embedding:
+        total -= embedding.numel()
+    return total
+
+
+def reward_model_matmul_params(spec: str, trust_remote_code: bool = False) -> int | None:
+    """`matmul_params` of a reward model on `spec`'s backbone (transformers' sequence-classification
+    head), built from its config on the meta device: no weights are read. None where the config
+    cannot be read here (a hub id on a machine without the hub)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(resolve(spec), num_labels=1, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ModelNotFoundError):
+        return None
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    return matmul_params(model)
+
+
 def _load_ensemble(spec: str, resolved: str, device: str, dtype: str, trust_remote_code: bool,
                    allow_pickle: bool, head: str | None) -> LoadedModel:
     """A `wofn.reward_ensemble` folder as one model: its members, which must share one backbone

@@ -8,7 +8,7 @@ import statistics
 import pyarrow.parquet as pq
 import pytest
 
-from wofn import cli, profiles
+from wofn import cli, models, profiles
 from wofn.experiment import config as xconfig
 from wofn.experiment import report as reporting
 from wofn.experiment import runner
@@ -135,6 +135,28 @@ def test_estimate_from_benchmark_rates():
     assert est["students"] == 10
     with pytest.raises(ValueError, match="run `make bench` first"):
         runner.estimate(cfg, bench={k: v for k, v in BENCH.items() if k != "training"})
+
+
+def test_estimate_scales_the_benchmarks_rates_to_the_runs_backbone():
+    assert models.reward_model_matmul_params("minilm-l6") == 10_993_153  # make bench's training and scoring RM
+    tiny = models.reward_model_matmul_params("tiny-bert")  # the tiny profile's rm_backbone
+    measured = {"mfu": {"flop_params": 4 * tiny}}
+    bench = {**BENCH, "training": {"ours": {"fp32": {"pairs_per_s": 4.0, **measured},
+                                            "bf16": {"pairs_per_s": 8.0, **measured}}}}
+    cfg = parse(TINY)
+    plain, scaled = runner.estimate(cfg, bench=BENCH), runner.estimate(cfg, bench=bench)
+    assert scaled["reward_model_matmul_params"] == {"run": tiny, "benchmark": 4 * tiny, "backbone": "tiny-bert",
+                                                    "rate_scale": 4.0}
+    assert scaled["rates"]["training_pairs_per_s"] == 4 * plain["rates"]["training_pairs_per_s"]
+    assert scaled["rates"]["scoring_sequences_per_s"] == 4 * plain["rates"]["scoring_sequences_per_s"]
+    assert scaled["seconds"]["base_models"] == pytest.approx(plain["seconds"]["base_models"] / 4)
+    assert scaled["seconds"]["sampling"] == plain["seconds"]["sampling"]  # the policy is not the RM
+    assert "tiny-bert 0.1M: its rates x 4)" in runner.format_estimate(scaled)
+    assert "its rates x" not in runner.format_estimate(plain)  # a benchmark line without parameter counts
+    missing = runner.estimate(parse(TINY.replace("max_prompts: 6", "max_prompts: 6, rm_backbone: /no/such/model")),
+                              bench=bench)
+    assert missing["rates"]["training_pairs_per_s"] == 4.0 and missing["reward_model_matmul_params"]["run"] is None
+    assert "/no/such/model's config could not be read here to scale them" in runner.format_estimate(missing)
 
 
 def test_estimate_counts_a_teacher_ensembles_members():

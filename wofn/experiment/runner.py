@@ -448,7 +448,14 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     score_dtype = models.resolve_dtype(s.score_dtype, s.device)
     seqs_per_s = bench["scoring"]["ours"][score_dtype if score_dtype in bench["scoring"]["ours"] else "float32"][
         "sequences_per_s"]
-    pairs_per_s = bench["training"]["ours"]["bf16" if stages.rm_bf16(s) else "fp32"]["pairs_per_s"]
+    training = bench["training"]["ours"]["bf16" if stages.rm_bf16(s) else "fp32"]
+    pairs_per_s = training["pairs_per_s"]
+    # the benchmark trains and scores its own backbone (MiniLM): a run on another one computes
+    # (bench's matmul parameters / the run's) as fast, at the same share of the machine's peak
+    bench_params = (training.get("mfu") or {}).get("flop_params")
+    run_params = models.reward_model_matmul_params(s.rm_backbone) if bench_params else None
+    scale = bench_params / run_params if bench_params and run_params else 1.0
+    pairs_per_s, seqs_per_s = pairs_per_s * scale, seqs_per_s * scale
 
     prompts = gather_prompts(s)[0].num_rows
     human = len(data.training_pairs(s))
@@ -493,7 +500,9 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
             "total_seconds": sum(steps.values()),
             "rates": {"sampling_tokens_per_s": sampling["generated_tokens_per_s"],
                       "tokens_per_candidate": tokens_per_candidate, "scoring_sequences_per_s": seqs_per_s,
-                      "training_pairs_per_s": pairs_per_s}}
+                      "training_pairs_per_s": pairs_per_s},
+            "reward_model_matmul_params": {"run": run_params, "benchmark": bench_params,
+                                           "backbone": s.rm_backbone, "rate_scale": scale}}
 
 
 def format_estimate(est: dict) -> str:
@@ -513,6 +522,14 @@ def format_estimate(est: dict) -> str:
         lines.insert(2, f"             (the rate is the benchmark's at {rows['benchmark']} rows decoded at once "
                         f"(slots); this run has {rows['run']}: expect it "
                         f"{'slower' if rows['run'] < rows['benchmark'] else 'faster'})")
+    params = est.get("reward_model_matmul_params") or {}
+    if params.get("rate_scale", 1.0) != 1.0:
+        lines.append(f"             (scoring and training rates: the benchmark's backbone has "
+                     f"{params['benchmark'] / 1e6:.1f}M matmul parameters, {params['backbone']} "
+                     f"{params['run'] / 1e6:.1f}M: its rates x {params['rate_scale']:.3g})")
+    elif params.get("benchmark") and params.get("run") is None:
+        lines.append(f"             (scoring and training rates: the benchmark's backbone's; {params['backbone']}'s "
+                     "config could not be read here to scale them)")
     if minutes.get("tuning"):
         lines.insert(3, f"  tuning     {minutes['tuning']:6.1f} min  "
                         "(one base RM per combination of the tune: settings)")
