@@ -297,18 +297,19 @@ class Experiment:
         return result
 
     def cells(self, on_cell: Callable[[dict], None] | None = None) -> list[dict]:
-        """Train every cell without a result file, seed-major; `on_cell` gets the progress after each."""
+        """Train every cell without a result file, seed-major, each seed's base RM first (reused when
+        present); `on_cell` gets the progress after each."""
         todo = [c for c in self.config.cells() if not self.cell_file(c).exists()]
         total = len(self.config.cells())
         done = total - len(todo)
         human = self.human_pairs()
         started, spent = time.monotonic(), []
         for cell in todo:
+            base = self.base(cell.seed)
             t0 = time.monotonic()
             result = self.cell(cell, human)
             spent.append(time.monotonic() - t0)
             done += 1
-            base = read_json(self.base_dir(cell.seed) / EVAL_FILE)
             eta = statistics.mean(spent) * (total - done)
             progress = {"cells_done": done, "cells_total": total, "seconds_this_run": time.monotonic() - started,
                         "eta_s": eta, "last": cell.id, "last_accuracy": result["accuracy"],
@@ -385,16 +386,15 @@ class Experiment:
         return read_json(result_file)
 
     def inputs(self) -> None:
-        """Everything before the students: tuning (if asked), candidates, the base RMs, the teacher's
-        scores, the pair sets."""
+        """Everything before the students: tuning (if asked), candidates, the teacher's base RMs, the
+        teacher's scores, the pair sets. The other seeds' base RMs are trained by `cells`, each just
+        before its seed's students, so a stopped run leaves whole seeds (base and students) behind."""
         self.tune()
         self.sample()
         self.teacher()
         self.score()
         self.subsets()
         self.pair_sets()
-        for seed in self.config.seeds:
-            self.base(seed)  # reused where a teacher member was this seed
 
     def run(self) -> dict:
         """Every step in order; each is skipped when its result exists."""
