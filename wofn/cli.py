@@ -249,6 +249,19 @@ def _experiment(args) -> int:
     cfg = xconfig.load(args.config)
     home = Path(args.home) if args.home else WofnHome.from_env().root
     command = "wofn " + " ".join(shlex.quote(a) for a in args.argv)
+    if args.save_state or args.restore_state:
+        from wofn.experiment import state
+
+        exp = runner.Experiment(cfg, Path(home))
+        if args.save_state:
+            manifest = state.save(exp, Path(args.save_state))
+            print(f"saved {manifest['files']} files of {exp.root} to {args.save_state} (model weights left out)")
+            for note in manifest["left_out"]:
+                print(f"  left out: {note}")
+            return 0
+        restored = state.restore(exp, Path(args.restore_state))
+        print(f"restored {restored['restored']} files into {exp.root} ({restored['kept']} already there, kept)"
+              + ("" if restored["same_config"] else "; the archive was saved under another version of the config"))
     if args.estimate or not args.report_only:
         print(runner.format_estimate(runner.estimate(cfg, Path(home))), flush=True)
     if args.estimate:
@@ -330,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     xp.add_argument("--report", default=None,
                     help="also write the report here (e.g. docs/results.md); always written to the run's folder")
     xp.add_argument("--report-only", action="store_true", help="rebuild the report from what the run has so far")
+    xp.add_argument("--save-state", default=None, metavar="FILE",
+                    help="pack what the run has finished, without model weights, into FILE (.tar.gz) and stop: "
+                         "another machine resumes from it with --restore-state (the run may go on meanwhile)")
+    xp.add_argument("--restore-state", default=None, metavar="FILE",
+                    help="unpack a --save-state FILE into the run's folder (files there are kept), then go on "
+                         "as asked (run and report, --estimate, --report-only)")
     xp.set_defaults(func=_experiment)
 
     se = commands.add_parser("settings", help="a profile's settings, or every setting's help (docs/settings.md)")

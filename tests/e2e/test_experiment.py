@@ -443,3 +443,79 @@ def test_bases_only_trains_and_reports_the_bases_a_full_run_then_reuses(tmp_path
     stamp = result.stat().st_mtime_ns
     assert exp.base(1)["accuracy"] == summary["accuracy"] and result.stat().st_mtime_ns == stamp  # reused
     assert not exp.base_dir(0).exists()  # only the seeds asked for
+
+
+def test_a_saved_state_resumes_in_another_home_without_redoing_finished_work(tiny_run, tmp_path, monkeypatch, capsys):
+    import tarfile
+
+    from beam_jobs import sample_candidates, score_candidates
+    from wofn import training
+
+    cfg, exp, _, cfg_path = tiny_run
+    archive = tmp_path / "state.tar.gz"
+    assert cli.main(["experiment", str(cfg_path), "--home", str(exp.root.parent.parent),
+                     "--save-state", str(archive)]) == 0
+    names = tarfile.open(archive).getnames()
+    assert not [n for n in names if n.endswith(".safetensors") or n.startswith("students/")]
+    assert "base/seed=0/result.json" in names and "base/seed=0/model/manifest.json" in names
+    assert any(n.startswith("candidates/") for n in names) and any(n.startswith("scores/") for n in names)
+
+    # the other machine: one student was still training when the state was saved
+    home = tmp_path / "other"
+    lost = cfg.cells()[1]
+    trained = []
+    real_train = training.train_reward_model
+    monkeypatch.setattr(training, "train_reward_model", lambda *a, **k: trained.append(a[3]) or real_train(*a, **k))
+    for job in (sample_candidates, score_candidates):
+        monkeypatch.setattr(job, "run", lambda *a, **k: pytest.fail("a finished step ran again"))
+    moved = runner.Experiment(cfg, home)
+    capsys.readouterr()
+    assert cli.main(["experiment", str(cfg_path), "--home", str(home), "--restore-state", str(archive),
+                     "--report-only"]) == 0
+    assert f"restored {len(names) - 1} files" in capsys.readouterr().out
+    moved.cell_file(lost).unlink()
+    assert cli.main(["experiment", str(cfg_path), "--home", str(home)]) == 0
+    assert [p.name for p in trained] == [lost.id]
+    before, after = exp.results(), moved.results()
+    assert after["bases"] == before["bases"] and after["pair_stats"] == before["pair_stats"]
+    assert ({c["cell"]: c["accuracy"] for c in after["cells"]} == {c["cell"]: c["accuracy"] for c in before["cells"]})
+    # restoring again keeps what is there
+    assert cli.main(["experiment", str(cfg_path), "--home", str(home), "--restore-state", str(archive),
+                     "--report-only"]) == 0
+    assert f"restored 0 files into {moved.root} ({len(names) - 1} already there" in capsys.readouterr().out
+
+
+def test_a_state_saved_mid_run_leaves_out_what_a_later_step_still_needs(tiny_run, tmp_path):
+    import shutil
+
+    from wofn.experiment import state
+
+    cfg, exp, _, _ = tiny_run
+    copy = runner.Experiment(cfg, tmp_path / "home")
+    shutil.copytree(exp.root, copy.root)
+    shutil.rmtree(copy.path("scores"))  # stopped before the teacher scored: its weights are still needed
+    copy.path("sampled.json").unlink()  # ... and before sampling finished
+    (copy.base_dir(1) / runner.EVAL_FILE).unlink()  # base 1 was training
+    files, notes = state.members(copy)
+    assert not [f for f in files if f.parts[0] in ("candidates", "students", "scores") or f.parts[:2] in (
+        ("base", "seed=0"), ("base", "seed=1"))]
+    assert ("cells", f"{cfg.cells()[0].id}.json") in [f.parts for f in files]
+    assert any("seed=0" in n and "teacher member" in n for n in notes)
+    assert any("seed=1" in n and "not evaluated" in n for n in notes)
+    assert any(n.startswith("candidates/") for n in notes)
+
+
+def test_restoring_a_state_names_a_wrong_or_foreign_archive(tiny_run, tmp_path):
+    from wofn.experiment import state
+
+    cfg, exp, _, _ = tiny_run
+    archive = tmp_path / "state.tar.gz"
+    state.save(exp, archive)
+    other = runner.Experiment(parse(TINY.replace("name: tiny", "name: other")), tmp_path / "home")
+    with pytest.raises(state.StateError, match="state.tar.gz: the state of experiment 'tiny', not 'other'"):
+        state.restore(other, archive)
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_text("not an archive")
+    with pytest.raises(state.StateError, match="junk.tar.gz: not a wofn experiment state"):
+        state.restore(other, junk)
+    assert not other.root.exists()
