@@ -43,24 +43,28 @@ def experiment_estimate(context: OpExecutionContext, config: ExperimentRunConfig
     return config.config
 
 
+def _base_metadata(stats: dict) -> dict:
+    """The base RMs trained so far, by seed (exp.results()["bases"])."""
+    return {"base_accuracy": MetadataValue.json({b["seed"]: b["accuracy"] for b in stats["bases"]}),
+            "base_length_balanced_accuracy": MetadataValue.json(
+                {b["seed"]: b["length_balanced_accuracy"] for b in stats["bases"]})}
+
+
 @op
 def experiment_inputs(context: OpExecutionContext, config_path: str, home: WofnHomeResource) -> str:
-    """Candidates (sampled once at the largest N), base RMs per seed, the teacher's scores, every pair set."""
+    """Candidates (sampled once at the largest N), the teacher's base RMs and scores, every pair set."""
     exp = _experiment(config_path, home)
     with forward_logs(context, "wofn.experiment", "beam_jobs", "wofn.training"):
         exp.inputs()
     stats = exp.results()
-    context.add_output_metadata({"base_accuracy": MetadataValue.json(
-                                     {b["seed"]: b["accuracy"] for b in stats["bases"]}),
-                                 "base_length_balanced_accuracy": MetadataValue.json(
-                                     {b["seed"]: b["length_balanced_accuracy"] for b in stats["bases"]}),
-                                 "pair_sets": MetadataValue.int(len(stats["pair_stats"]))})
+    context.add_output_metadata({**_base_metadata(stats), "pair_sets": MetadataValue.int(len(stats["pair_stats"]))})
     return config_path
 
 
 @op
 def experiment_students(context: OpExecutionContext, config_path: str, home: WofnHomeResource) -> str:
-    """One student per cell, trained on human + synthetic pairs and evaluated; progress per cell."""
+    """Seed by seed, the seed's base RM, then one student per cell, trained on human + synthetic pairs and
+    evaluated; progress per cell."""
     exp = _experiment(config_path, home)
 
     def report(progress: dict) -> None:
@@ -70,7 +74,8 @@ def experiment_students(context: OpExecutionContext, config_path: str, home: Wof
 
     with forward_logs(context, "wofn.experiment"):
         exp.cells(on_cell=report)
-    context.add_output_metadata({"cells": MetadataValue.int(len(exp.results()["cells"]))})
+    stats = exp.results()
+    context.add_output_metadata({**_base_metadata(stats), "cells": MetadataValue.int(len(stats["cells"]))})
     return config_path
 
 
