@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
 from wofn.experiment.runner import EVAL_FILE, Experiment
+from wofn.paths import staging_dir
 
 MANIFEST = "wofn_experiment_state.json"
 WEIGHTS = (".safetensors",)
@@ -93,7 +95,8 @@ def save(exp: Experiment, archive: Path) -> dict:
 
 
 def restore(exp: Experiment, archive: Path) -> dict:
-    """Unpack `archive` into the run's folder; files already there are kept (they are newer or equal).
+    """Unpack `archive` into the run's folder; files already there are kept (they are newer or equal), and
+    a folder it lacks comes in whole.
     Returns the archive's manifest with the counts of files restored and kept."""
     archive = Path(archive)
     try:
@@ -108,21 +111,30 @@ def restore(exp: Experiment, archive: Path) -> dict:
         if manifest["experiment"] != exp.config.name:
             raise StateError(f"{archive}: the state of experiment {manifest['experiment']!r}, "
                              f"not {exp.config.name!r}")
-        restored = kept = 0
         for info in tar.getmembers():
-            if info.name == MANIFEST:
-                continue
             rel = PurePosixPath(info.name)
             if not info.isfile() or rel.is_absolute() or ".." in rel.parts:
                 raise StateError(f"{archive}: unexpected member {info.name!r}")
-            target = exp.root / rel
-            if target.exists():
-                kept += 1
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.restoring")
-            with tar.extractfile(info) as src:
-                tmp.write_bytes(src.read())
-            tmp.replace(target)
-            restored += 1
-    return {**manifest, "restored": restored, "kept": kept, "same_config": manifest["config"] == exp.config.digest}
+        # whole into a hidden sibling first, then moved in by folders: a stopped restore never leaves a
+        # half-filled folder that a resumed run would take as a finished step
+        staging = staging_dir(exp.root)
+        tar.extractall(staging, filter="data")
+    (staging / MANIFEST).unlink()
+    counts = {"restored": 0, "kept": 0}
+    _merge(staging, exp.root, counts)
+    shutil.rmtree(staging, ignore_errors=True)
+    return {**manifest, **counts, "same_config": manifest["config"] == exp.config.digest}
+
+
+def _merge(src: Path, dst: Path, counts: dict) -> None:
+    """Move what `dst` lacks from `src`, a folder at a time where `dst` has none; keep what it has."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.iterdir()):
+        target = dst / path.name
+        if not target.exists():
+            counts["restored"] += sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else 1
+            path.rename(target)
+        elif path.is_dir() and target.is_dir():
+            _merge(path, target, counts)
+        else:
+            counts["kept"] += sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else 1
