@@ -52,6 +52,12 @@ def test_config_cells_are_seed_major_and_limited_to_the_train_slices():
     assert no_length.lengths == ("none",) and len(no_length.cells()) == 2 * 2 * 2 * 2
 
 
+def test_config_digest_follows_the_content_not_comments_or_layout():
+    cfg = parse(TINY)
+    assert parse("# a note on the run\n" + TINY.replace("seeds: [0, 1]", "seeds: [0,  1]  # two")).digest == cfg.digest
+    assert parse(TINY.replace("seeds: [0, 1]", "seeds: [0, 2]")).digest != cfg.digest
+
+
 def test_split_length():
     assert [xconfig.split_length(v) for v in xconfig.LENGTHS] == [
         ("none", False), ("residual", False), ("residual_per_prompt", False), ("band", False), ("none", True),

@@ -22,6 +22,7 @@ grid (seconds); a student (minutes each on a CPU) is trained for every seed of e
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from itertools import product
@@ -122,7 +123,10 @@ class ExperimentConfig:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:12]
+        """A hash of what the config says (its parsed YAML): comments and layout do not change it, so a
+        run or a saved state (`--restore-state`) stays the same version after a comment edit."""
+        content = json.dumps(yaml.safe_load(self.text), sort_keys=True, default=str)
+        return hashlib.sha256(content.encode("utf-8")).hexdigest()[:12]
 
     def arms(self) -> list[tuple[str, int, str, str]]:
         """Every (strategy, n, filter, length) of the grid, in grid order."""
