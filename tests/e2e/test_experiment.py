@@ -58,6 +58,13 @@ def test_config_digest_follows_the_content_not_comments_or_layout():
     assert parse(TINY.replace("seeds: [0, 1]", "seeds: [0, 2]")).digest != cfg.digest
 
 
+def test_report_header_shows_the_shipped_data_relative_to_the_repository(tmp_path):
+    prompts = tmp_path / "own_prompts.parquet"
+    cfg = parse(TINY.replace("settings: {", f"settings: {{unlabeled_prompts: {prompts}, "))
+    header = runner.report_header(runner.Experiment(cfg, tmp_path / "home"))
+    assert header["data"] == f"data/hh_train.parquet (human), data/hh_test.parquet (evaluation), {prompts} (prompts)"
+
+
 def test_split_length():
     assert [xconfig.split_length(v) for v in xconfig.LENGTHS] == [
         ("none", False), ("residual", False), ("residual_per_prompt", False), ("band", False), ("none", True),

@@ -546,6 +546,15 @@ def _git_revision() -> str:
         return "unknown"
 
 
+def _shown(path) -> str:
+    """A data path as the report shows it: relative to the repository when it lies inside (the shipped
+    data), so a report does not carry one machine's folders; as given elsewhere."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def report_header(exp: Experiment) -> dict:
     """Where, when and at what cost the results were made (the estimate is the one made before the first run)."""
     import os
@@ -557,8 +566,8 @@ def report_header(exp: Experiment) -> dict:
     header = {"wofn revision (when the report was written)": _git_revision(),
               "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, no GPU"
               if not torch.cuda.is_available() else f"{torch.cuda.get_device_name()}, torch {torch.__version__}",
-              "data": f"{exp.settings.human_pairs} (human), {exp.settings.eval_pairs} (evaluation), "
-                      f"{exp.settings.unlabeled_prompts} (prompts)",
+              "data": f"{_shown(exp.settings.human_pairs)} (human), {_shown(exp.settings.eval_pairs)} (evaluation), "
+                      f"{_shown(exp.settings.unlabeled_prompts)} (prompts)",
               "policy / RM backbone": f"{exp.settings.policy} "
                                       f"({models.resolve_dtype(exp.settings.policy_dtype, exp.settings.device)}) / "
                                       f"{exp.settings.rm_backbone}"}
