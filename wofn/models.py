@@ -218,7 +218,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 CPUINFO = Path("/proc/cpuinfo")
-_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def cpu_has_native_bf16(cpuinfo: Path | None = None) -> bool | None:
@@ -229,16 +229,22 @@ def cpu_has_native_bf16(cpuinfo: Path | None = None) -> bool | None:
         flags = (cpuinfo or CPUINFO).read_text()
     except OSError:
         return None
-    return any(flag in flags.split() for flag in _BF16_FLAGS)
+    return any(flag in flags.split() for flag in BF16_FLAGS)
+
+
+def bf16_emulated(device: str) -> bool:
+    """Whether `device` is a CPU known to lack native bf16 (torch emulates it there, tens of times
+    slower than float32); False where /proc/cpuinfo cannot say."""
+    return torch.device(device).type == "cpu" and cpu_has_native_bf16() is False
 
 
 def warn_if_slow_bf16(device: str, what: str, fix: str) -> bool:
     """Log a warning when bf16 is asked for on a CPU that emulates it; True when it warned."""
-    if torch.device(device).type != "cpu" or cpu_has_native_bf16() is not False:
+    if not bf16_emulated(device):
         return False
     log.warning("%s in bfloat16 on a CPU without native bf16 (no %s flag): torch emulates it, much slower "
                 "than float32 (a matmul ran 55x slower on one such CPU). Use float32 here: %s", what,
-                " / ".join(_BF16_FLAGS), fix)
+                " / ".join(BF16_FLAGS), fix)
     return True
 
 

@@ -172,6 +172,22 @@ def test_estimate_scales_the_benchmarks_rates_to_the_runs_backbone():
     assert "/no/such/model's config could not be read here to scale them" in runner.format_estimate(missing)
 
 
+@pytest.mark.parametrize("native", [True, False, None])
+def test_estimate_warns_of_bf16_steps_on_a_cpu_that_emulates_it(monkeypatch, tmp_path, native):
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    bf16 = parse(TINY.replace("max_prompts: 6", "max_prompts: 6, policy_dtype: bfloat16, rm_bf16: true"))
+    est = runner.estimate(bf16, bench=BENCH)
+    warned = "WARNING: this CPU has no native bf16" in runner.format_estimate(est)
+    if native is False:  # bf16 sampling and training; scoring stays float32
+        assert est["emulated_bf16_steps"] == ["sampling", "base_models", "students"] and warned
+        (tmp_path / "experiments" / "tiny").mkdir(parents=True)
+        (tmp_path / "experiments" / "tiny" / "sampled.json").write_text("{}")  # a finished step is not warned of
+        assert runner.estimate(bf16, home=tmp_path, bench=BENCH)["emulated_bf16_steps"] == ["base_models", "students"]
+    else:  # native bf16, or a machine that cannot say
+        assert est["emulated_bf16_steps"] == [] and not warned
+    assert runner.estimate(parse(TINY), bench=BENCH)["emulated_bf16_steps"] == []  # the tiny profile: fp32
+
+
 def test_estimate_counts_a_teacher_ensembles_members():
     est = runner.estimate(parse(TINY.replace("max_prompts: 6", "max_prompts: 6, teacher_members: 3")), bench=BENCH)
     one_base = 40 * (1 - 0.1) * 1.0 / 4.0 + 2 * 24 / 20

@@ -494,9 +494,14 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     # (the torch engine decodes sample_slots rows at once; vllm, and policies it cannot decode in slots,
     # static batches of sample_batch_size prompts)
     run_rows = s.sample_slots if s.sampling_engine == "torch" else config.max_n * s.sample_batch_size
+    # the steps still to run in bf16 on a CPU that emulates it: the benchmark's rates do not hold there
+    bf16_steps = {"sampling": dtype == "bfloat16", "scoring": score_dtype == "bfloat16",
+                  **dict.fromkeys(("tuning", "base_models", "students"), stages.rm_bf16(s))}
+    emulated = models.bf16_emulated(s.device)
     return {"prompts": prompts, "candidates": candidates, "human_pairs": human, "eval_pairs": n_eval,
             "sampling_rows_per_batch": {"run": run_rows, "benchmark": bench_rows or None},
             "students": len(cells), "students_total": len(config.cells()), "seconds": steps,
+            "emulated_bf16_steps": [k for k, v in steps.items() if v and bf16_steps[k]] if emulated else [],
             "total_seconds": sum(steps.values()),
             "rates": {"sampling_tokens_per_s": sampling["generated_tokens_per_s"],
                       "tokens_per_candidate": tokens_per_candidate, "scoring_sequences_per_s": seqs_per_s,
@@ -530,6 +535,10 @@ def format_estimate(est: dict) -> str:
     elif params.get("benchmark") and params.get("run") is None:
         lines.append(f"             (scoring and training rates: the benchmark's backbone's; {params['backbone']}'s "
                      "config could not be read here to scale them)")
+    if est.get("emulated_bf16_steps"):
+        lines.append(f"  WARNING: this CPU has no native bf16 ({' / '.join(models.BF16_FLAGS)}): "
+                     f"{', '.join(est['emulated_bf16_steps'])} would run in emulated bfloat16, tens of times "
+                     "slower than above; set policy_dtype / score_dtype to float32 or auto, rm_bf16 to false or null")
     if minutes.get("tuning"):
         lines.insert(3, f"  tuning     {minutes['tuning']:6.1f} min  "
                         "(one base RM per combination of the tune: settings)")
