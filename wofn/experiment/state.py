@@ -131,10 +131,12 @@ def _merge(src: Path, dst: Path, counts: dict) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for path in sorted(src.iterdir()):
         target = dst / path.name
-        if not target.exists():
-            counts["restored"] += sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else 1
-            path.rename(target)
-        elif path.is_dir() and target.is_dir():
+        if path.is_dir() and target.is_dir():
             _merge(path, target, counts)
+            continue
+        files = sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else 1
+        if target.exists():
+            counts["kept"] += files
         else:
-            counts["kept"] += sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else 1
+            path.rename(target)
+            counts["restored"] += files
