@@ -168,3 +168,39 @@ def test_a_model_whose_attention_bypasses_the_interface_is_refused_or_falls_back
         generation.sample(tiny_policy, _prompts(), params, batching="continuous")
     assert generation.sample(tiny_policy, _prompts(), params) == generation.sample(
         tiny_policy, _prompts(), params, batching="static")
+
+
+def test_prefill_batches_group_prompts_of_similar_length():
+    lengths = [392, 37, 38, 361, 40, 43, 168, 351, 46, 89, 194, 74]
+    batches = generation.prefill_batches(lengths)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        real = sum(lengths[i] for i in batch)
+        assert max(lengths[i] for i in batch) * len(batch) <= generation.PREFILL_PADDING * real
+    assert len(batches) < len(lengths), "prompts of like length share a batch"
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert padded < 0.5 * max(lengths) * len(lengths), "one batch would pad every prompt to the longest"
+    assert generation.prefill_batches([5, 5, 5]) == [[0, 1, 2]]
+
+
+def test_a_free_slot_never_takes_the_group_row_of_a_busy_one():
+    """A free slot keeps the (group, member) of the row it last decoded; once that group holds a new
+    prompt, a busy slot may decode the same member: the busy slot's query must own the row."""
+    kv = [(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))]
+    state = generation._Slots(kv, slots=3, groups=2, n=2, prompt_columns=3, new_columns=4)
+    state.group[:] = torch.tensor([1, 0, 1])
+    state.member[:] = torch.tensor([0, 1, 0])  # slots 0 (busy) and 2 (free, after it) both say group 1, member 0
+    state.prompt_mask[:, :2] = True
+    state.prepare(2, 1, torch.tensor([True, True, False]))
+    row_of = state.to_group.view(2, 2, 2)  # [group, kv head, member] -> slot * kv_heads + head
+    assert row_of[1, :, 0].tolist() == [0 * 2 + 0, 0 * 2 + 1]
+    assert row_of[0, :, 1].tolist() == [1 * 2 + 0, 1 * 2 + 1]
+    assert row_of[0, :, 0].tolist() == [3 * 2, 3 * 2], "members no slot decodes read the zero row"
+
+
+def test_the_draw_does_not_depend_on_how_many_rows_go_at_once(tiny_policy, monkeypatch):
+    params = generation.SamplingParams(n=3, max_new_tokens=7, seed=2)
+    monkeypatch.setattr(generation, "DRAW_ROWS", 2)
+    few = generation.sample(tiny_policy, _many_prompts(3), params, slots=5)
+    monkeypatch.setattr(generation, "DRAW_ROWS", 1000)
+    assert generation.sample(tiny_policy, _many_prompts(3), params, slots=5) == few
