@@ -196,14 +196,17 @@ def test_estimate_counts_a_teacher_ensembles_members():
 
 
 def test_estimate_says_when_the_sampling_rate_was_measured_at_other_batch_rows():
-    cfg = parse(TINY)  # the torch engine decodes the profile's 64 slots at once, whatever N
+    cfg = parse(TINY)  # the torch engine decodes the profile's sample_slots (256) at once, whatever N
+    assert cfg.settings.sample_slots == 256
     assert "rows decoded at once" not in runner.format_estimate(runner.estimate(cfg, bench=BENCH))
-    sampling = {**BENCH["sampling"], "config": {"n": 8, "ours_slots": 128}}
+    sampling = {**BENCH["sampling"], "config": {"n": 8, "ours_slots": 512}}
     est = runner.estimate(cfg, bench={**BENCH, "sampling": sampling})
-    assert est["sampling_rows_per_batch"] == {"run": 64, "benchmark": 128}
-    assert "at 128 rows decoded at once (slots); this run has 64: expect it slower" in runner.format_estimate(est)
+    assert est["sampling_rows_per_batch"] == {"run": 256, "benchmark": 512}
+    assert "at 512 rows decoded at once (slots); this run has 256: expect it slower" in runner.format_estimate(est)
+    fewer = runner.estimate(cfg, bench={**BENCH, "sampling": {**sampling, "config": {"n": 8, "ours_slots": 64}}})
+    assert "at 64 rows decoded at once (slots); this run has 256: expect it faster" in runner.format_estimate(fewer)
     before = {**BENCH, "sampling": {**sampling, "config": {"n": 8, "ours_batch_prompts": 8}}}  # static batches
-    assert "rows decoded at once" not in runner.format_estimate(runner.estimate(cfg, bench=before))
+    assert runner.estimate(cfg, bench=before)["sampling_rows_per_batch"] == {"run": 256, "benchmark": 64}
     vllm = runner.estimate(parse(TINY.replace("max_prompts: 6", "max_prompts: 6, sampling_engine: vllm")),
                            bench=before)
     assert vllm["sampling_rows_per_batch"] == {"run": 32, "benchmark": 64}  # N=4 x 8 prompts a batch
