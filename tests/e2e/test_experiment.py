@@ -551,3 +551,16 @@ def test_restoring_a_state_names_a_wrong_or_foreign_archive(tiny_run, tmp_path):
     with pytest.raises(state.StateError, match="junk.tar.gz: not a wofn experiment state"):
         state.restore(other, junk)
     assert not other.root.exists()
+
+
+def test_estimate_scales_the_response_length_to_the_runs_max_new_tokens():
+    cfg = parse(TINY)  # the tiny profile samples 12 new tokens
+    assert cfg.settings.max_new_tokens == 12
+    same = {**BENCH, "sampling": {**BENCH["sampling"], "config": {"max_new_tokens": 12}}}
+    assert runner.estimate(cfg, bench=same)["seconds"]["sampling"] == pytest.approx(24 * 10 / 50)
+    assert "at most" not in runner.format_estimate(runner.estimate(cfg, bench=same))
+    shorter = {**BENCH, "sampling": {**BENCH["sampling"], "config": {"max_new_tokens": 4}}}
+    est = runner.estimate(cfg, bench=shorter)
+    assert est["rates"]["tokens_per_candidate"] == pytest.approx(10 * 12 / 4)
+    assert est["seconds"]["sampling"] == pytest.approx(24 * 30 / 50)
+    assert "30 tokens each at most: the benchmark's length at max_new_tokens 4, x 12/4" in runner.format_estimate(est)

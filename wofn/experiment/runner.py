@@ -445,6 +445,11 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
     dtype = models.resolve_dtype(s.policy_dtype, s.device)
     sampling = bench["sampling"]["ours"][dtype if dtype in bench["sampling"]["ours"] else "float32"]
     tokens_per_candidate = sampling["generated_tokens"] / sampling["candidates"]
+    # the benchmark's responses end at its max_new_tokens or before; another cap scales that length
+    # as an upper bound (at 256 new tokens the benchmark's responses averaged 64% of it, at 64 86%)
+    bench_cap = (bench["sampling"].get("config") or {}).get("max_new_tokens")
+    if bench_cap and bench_cap != s.max_new_tokens:
+        tokens_per_candidate *= s.max_new_tokens / bench_cap
     score_dtype = models.resolve_dtype(s.score_dtype, s.device)
     seqs_per_s = bench["scoring"]["ours"][score_dtype if score_dtype in bench["scoring"]["ours"] else "float32"][
         "sequences_per_s"]
@@ -504,7 +509,9 @@ def estimate(config: ExperimentConfig, home: Path | None = None, bench: dict | N
             "emulated_bf16_steps": [k for k, v in steps.items() if v and bf16_steps[k]] if emulated else [],
             "total_seconds": sum(steps.values()),
             "rates": {"sampling_tokens_per_s": sampling["generated_tokens_per_s"],
-                      "tokens_per_candidate": tokens_per_candidate, "scoring_sequences_per_s": seqs_per_s,
+                      "tokens_per_candidate": tokens_per_candidate,
+                      "max_new_tokens": {"run": s.max_new_tokens, "benchmark": bench_cap},
+                      "scoring_sequences_per_s": seqs_per_s,
                       "training_pairs_per_s": pairs_per_s},
             "reward_model_matmul_params": {"run": run_params, "benchmark": bench_params,
                                            "backbone": s.rm_backbone, "rate_scale": scale}}
@@ -516,7 +523,7 @@ def format_estimate(est: dict) -> str:
              f"{est['total_seconds'] / 60:.0f} min",
              f"  sampling   {minutes['sampling']:6.1f} min  ({est['candidates']} candidates at "
              f"{est['rates']['sampling_tokens_per_s']:.0f} tokens/s, "
-             f"{est['rates']['tokens_per_candidate']:.0f} tokens each)",
+             f"{est['rates']['tokens_per_candidate']:.0f} tokens each{_scaled_cap(est['rates'])})",
              f"  scoring    {minutes['scoring']:6.1f} min  ({est['rates']['scoring_sequences_per_s']:.0f} sequences/s)",
              f"  base RMs   {minutes['base_models']:6.1f} min  ({est['human_pairs']} human pairs, "
              f"{est['rates']['training_pairs_per_s']:.1f} training pairs/s)",
@@ -543,6 +550,14 @@ def format_estimate(est: dict) -> str:
         lines.insert(3, f"  tuning     {minutes['tuning']:6.1f} min  "
                         "(one base RM per combination of the tune: settings)")
     return "\n".join(lines)
+
+
+def _scaled_cap(rates: dict) -> str:
+    caps = rates.get("max_new_tokens") or {}
+    if caps.get("benchmark") and caps["benchmark"] != caps["run"]:
+        return (f" at most: the benchmark's length at max_new_tokens {caps['benchmark']}, "
+                f"x {caps['run']}/{caps['benchmark']}")
+    return ""
 
 
 def _git_revision() -> str:
