@@ -38,6 +38,7 @@ class TrainConfig:
     # The recipe's fields are settings (wofn.settings): their defaults and meaning are declared there.
     epochs: float = _from_setting("rm_epochs")
     batch_size: int = _from_setting("rm_batch_size")
+    micro_batch: int | None = _from_setting("rm_micro_batch")
     grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
     learning_rate: float = _from_setting("rm_learning_rate")
     warmup_ratio: float = _from_setting("rm_warmup_ratio")
@@ -212,12 +213,15 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
         optimizer.zero_grad(set_to_none=True)
         for _ in range(config.grad_accum):
             batch = next(stream)
-            outputs = _forward(model, tokenizer, objective, encoded, batch, device, config.bf16)
-            loss = objective.loss(outputs)
-            (loss / config.grad_accum).backward()
-            window_loss += loss.item() * len(batch)
-            window_acc += (objective.margins(outputs) > 0).float().sum().item()
-            window_n += len(batch)
+            piece = config.micro_batch or len(batch)
+            for start in range(0, len(batch), piece):  # the batch's mean loss, summed piece by piece
+                part = batch[start : start + piece]
+                outputs = _forward(model, tokenizer, objective, encoded, part, device, config.bf16)
+                loss = objective.loss(outputs)
+                (loss * len(part) / len(batch) / config.grad_accum).backward()
+                window_loss += loss.item() * len(part)
+                window_acc += (objective.margins(outputs) > 0).float().sum().item()
+                window_n += len(part)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
