@@ -385,10 +385,9 @@ class _Slots:
         # row of (slot s, kv head h) in the grouped layout [groups, kv_heads, n]
         self.to_slot = ((self.group[:, None] * kv + heads) * self.n + self.member[:, None]).reshape(-1)
         self.to_group = torch.full((self.groups * kv * self.n,), slots * kv, dtype=torch.long, device=self.device)
-        order = torch.arange(slots * kv, device=self.device).view(slots, kv)
-        free = ~busy
-        self.to_group[self.to_slot.view(slots, kv)[free].reshape(-1)] = order[free].reshape(-1)
-        self.to_group[self.to_slot.view(slots, kv)[busy].reshape(-1)] = order[busy].reshape(-1)
+        cells, order = self.to_slot.view(slots, kv), torch.arange(slots * kv, device=self.device).view(slots, kv)
+        for owners in (~busy, busy):  # busy slots last: they own a cell a free slot still names
+            self.to_group[cells[owners].reshape(-1)] = order[owners].reshape(-1)
 
     def attend(self, module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                scaling: float | None) -> torch.Tensor:
