@@ -5,13 +5,13 @@
 -- Reads:
 --   candidates        (wofn.schemas.CANDIDATES)
 --                     prompt_id, candidate_idx, prompt, response, num_tokens,
---                     logprob_sum, logprob_mean, policy
+--                     logprob_sum, logprob_mean, policy, finish_reason
 --   candidate_scores  (wofn.schemas.CANDIDATE_SCORES)
 --                     prompt_id, candidate_idx, reward, reward_model, member_rewards
 --
 -- Produces (wofn.schemas.CANDIDATE_POOL, in this order; one row per prompt_id and candidate_idx):
 --   prompt_id, candidate_idx, prompt, response, num_tokens, logprob_sum, logprob_mean, policy,
---   reward, reward_model, is_valid, member_rewards
+--   reward, reward_model, is_valid, member_rewards, finish_reason
 --
 -- Parameters: none.
 --
@@ -25,6 +25,8 @@
 --     (NULL, NaN, +inf and -inf rewards are dropped). n_candidates = valid candidates.
 --   * member_rewards: an ensemble teacher's per-member rewards (NULL for a single model); copies
 --     that agree on the reward are the same scoring, so the smallest list is taken.
+--   * finish_reason: "stop" (ended with EOS) or "length" (cut at max_new_tokens); copies with the
+--     same response that disagree on it count as cut ("length" is the smaller).
 -- Score rows of no candidate are ignored. Not ordered.
 
 with
@@ -42,6 +44,7 @@ candidate_rows as (
         min(logprob_sum) as logprob_sum,
         min(logprob_mean) as logprob_mean,
         min(policy) as policy,
+        min(finish_reason) as finish_reason,
         min(response) = max(response) as copies_agree
     from candidates
     group by prompt_id, candidate_idx
@@ -83,7 +86,8 @@ final as (
                 and isfinite(score_rows.reward),
             false
         ) as is_valid,
-        score_rows.member_rewards
+        score_rows.member_rewards,
+        candidate_rows.finish_reason
     from candidate_rows
     left join score_rows
         on candidate_rows.prompt_id = score_rows.prompt_id

@@ -13,9 +13,10 @@
 --   $strategy  VARCHAR: the strategy whose pairs are west_of_n_pairs (selected = true); one of
 --              west_of_n, random_pair, best_vs_random, worst_vs_random, else an error.
 --   $length_control  VARCHAR: the length control the draws were made with (none, residual,
---              residual_per_prompt, band; else an error). candidate_scores are the teacher's own
---              scores either way; under 'band' step 11 is named fewer_than_2_in_band (the
---              draws only saw the candidates within the band of the best one).
+--              residual_per_prompt, band, finished; else an error). candidate_scores are the
+--              teacher's own scores either way; under 'band' step 11 is named
+--              fewer_than_2_in_band (the draws only saw the candidates within the band of the
+--              best one), under 'finished' fewer_than_2_finished (only those that ended with EOS).
 --
 -- One row per (strategy in pair_draws, reason), by step. The candidate rules are those of
 -- sql/candidate_pool.sql; the candidate-level counts are the same for every strategy.
@@ -30,7 +31,8 @@
 --   9  valid_candidates          candidates  the rest; 5 + 6 + 7 + 8 + 9 = distinct candidates
 --  10  prompts                   prompts     prompt_ids with candidate rows
 --  11  fewer_than_2_valid        prompts     no pair: fewer than 2 valid candidates (under 'band':
---      fewer_than_2_in_band                  fewer than 2 valid candidates within the length band)
+--      fewer_than_2_in_band                  fewer than 2 valid candidates within the length band;
+--      fewer_than_2_finished                 under 'finished': fewer than 2 valid finished ones)
 --  12  all_rewards_equal         prompts     no pair: every valid candidate has the same reward
 --  13  tied_rewards              prompts     no pair: the strategy's two picks tie
 --  14  identical_texts           prompts     no pair: the two picks have the same text
@@ -51,8 +53,9 @@ checked_params as (
         case
             when $length_control in ('none', 'residual', 'residual_per_prompt') then 'fewer_than_2_valid'
             when $length_control = 'band' then 'fewer_than_2_in_band'
+            when $length_control = 'finished' then 'fewer_than_2_finished'
             else error('selection_report: length_control must be one of none, residual, '
-                || 'residual_per_prompt, band; got ' || coalesce(cast($length_control as varchar), 'NULL'))
+                || 'residual_per_prompt, band, finished; got ' || coalesce(cast($length_control as varchar), 'NULL'))
         end as too_few_reason
 
 ),

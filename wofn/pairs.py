@@ -71,9 +71,10 @@ def length_controlled_scores(candidates_dir: Path, scores_dir: Path, length_cont
 
     "residual" / "residual_per_prompt": sql/length_control/residual_scores.sql (rewards replaced by
     their residuals); "band": sql/length_control/length_band_scores.sql (rows outside the band
-    dropped). Both read sql/candidate_pool.sql's candidate_pool (which candidates are valid, their
-    lengths and rewards) and pass candidate_scores' rows through. Score rows of no candidate are
-    dropped by both.
+    dropped); "finished": sql/length_control/finished_scores.sql (rows of candidates cut at
+    max_new_tokens dropped). All read sql/candidate_pool.sql's candidate_pool (which candidates are
+    valid, their lengths, rewards and finish reasons) and pass candidate_scores' rows through.
+    Score rows of no candidate are dropped by all.
     """
     con = catalog.connect()
     try:
@@ -91,6 +92,8 @@ def _controlled_scores(con, length_control: str, length_band: float) -> pa.Table
         raise ValueError("length_control 'none' has no SQL of its own: the strategies read candidate_scores as is")
     if length_control == "band":
         name, params = "length_control/length_band_scores", {"band": length_band}
+    elif length_control == "finished":
+        name, params = "length_control/finished_scores", None
     else:
         name, params = "length_control/residual_scores", {"per_prompt": length_control == "residual_per_prompt"}
     register_candidate_pool(con)
@@ -285,7 +288,8 @@ def selection_report(candidates_dir: Path, judged_dir: Path, draws: Path | pa.Ta
     tournament_draws (sql/selection_report_pairwise.sql). The candidate counts are over the
     teacher's own scores whatever the `length_control` the draws were made with; under "band" the
     prompts whose best candidate has no other valid candidate within the band are counted as
-    fewer_than_2_in_band.
+    fewer_than_2_in_band, under "finished" those with fewer than two finished ones as
+    fewer_than_2_finished.
     """
     check_strategy(strategy, pairwise)
     check_length_control(length_control, length_band, pairwise)

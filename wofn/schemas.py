@@ -150,6 +150,7 @@ CANDIDATE_POOL = pa.schema(
         pa.field("reward_model", pa.string()),
         pa.field("is_valid", pa.bool_(), nullable=False),
         pa.field("member_rewards", pa.list_(pa.float64())),  # as in CANDIDATE_SCORES
+        pa.field("finish_reason", pa.string()),  # as in CANDIDATES: "stop" (EOS) or "length" (cap)
     ]
 )
 # One row per prompt_id with candidate rows: its valid candidates' count and reward range.

@@ -52,8 +52,9 @@ LIKELIHOOD_MEASURES = ("mean", "sum")
 CONFIDENCE_MEASURES = ("margin", "agreement")
 # What the strategies rank candidates by: "none" = the teacher's rewards; "residual" = the rewards
 # minus a least-squares fit on length over the run ("residual_per_prompt": one fit per prompt);
-# "band" = only the candidates within length_band of their prompt's best candidate's length.
-LENGTH_CONTROLS = ("none", "residual", "residual_per_prompt", "band")
+# "band" = only the candidates within length_band of their prompt's best candidate's length;
+# "finished" = only the candidates that ended with EOS (none cut at max_new_tokens).
+LENGTH_CONTROLS = ("none", "residual", "residual_per_prompt", "band", "finished")
 
 
 class SettingsError(ValueError):
@@ -197,7 +198,9 @@ class Settings:
         "band", "pairs", "what the strategy ranks candidates by (sql/length_control/; pointwise teachers only): "
         "'none' (the teacher's rewards: the paper's selection, and what a pairwise teacher needs), 'residual' "
         "(rewards minus a least-squares fit of reward on length over all candidates), 'residual_per_prompt' (one "
-        "fit per prompt), 'band' (only candidates within length_band of the best candidate's length). The default "
+        "fit per prompt), 'band' (only candidates within length_band of the best candidate's length), 'finished' "
+        "(only candidates that ended with EOS: none cut at max_new_tokens, whose cut-off last token a reward model "
+        "may score for no reason a human shares). The default "
         "profile's band + length_balance: on the shipped data the paper's plain selection gave pairs 3% / 55% "
         "chosen-longer / shorter and students no better than the base on length-balanced accuracy (-0.0 +- 1.6 "
         "points, 5 seeds); band + balance gave +2.4 +- 2.3 (docs/results_length.md)")

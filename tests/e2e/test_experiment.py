@@ -67,8 +67,8 @@ def test_report_header_shows_the_shipped_data_relative_to_the_repository(tmp_pat
 
 def test_split_length():
     assert [xconfig.split_length(v) for v in xconfig.LENGTHS] == [
-        ("none", False), ("residual", False), ("residual_per_prompt", False), ("band", False), ("none", True),
-        ("residual", True), ("residual_per_prompt", True), ("band", True)]
+        ("none", False), ("residual", False), ("residual_per_prompt", False), ("band", False), ("finished", False),
+        ("none", True), ("residual", True), ("residual_per_prompt", True), ("band", True), ("finished", True)]
     with pytest.raises(ValueError, match="length must be one of"):
         xconfig.split_length("short")
 

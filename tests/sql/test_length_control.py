@@ -265,6 +265,44 @@ def test_band_report_agrees_with_the_draws(tmp_path):
     assert {r["reason"]: r["count"] for r in plain if r["selected"]}["fewer_than_2_valid"] == 0
 
 
+# --- finished answers only ------------------------------------------------------------------------
+
+# prompt -> [(candidate_idx, num_tokens, reward, finish_reason)]: a cut answer (64 tokens, "length")
+# is the teacher's best in c and its worst in d; e has one finished answer, so no pair under the control
+FINISHED = {"c": [(0, 64, 2.0, "length"), (1, 20, 1.0, "stop"), (2, 30, -1.0, "stop"), (3, 10, 0.5, "stop")],
+            "d": [(0, 15, 0.5, "stop"), (1, 64, -3.0, "length"), (2, 25, 1.5, "stop")],
+            "e": [(0, 64, 1.0, "length"), (1, 12, 0.0, "stop")]}
+
+
+def write_finished(tmp_path: Path) -> tuple[Path, Path]:
+    cand_rows, score_rows = spec_rows({p: [(i, n, r) for i, n, r, _ in cs] for p, cs in FINISHED.items()})
+    cands, scores = tmp_path / "candidates", tmp_path / "candidate_scores"
+    reasons = [f for cs in FINISHED.values() for *_, f in cs]
+    table = candidates_table(cand_rows)
+    table = table.set_column(table.schema.get_field_index("finish_reason"), "finish_reason",
+                             pa.array(reasons, pa.string()))
+    catalog.write_parquet(table, cands)
+    catalog.write_parquet(scores_table(score_rows), scores)
+    return cands, scores
+
+
+def test_finished_drops_the_cut_answers_before_the_strategy_picks(tmp_path):
+    cands, scores = write_finished(tmp_path)
+    kept = pairs.length_controlled_scores(cands, scores, "finished")
+    assert kept.column_names == schemas.CANDIDATE_SCORES.names
+    assert rewards(kept) == [("c", 1, 1.0), ("c", 2, -1.0), ("c", 3, 0.5), ("d", 0, 0.5), ("d", 2, 1.5),
+                             ("e", 1, 0.0)]
+    plain, _ = pairs.select_pairs(cands, scores)
+    assert picks(plain) == {"c": (0, 2, 64, 30), "d": (2, 1, 25, 64), "e": (0, 1, 64, 12)}
+    finished, _ = pairs.select_pairs(cands, scores, length_control="finished")
+    assert picks(finished) == {"c": (1, 2, 20, 30), "d": (2, 0, 25, 15)}
+    options = {"length_control": "finished"}
+    report = {r["reason"]: r["count"] for r in pairs.selection_report(
+        cands, scores, pairs.draw_pairs(cands, scores, **options), "west_of_n", **options).to_pylist()
+        if r["selected"]}
+    assert (report["fewer_than_2_finished"], report["pairs"], report["valid_candidates"]) == (1, 2, 9)
+
+
 # --- balanced pairs -------------------------------------------------------------------------------
 
 

@@ -36,7 +36,8 @@ TABLE_SQL = sorted(p.relative_to(SQL_DIR).as_posix() for p in SQL_DIR.rglob("*.s
 def test_the_table_sql_files_are_the_expected_ones():
     assert TABLE_SQL == ["candidate_pool.sql", "filter_pairs.sql", "label_picks.sql", "label_tournaments.sql",
                          "length_control/balance_pairs.sql",
-                         "length_control/length_band_scores.sql", "length_control/residual_scores.sql",
+                         "length_control/finished_scores.sql", "length_control/length_band_scores.sql",
+                         "length_control/residual_scores.sql",
                          "pair_filter_flags.sql", "pair_funnel.sql", "prompt_summary.sql", "selection_report.sql",
                          "selection_report_pairwise.sql", "strategies/vs_random.sql", "strategies/west_of_n.sql",
                          "west_of_n_pairs.sql"]

@@ -35,10 +35,11 @@ from wofn.settings import Settings, SettingsError, check_names
 
 FILTERS = ("none", "confidence", "likelihood", "both")
 # Length control of a pair set: a selection option of the pair step (settings.LENGTH_CONTROLS: rank by
-# the reward's residual after regressing it on length, over the run or per prompt; or pick within a
-# length band of the best), optionally followed by length-balanced sampling of the kept pairs.
-LENGTHS = ("none", "residual", "residual_per_prompt", "band", "balanced",
-           "residual+balanced", "residual_per_prompt+balanced", "band+balanced")
+# the reward's residual after regressing it on length, over the run or per prompt; pick within a
+# length band of the best; or among the finished answers only), optionally followed by
+# length-balanced sampling of the kept pairs.
+LENGTHS = ("none", "residual", "residual_per_prompt", "band", "finished", "balanced",
+           "residual+balanced", "residual_per_prompt+balanced", "band+balanced", "finished+balanced")
 GRID_KEYS = {"strategies": "strategy", "n": "n", "filters": "filter", "seeds": "seed"}
 OPTIONAL_GRID_KEYS = {"length": "length"}
 SLICE_KEYS = ("strategy", "n", "filter", "length")
