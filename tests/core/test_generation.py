@@ -204,3 +204,25 @@ def test_the_draw_does_not_depend_on_how_many_rows_go_at_once(tiny_policy, monke
     few = generation.sample(tiny_policy, _many_prompts(3), params, slots=5)
     monkeypatch.setattr(generation, "DRAW_ROWS", 1000)
     assert generation.sample(tiny_policy, _many_prompts(3), params, slots=5) == few
+
+
+def test_a_later_call_reuses_the_slot_buffers_and_gets_the_rows_of_fresh_ones(fp64_policy, frequent_eos):
+    """The slot engine keeps its key and value buffers with the model between calls; a later call,
+    here with fewer and other prompts, zeroes and slices them: NaN left in them changes nothing."""
+    params = generation.SamplingParams(n=3, max_new_tokens=10, seed=5)
+    model = fp64_policy.model
+    generation._SPARE.pop(model, None)
+    generation.sample(fp64_policy, _many_prompts(9), params, slots=8)
+    spare = generation._SPARE[model]
+    assert spare, "the first call leaves its buffers with the model"
+    with torch.inference_mode():  # the engine's buffers are inference tensors
+        for tensor in spare.values():
+            tensor.fill_(float("nan"))
+    pointers = {key: t.data_ptr() for key, t in spare.items()}
+    later = _many_prompts(4)[1:]
+    reused = generation.sample(fp64_policy, later, params, slots=6, return_token_ids=True)
+    assert {key: t.data_ptr() for key, t in generation._SPARE[model].items()} == pointers, "the same memory"
+    generation._SPARE.pop(model)
+    fresh = generation.sample(fp64_policy, later, params, slots=6, return_token_ids=True)
+    assert [r["token_ids"] for r in reused] == [r["token_ids"] for r in fresh]
+    assert [r["logprob_sum"] for r in reused] == pytest.approx([r["logprob_sum"] for r in fresh], abs=1e-9)
