@@ -32,6 +32,9 @@ def test_sampling_compares_ours_with_the_baseline_in_the_same_dtype_and_skips_em
     assert result["speedup_vs_static"]["float32"] == round(static["seconds"] / ours["seconds"], 3)
     # the share of the bf16 limit is the fp32 MFU scaled by the two peaks
     assert ours["share_of_bf16_matmul_limit"] == pytest.approx(ours["mfu"]["fraction_of_peak"] / 4, abs=1e-4)
+    # the first call (a worker's first shard) is timed on its own, outside the rounds' totals
+    assert ours["first_call"]["candidates"] == 2 * 2 and ours["first_call"]["seconds"] > 0
+    assert 0 < ours["first_call"]["share_of_bf16_matmul_limit"] < 1
 
 
 def test_training_reports_its_rates_beside_the_matmul_limit(monkeypatch):
