@@ -309,14 +309,18 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
     totals = {s: {"seconds": 0.0, "candidates": 0, "generated_tokens": 0} for s in sides}
     batches = length_batches(prompts)
     rounds = [prompts[i:i + ROUND_PROMPTS] for i in range(0, len(prompts), ROUND_PROMPTS)]
+
+    def bf16_share(dtype: str, tokens: int, seconds: float) -> float:
+        """Ours' (prefill + generated) `tokens` in `seconds` as a share of the bf16 matmul limit."""
+        return mfu(models.matmul_params(policies[dtype].model), tokens, seconds,
+                   peaks.get("bfloat16"))["fraction_of_peak"]
+
     first_call = {}
     for dtype in dtypes:  # a sampling worker's first shard: ours allocates its slot buffers, later shards reuse them
         (cands, tokens), seconds = timed(ours_sampling, policies[dtype], longest_first(rounds[0]), params)
         first_call[dtype] = {**side(seconds, candidates=cands, generated_tokens=tokens),
-                             "share_of_bf16_matmul_limit": mfu(
-                                 models.matmul_params(policies[dtype].model),
-                                 tokens + sum(len(encoded[pid]) for pid, _ in rounds[0]), seconds,
-                                 peaks.get("bfloat16"))["fraction_of_peak"]}
+                             "share_of_bf16_matmul_limit": bf16_share(
+                                 dtype, tokens + sum(len(encoded[pid]) for pid, _ in rounds[0]), seconds)}
         log(f"sampling: ours {dtype}, first call (untimed in the rounds): {seconds:.1f}s, {tokens} tokens")
     for k, part in enumerate(rounds):
         part_batches = length_batches(part)
@@ -345,8 +349,7 @@ def bench_sampling(sizes: dict, peaks: dict) -> dict:
         ours[dtype]["prefill_tokens_padded_in_arrival_order"] = padded_prefill_tokens(
             encoded, [prompts[i:i + SAMPLE_BATCH] for i in range(0, len(prompts), SAMPLE_BATCH)])
         ours[dtype]["mfu"] = mfu(params_matmul, t["generated_tokens"] + prefill, t["seconds"], peaks.get(dtype))
-        ours[dtype]["share_of_bf16_matmul_limit"] = mfu(params_matmul, t["generated_tokens"] + prefill,
-                                                        t["seconds"], peaks.get("bfloat16"))["fraction_of_peak"]
+        ours[dtype]["share_of_bf16_matmul_limit"] = bf16_share(dtype, t["generated_tokens"] + prefill, t["seconds"])
         ours[dtype]["first_call"] = first_call[dtype]
         t = totals["static", dtype]
         static[dtype] = side(t["seconds"], candidates=t["candidates"], generated_tokens=t["generated_tokens"])
