@@ -3,8 +3,11 @@ own device; out-of-memory batches halved down to one item; the `gpu` profile res
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing as mp
+import os
 import threading
+import time
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -49,8 +52,26 @@ def test_gpus_setting_limits_the_gpus_and_a_worker_beyond_them_shares_one(tmp_pa
     assert len(got) == 3 and set(got) == {"cuda:0", "cuda:1"}, got  # gpus: 2 of four; the third worker shares
 
 
+def _free_within(lock, seconds: float) -> bool:
+    """Whether `lock` can be taken within `seconds` (the kernel drops a dead process's flock a
+    moment after `join` returns when the machine is busy)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+        finally:
+            os.close(fd)  # closing drops a lock taken here
+        time.sleep(0.05)
+
+
 def test_locks_are_released_when_a_worker_exits(tmp_path):
     assert sorted(a for a, _ in _claims(2, 2, 0, tmp_path)) == ["cuda:0", "cuda:1"]
+    assert all(_free_within(tmp_path / f"cuda-{k}.lock", 60) for k in range(2))
     assert sorted(a for a, _ in _claims(2, 2, 0, tmp_path)) == ["cuda:0", "cuda:1"]
 
 
