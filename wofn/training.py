@@ -228,8 +228,9 @@ def train_reward_model(init: str, pairs: list[Pair], config: TrainConfig, out_di
         done = step + 1
         if val_encoded and (done % eval_every == 0 or done == total_steps):
             margins: list[float] = []
+            # no activations kept for a backward pass: twice the pairs of a training forward fit
             result = {"step": done, **_validate(model, tokenizer, objective, val_encoded, device,
-                                                config.bf16, config.batch_size * 2, margins)}
+                                                config.bf16, 2 * (config.micro_batch or config.batch_size), margins)}
             validations.append(result)
             last_margins = margins
             log.info("validation at step %d: accuracy %.3f loss %.4f", done, result["val_accuracy"], result["val_loss"])

@@ -171,3 +171,20 @@ def test_micro_batches_train_the_same_model_as_whole_batches(tmp_path, monkeypat
     assert mean_diff < 5e-5, mean_diff  # unweighted pieces: 2e-4
     with pytest.raises(ValueError, match="rm_micro_batch"):
         training.TrainConfig(micro_batch=0)
+
+
+def test_validation_passes_respect_the_micro_batch(tmp_path, monkeypatch):
+    """rm_micro_batch is set to fit memory: validation's forward passes (no backward) take at most
+    twice as many pairs, not twice rm_batch_size."""
+    forward, sizes = training._forward, {True: [], False: []}
+
+    def recorded(model, tokenizer, objective, encoded, batch, *args):
+        sizes[model.training].append(len(batch))
+        return forward(model, tokenizer, objective, encoded, batch, *args)
+
+    monkeypatch.setattr(training, "_forward", recorded)
+    config = training.TrainConfig(epochs=1, batch_size=8, micro_batch=2, max_length=32, val_fraction=0.5, seed=1)
+    training.train_reward_model(models.TINY_BERT, make_toy_pairs(40, 0), config, tmp_path / "rm",
+                                manifest={"role": "test"})
+    assert max(sizes[True]) == 2 and sizes[False], sizes
+    assert max(sizes[False]) == 4 and sum(sizes[False]) % 20 == 0, sizes  # 20 validation pairs per pass
