@@ -221,8 +221,7 @@ class Settings:
         None, "training", "pairs per forward and backward pass (null = rm_batch_size): a step's rm_batch_size pairs "
         "go through in pieces of this many, their gradients summed, so the recipe stays the same and the "
         "activations' memory shrinks with it; validation passes take twice this many (SmolLM2-135M as RM at "
-        "rm_max_length 384, 16 pairs at once: over "
-        "23 GB on a CPU)")
+        "rm_max_length 384, 16 pairs at once: over 23 GB on a CPU)")
     rm_learning_rate: float = _setting(
         1e-4, "training", "AdamW peak learning rate. The default profile's 1e-4 had the best validation accuracy "
         "among the recipes that cost what 2 epochs at 128 tokens cost, in a sweep of 40 recipes x 5 seeds "
